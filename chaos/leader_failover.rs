@@ -1,0 +1,100 @@
+//! Chaos: SIGKILL a region's Raft leader while change batches stream in, then restart it.
+//! The region elects a new leader, the central worker follows the leader hint, the restarted
+//! node catches up from its RocksDB log, and every replica still equals the oracle.
+
+use std::time::{Duration, Instant};
+
+use meridian::sample::{self, OrdersGenerator};
+use meridian_tests::{
+    check_replicas, create_topic, orders_oracle, produce, runtime, Broker, Cluster, Workdir,
+    CONVERGE_TIMEOUT, VIEW,
+};
+
+fn leader_of(cluster: &Cluster<'_>, region: &str) -> Option<u64> {
+    let s = cluster.status().ok()?;
+    let r = s["regions"]
+        .as_array()?
+        .iter()
+        .find(|r| r["region"] == region)?
+        .clone();
+    r["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["role"] == "leader")?["node_id"]
+        .as_u64()
+}
+
+#[test]
+fn killing_a_region_leader_mid_stream_loses_nothing() {
+    let rt = runtime();
+    let work = Workdir::new("chaos-leader");
+    let broker = Broker::start(&work);
+    rt.block_on(create_topic(&broker.addr, "orders", 3))
+        .expect("create topic");
+    let mut cluster = Cluster::start(&work);
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .expect("regions elect leaders");
+    cluster
+        .sql(&sample::stream_ddl(&broker.addr, "orders"))
+        .expect("stream");
+    cluster
+        .sql(&sample::view_ddl(VIEW, "eu-west,us-east"))
+        .expect("view");
+
+    let mut g = OrdersGenerator::new(99);
+    let mut events = Vec::new();
+    while events.len() < 8_000 {
+        events.extend(g.next_events());
+    }
+    let producer = {
+        let (brokers, events) = (broker.addr.clone(), events.clone());
+        std::thread::spawn(move || {
+            let rt = runtime();
+            for chunk in events.chunks(500) {
+                produce(&rt, &brokers, "orders", chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // Wait until the region has applied something, then kill its leader.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while cluster
+        .status()
+        .ok()
+        .and_then(|s| s["views"][0]["seq"].as_u64())
+        .unwrap_or(0)
+        < 5
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no change batches before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let leader = leader_of(&cluster, "eu-west").expect("eu-west has a leader");
+    cluster.kill_node("eu-west", leader);
+    eprintln!("killed eu-west leader {leader}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The dead node keeps its last report for a while; wait for another node to lead.
+        if leader_of(&cluster, "eu-west").is_some_and(|l| l != leader) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "eu-west elected no new leader");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    producer.join().expect("producer");
+    cluster.restart_node("eu-west", leader);
+    let seq = cluster
+        .wait_converged(VIEW, events.len() as u64, CONVERGE_TIMEOUT)
+        .expect("converges after the failover");
+    check_replicas(
+        &rt,
+        &cluster,
+        VIEW,
+        "country, status, orders, revenue, with_quantity",
+        &orders_oracle(&g),
+        seq,
+    );
+}

@@ -1,0 +1,225 @@
+//! The catalog: streams and views in creation order, and the rules for changing it.
+
+use crate::ast::{ObjectKind, Statement};
+use crate::defs::{StreamDef, ViewDef};
+use crate::error::SqlError;
+use crate::parser::parse;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Stream(StreamDef),
+    View(ViewDef),
+}
+
+impl Object {
+    pub fn name(&self) -> &str {
+        match self {
+            Object::Stream(s) => &s.name,
+            Object::View(v) => &v.name,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Stream(_) => "stream",
+            Object::View(_) => "view",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Creation order; never reused.
+    pub id: u64,
+    /// The statement as the user sent it.
+    pub sql: String,
+    pub object: Object,
+}
+
+/// What a statement asks of the catalog, once validated against it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Create(Object),
+    Drop {
+        name: String,
+    },
+    Show(ObjectKind),
+    /// `IF NOT EXISTS` / `IF EXISTS` made the statement a no-op; the text says why.
+    Nothing(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    entries: Vec<Entry>,
+}
+
+impl Catalog {
+    /// Rebuilds a catalog from stored `(id, sql)` pairs, replaying them in id order.
+    pub fn load(mut stored: Vec<(u64, String)>) -> Result<Catalog, SqlError> {
+        stored.sort_by_key(|(id, _)| *id);
+        let mut catalog = Catalog::default();
+        for (id, sql) in stored {
+            match catalog.plan(&sql)? {
+                Change::Create(object) => catalog.entries.push(Entry { id, sql, object }),
+                other => {
+                    return Err(SqlError {
+                        message: format!("stored catalog entry {id} is not a CREATE: {other:?}"),
+                        pos: crate::error::Pos { line: 1, column: 1 },
+                    })
+                }
+            }
+        }
+        Ok(catalog)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.object.name() == name)
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&StreamDef> {
+        self.entries.iter().find_map(|e| match &e.object {
+            Object::Stream(s) if s.name == name => Some(s),
+            _ => None,
+        })
+    }
+
+    pub fn views(&self) -> impl Iterator<Item = &ViewDef> {
+        self.entries.iter().filter_map(|e| match &e.object {
+            Object::View(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.entries.last().map_or(1, |e| e.id + 1)
+    }
+
+    /// Parses and validates a statement against the catalog without changing it.
+    pub fn plan(&self, sql: &str) -> Result<Change, SqlError> {
+        match parse(sql)? {
+            Statement::CreateStream(stmt) => {
+                if let Some(existing) = self.get(&stmt.name.value) {
+                    if stmt.if_not_exists {
+                        return Ok(Change::Nothing(format!(
+                            "{} '{}' already exists",
+                            existing.object.kind(),
+                            stmt.name.value
+                        )));
+                    }
+                    return Err(SqlError::at(
+                        sql,
+                        stmt.name.offset,
+                        format!(
+                            "{} '{}' already exists",
+                            existing.object.kind(),
+                            stmt.name.value
+                        ),
+                    ));
+                }
+                Ok(Change::Create(Object::Stream(StreamDef::from_ast(
+                    sql, &stmt,
+                )?)))
+            }
+            Statement::CreateView(stmt) => {
+                if let Some(existing) = self.get(&stmt.name.value) {
+                    if stmt.if_not_exists {
+                        return Ok(Change::Nothing(format!(
+                            "{} '{}' already exists",
+                            existing.object.kind(),
+                            stmt.name.value
+                        )));
+                    }
+                    return Err(SqlError::at(
+                        sql,
+                        stmt.name.offset,
+                        format!(
+                            "{} '{}' already exists",
+                            existing.object.kind(),
+                            stmt.name.value
+                        ),
+                    ));
+                }
+                if stmt.name.value.starts_with("_meridian") {
+                    return Err(SqlError::at(
+                        sql,
+                        stmt.name.offset,
+                        "names starting with '_meridian' are reserved".to_string(),
+                    ));
+                }
+                let Some(stream) = self.stream(&stmt.from.value) else {
+                    let what = if self.get(&stmt.from.value).is_some() {
+                        "is a view, not a stream"
+                    } else {
+                        "does not exist"
+                    };
+                    return Err(SqlError::at(
+                        sql,
+                        stmt.from.offset,
+                        format!("stream '{}' {what}", stmt.from.value),
+                    ));
+                };
+                Ok(Change::Create(Object::View(ViewDef::from_ast(
+                    sql, &stmt, stream,
+                )?)))
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => {
+                let found = self.get(&name.value).filter(|e| match kind {
+                    ObjectKind::Stream => matches!(e.object, Object::Stream(_)),
+                    ObjectKind::View => matches!(e.object, Object::View(_)),
+                });
+                let what = match kind {
+                    ObjectKind::Stream => "stream",
+                    ObjectKind::View => "view",
+                };
+                if found.is_none() {
+                    if if_exists {
+                        return Ok(Change::Nothing(format!(
+                            "{what} '{}' does not exist",
+                            name.value
+                        )));
+                    }
+                    return Err(SqlError::at(
+                        sql,
+                        name.offset,
+                        format!("{what} '{}' does not exist", name.value),
+                    ));
+                }
+                if kind == ObjectKind::Stream {
+                    if let Some(v) = self.views().find(|v| v.stream == name.value) {
+                        return Err(SqlError::at(
+                            sql,
+                            name.offset,
+                            format!(
+                                "stream '{}' is read by view '{}'; drop the view first",
+                                name.value, v.name
+                            ),
+                        ));
+                    }
+                }
+                Ok(Change::Drop { name: name.value })
+            }
+            Statement::Show(kind) => Ok(Change::Show(kind)),
+        }
+    }
+
+    /// Applies a planned change. `Create` takes the id the caller persisted it under.
+    pub fn apply(&mut self, id: u64, sql: &str, change: Change) {
+        match change {
+            Change::Create(object) => self.entries.push(Entry {
+                id,
+                sql: sql.to_string(),
+                object,
+            }),
+            Change::Drop { name } => self.entries.retain(|e| e.object.name() != name),
+            Change::Show(_) | Change::Nothing(_) => {}
+        }
+    }
+}

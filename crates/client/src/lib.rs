@@ -1,0 +1,213 @@
+//! Meridian's Rust client for regional reads.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), client::Error> {
+//! let client = client::Client::connect(["http://127.0.0.1:7101", "http://127.0.0.1:7102"]).await?;
+//! let result = client.query("SELECT region, orders FROM revenue_by_region ORDER BY region").await?;
+//! for row in &result.rows {
+//!     println!("{:?}", row);
+//! }
+//! println!("reflects change batch {:?}", result.position("revenue_by_region"));
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::region_client::RegionClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// Per-attempt deadline of a query.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no endpoints given")]
+    NoEndpoints,
+    #[error("bad endpoint '{0}': {1}")]
+    Endpoint(String, String),
+    /// The statement was refused (syntax, unknown table, not read-only...).
+    #[error("query refused by {node}: {message}")]
+    Refused { node: String, message: String },
+    /// Every node of the region failed; the last error is kept.
+    #[error("no node of the region answered; last error from {node}: {message}")]
+    Unavailable { node: String, message: String },
+}
+
+/// A value of a result row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl Value {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl From<pb::Value> for Value {
+    fn from(v: pb::Value) -> Value {
+        use pb::value::Kind;
+        match v.kind {
+            None => Value::Null,
+            Some(Kind::Int(i)) => Value::Int(i),
+            Some(Kind::Float(f)) => Value::Float(f),
+            Some(Kind::Text(s)) => Value::Text(s),
+            Some(Kind::Boolean(b)) => Value::Bool(b),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    pub name: String,
+    /// DuckDB's type name, such as BIGINT or VARCHAR.
+    pub type_name: String,
+}
+
+/// Which change batch of a view a node had applied when it answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Position {
+    pub view: String,
+    pub applied_seq: u64,
+    pub produced_at_ms: i64,
+    pub applied_at_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueryResult {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Value>>,
+    pub positions: Vec<Position>,
+    pub region: String,
+    pub node_id: u64,
+}
+
+impl QueryResult {
+    pub fn position(&self, view: &str) -> Option<u64> {
+        self.positions
+            .iter()
+            .find(|p| p.view == view)
+            .map(|p| p.applied_seq)
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+/// A client of one region: queries go to one node, and to the next when a node is down.
+pub struct Client {
+    nodes: Vec<(String, RegionClient<Channel>)>,
+    preferred: AtomicUsize,
+}
+
+impl Client {
+    /// Takes the gRPC URLs of a region's nodes. Connections are made lazily, so a node that is
+    /// down at connect time does not fail the call.
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut nodes = Vec::new();
+        for e in endpoints {
+            let url: String = e.into();
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|err| Error::Endpoint(url.clone(), err.to_string()))?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(QUERY_TIMEOUT);
+            nodes.push((url, RegionClient::new(endpoint.connect_lazy())));
+        }
+        if nodes.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        Ok(Client {
+            nodes,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs a read-only statement. Every node of the region serves reads from its own replica.
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, Error> {
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for attempt in 0..self.nodes.len() {
+            let idx = (start + attempt) % self.nodes.len();
+            let (url, client) = &self.nodes[idx];
+            let mut client = client.clone();
+            match client
+                .query(pb::QueryRequest {
+                    sql: sql.to_string(),
+                })
+                .await
+            {
+                Ok(resp) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    let r = resp.into_inner();
+                    return Ok(QueryResult {
+                        columns: r
+                            .columns
+                            .into_iter()
+                            .map(|c| Column {
+                                name: c.name,
+                                type_name: c.r#type,
+                            })
+                            .collect(),
+                        rows: r
+                            .rows
+                            .into_iter()
+                            .map(|row| row.values.into_iter().map(Value::from).collect())
+                            .collect(),
+                        positions: r
+                            .positions
+                            .into_iter()
+                            .map(|p| Position {
+                                view: p.view,
+                                applied_seq: p.applied_seq,
+                                produced_at_ms: p.produced_at_ms,
+                                applied_at_ms: p.applied_at_ms,
+                            })
+                            .collect(),
+                        region: r.region,
+                        node_id: r.node_id,
+                    });
+                }
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::ResourceExhausted
+                    ) =>
+                {
+                    return Err(Error::Refused {
+                        node: url.clone(),
+                        message: status.message().to_string(),
+                    });
+                }
+                Err(status) => {
+                    tracing::debug!(node = %url, error = %status.message(), "node failed; trying the next");
+                    last = Some((url.clone(), status.message().to_string()));
+                }
+            }
+        }
+        let (node, message) = last.unwrap_or_default();
+        Err(Error::Unavailable { node, message })
+    }
+}

@@ -1,0 +1,7 @@
+//! The coordinator: validates DDL against the catalog, persists the catalog in RocksDB, hands
+//! it to central workers, and gathers the status every node and worker reports.
+
+pub mod service;
+pub mod store;
+
+pub use service::{CoordinatorService, TopicCheck};

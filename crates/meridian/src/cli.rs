@@ -1,0 +1,194 @@
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+/// Address `meridian dev` and `meridian coordinator` listen on by default, and that the admin
+/// commands talk to by default.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7000";
+
+#[derive(Parser)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Materialized views computed centrally from Kafka CDC streams, replicated by Raft into DuckDB in every region"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run an all-in-one local cluster (broker, coordinator, central worker, two 3-node regions)
+    /// with sample data, print each region's position and answers, then keep serving.
+    Dev(DevArgs),
+    /// Run the coordinator: the catalog and the cluster's status.
+    Coordinator(CoordinatorArgs),
+    /// Run a central worker: one actor per view, shipping change logs to the regions.
+    Central(CentralArgs),
+    /// Run one node of a region's Raft group.
+    Region(RegionArgs),
+    /// Send one DDL statement to the coordinator.
+    Sql {
+        #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+        /// For example: "CREATE MATERIALIZED VIEW v AS SELECT k, count() FROM s GROUP BY k"
+        statement: String,
+    },
+    /// Run a read-only query in a region (nodes found through the coordinator).
+    Query {
+        #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+        /// Region to read from.
+        #[arg(long)]
+        region: String,
+        sql: String,
+    },
+    /// Show regions, nodes, Raft roles, views, applied positions and freshness.
+    Status {
+        #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Command {
+    /// Long-running roles log at info; one-shot commands stay quiet.
+    pub fn is_server(&self) -> bool {
+        matches!(
+            self,
+            Command::Dev(_) | Command::Coordinator(_) | Command::Central(_) | Command::Region(_)
+        )
+    }
+}
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where every component keeps its data.
+    #[arg(long, default_value = "./meridian-data")]
+    pub data_dir: PathBuf,
+    /// Use this Kafka cluster instead of the embedded one.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Topic of the sample orders stream.
+    #[arg(long, default_value = "orders")]
+    pub topic: String,
+    /// Sample change events to produce.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// First port: the coordinator listens on it, regions on base+101.. (gRPC) and base+1101.. (HTTP).
+    #[arg(long, default_value_t = 7000)]
+    pub port_base: u16,
+    /// Stop after the demo instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit_after_demo: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CoordinatorArgs {
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "./meridian-data/coordinator")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct CentralArgs {
+    #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    pub coordinator: String,
+    #[arg(long, default_value = "./meridian-data/central")]
+    pub data_dir: PathBuf,
+    /// Name in status reports.
+    #[arg(long, default_value = "central-1")]
+    pub name: String,
+}
+
+#[derive(clap::Args)]
+pub struct RegionArgs {
+    #[arg(long)]
+    pub region: String,
+    #[arg(long)]
+    pub node_id: u64,
+    /// Every node of the region as id=url, this one included:
+    /// 1=http://127.0.0.1:7101,2=http://127.0.0.1:7102,3=http://127.0.0.1:7103
+    #[arg(long)]
+    pub peers: String,
+    /// gRPC listen address (default: the port of this node's --peers entry on 127.0.0.1).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    #[arg(long)]
+    pub http_listen: SocketAddr,
+    /// URL other processes use for this node's HTTP endpoint (default: from --http-listen).
+    #[arg(long)]
+    pub http_advertise: Option<String>,
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    pub coordinator: String,
+}
+
+/// Parses `1=http://a:1,2=http://b:2`.
+pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, url) = part
+            .split_once('=')
+            .with_context(|| format!("--peers entry '{part}' is not id=url"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("--peers entry '{part}': '{id}' is not a node id"))?;
+        let url = url.trim();
+        if !url.starts_with("http://") {
+            bail!("--peers entry '{part}': the url must start with http://");
+        }
+        if peers.insert(id, url.to_string()).is_some() {
+            bail!("--peers names node {id} twice");
+        }
+    }
+    Ok(peers)
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Dev(args) => crate::dev::run(args).await,
+            Command::Coordinator(args) => {
+                crate::roles::coordinator(args, crate::roles::ctrl_c()).await
+            }
+            Command::Central(args) => crate::roles::central(args, crate::roles::ctrl_c()).await,
+            Command::Region(args) => crate::roles::region(args, crate::roles::ctrl_c()).await,
+            Command::Sql {
+                coordinator,
+                statement,
+            } => crate::status::sql(&coordinator, &statement).await,
+            Command::Query {
+                coordinator,
+                region,
+                sql,
+            } => crate::status::query(&coordinator, &region, &sql).await,
+            Command::Status { coordinator, json } => {
+                crate::status::status(&coordinator, json).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_refuse_nonsense() {
+        let p = parse_peers("1=http://127.0.0.1:1, 2=http://h:2").expect("valid");
+        assert_eq!(p.get(&2).map(String::as_str), Some("http://h:2"));
+        for bad in ["1", "x=http://a:1", "1=a:1", "1=http://a:1,1=http://b:1"] {
+            assert!(parse_peers(bad).is_err(), "{bad}");
+        }
+    }
+}

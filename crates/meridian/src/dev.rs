@@ -1,0 +1,334 @@
+//! `meridian dev`: the whole system in one process, every component on its own gRPC port on
+//! loopback, with sample CDC data.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use meridian::sample;
+use meridian_proto::v1 as pb;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use tokio::sync::watch;
+
+use crate::cli::{CentralArgs, CoordinatorArgs, DevArgs, RegionArgs};
+use crate::status::{self, cell, table};
+
+const REGIONS: [&str; 2] = ["eu-west", "us-east"];
+const VIEW: &str = "revenue_by_country";
+/// Marks a data dir as made by `meridian dev` on the embedded broker, so it may be wiped.
+const MARKER: &str = ".meridian-dev-embedded";
+/// Partitions of the sample topic.
+const PARTITIONS: i32 = 3;
+/// How long the demo waits for the regions to elect leaders and for the view to catch up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn prepare_data_dir(dir: &Path, embedded: bool) -> anyhow::Result<()> {
+    if embedded && dir.exists() {
+        let is_ours = dir.join(MARKER).exists();
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !is_ours && !empty {
+            bail!("--data-dir {} is not empty and was not made by `meridian dev`; pass another --data-dir", dir.display());
+        }
+        // The embedded broker keeps nothing across runs, so state that points into it would be
+        // stale: start clean.
+        println!("embedded broker: starting from a clean {}", dir.display());
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if embedded {
+        std::fs::write(
+            dir.join(MARKER),
+            "made by meridian dev with the embedded broker\n",
+        )?;
+    }
+    Ok(())
+}
+
+async fn ensure_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => bail!("creating topic '{t}' on {brokers}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let embedded = args.brokers.is_none();
+    prepare_data_dir(&args.data_dir, embedded)?;
+    let mock;
+    let brokers = match &args.brokers {
+        Some(b) => {
+            ensure_topic(b, &args.topic).await?;
+            b.clone()
+        }
+        None => {
+            mock = MockCluster::new(1).context("starting the embedded Kafka broker")?;
+            mock.create_topic(&args.topic, PARTITIONS, 1)
+                .context("creating the sample topic")?;
+            mock.bootstrap_servers()
+        }
+    };
+    println!(
+        "kafka brokers: {brokers}{}",
+        if embedded { " (embedded)" } else { "" }
+    );
+
+    let (stop, shutdown) = watch::channel(false);
+    let base = args.port_base;
+    let coordinator_addr = SocketAddr::from(([127, 0, 0, 1], base));
+    let coordinator_url = format!("http://{coordinator_addr}");
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(crate::roles::coordinator(
+        CoordinatorArgs {
+            listen: coordinator_addr,
+            data_dir: args.data_dir.join("coordinator"),
+        },
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::roles::central(
+        CentralArgs {
+            coordinator: coordinator_url.clone(),
+            data_dir: args.data_dir.join("central"),
+            name: "central-1".into(),
+        },
+        shutdown.clone(),
+    )));
+    for (r, region) in REGIONS.iter().enumerate() {
+        let grpc_port = |n: u16| base + 100 * (r as u16 + 1) + n;
+        let peers: Vec<String> = (1..=3)
+            .map(|n| format!("{n}=http://127.0.0.1:{}", grpc_port(n)))
+            .collect();
+        for n in 1..=3u16 {
+            tasks.push(tokio::spawn(crate::roles::region(
+                RegionArgs {
+                    region: region.to_string(),
+                    node_id: n.into(),
+                    peers: peers.join(","),
+                    listen: None,
+                    http_listen: SocketAddr::from(([127, 0, 0, 1], grpc_port(n) + 1000)),
+                    http_advertise: None,
+                    data_dir: args.data_dir.join(region).join(format!("node-{n}")),
+                    coordinator: coordinator_url.clone(),
+                },
+                shutdown.clone(),
+            )));
+        }
+    }
+    let result = demo(&args, &brokers, &coordinator_url).await;
+    match &result {
+        Ok(()) if !args.exit_after_demo => {
+            println!("\nthe cluster keeps running; press Ctrl-C to stop. Try:");
+            println!("  meridian status");
+            println!("  meridian sql \"SHOW VIEWS\"");
+            println!("  meridian query --region us-east \"SELECT * FROM {VIEW} ORDER BY revenue DESC LIMIT 5\"");
+            println!("  curl 'http://127.0.0.1:{}/?query=SELECT+*+FROM+{VIEW}+LIMIT+3&default_format=JSONEachRow'", base + 1101);
+            let mut signal = crate::roles::ctrl_c();
+            let _ = signal.changed().await;
+        }
+        _ => {}
+    }
+    stop.send_replace(true);
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), t).await {
+            Ok(Ok(Err(e))) => eprintln!("a component failed: {e:#}"),
+            Ok(_) | Err(_) => {}
+        }
+    }
+    result
+}
+
+async fn demo(args: &DevArgs, brokers: &str, coordinator: &str) -> anyhow::Result<()> {
+    // Wait for the coordinator and for every region to have a leader.
+    let started = Instant::now();
+    loop {
+        if let Ok(s) = status::fetch(coordinator).await {
+            let ready = REGIONS.iter().all(|r| {
+                s.regions.iter().find(|x| x.region == *r).is_some_and(|x| {
+                    x.nodes.len() == 3
+                        && x.nodes
+                            .iter()
+                            .filter_map(|n| n.status.as_ref())
+                            .any(|n| n.role == "leader")
+                })
+            });
+            if ready {
+                break;
+            }
+        }
+        if started.elapsed() > STARTUP_TIMEOUT {
+            bail!(
+                "the regions did not elect leaders within {STARTUP_TIMEOUT:?}; see the log above"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "regions up: {} (3 Raft nodes each), leaders elected in {:.1}s",
+        REGIONS.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut c = status::connect(coordinator).await?;
+    let stream = sample::stream_ddl(brokers, &args.topic).replacen(
+        "STREAM orders",
+        "STREAM IF NOT EXISTS orders",
+        1,
+    );
+    let view = sample::view_ddl(VIEW, &REGIONS.join(",")).replacen(
+        &format!("VIEW {VIEW}"),
+        &format!("VIEW IF NOT EXISTS {VIEW}"),
+        1,
+    );
+    for sql in [&stream, &view] {
+        println!("> {sql}");
+        let r = c
+            .execute(pb::ExecuteRequest { sql: sql.clone() })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        println!("  {}", r.into_inner().message);
+    }
+
+    // Produce the sample changes, with one malformed message to show the dead-letter table.
+    let mut generator = sample::OrdersGenerator::new(42);
+    let mut events = Vec::with_capacity(args.events + args.events / 5);
+    while events.len() < args.events {
+        events.extend(generator.next_events());
+        if events.len() == args.events / 2 {
+            events.push(sample::Event {
+                key: "{\"id\":0}".into(),
+                value: Some("{\"op\":\"c\",\"after\":{\"id\":\"not-a-number\"}}".into()),
+            });
+        }
+    }
+    let producer: FutureProducer = sample::producer(brokers)?;
+    let t0 = Instant::now();
+    let before = view_events(coordinator).await;
+    for (i, chunk) in events.chunks(5_000).enumerate() {
+        sample::produce(&producer, &args.topic, chunk)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        println!(
+            "produced {}/{} change events",
+            (i * 5_000 + chunk.len()).min(events.len()),
+            events.len()
+        );
+    }
+    let target = before + events.len() as u64;
+
+    // Wait until the view consumed everything and every replica applied its last batch.
+    let mut last_print = Instant::now();
+    loop {
+        let s = status::fetch(coordinator).await?;
+        let v = s.views.iter().find(|v| v.view == VIEW);
+        let (seq, consumed) = v.map_or((0, 0), |v| (v.seq, v.events));
+        let applied: Vec<(String, u64, u64)> = s
+            .regions
+            .iter()
+            .flat_map(|r| {
+                r.nodes
+                    .iter()
+                    .filter_map(|n| n.status.as_ref())
+                    .map(move |st| {
+                        (
+                            r.region.clone(),
+                            st.node_id,
+                            st.positions
+                                .iter()
+                                .find(|p| p.view == VIEW)
+                                .map_or(0, |p| p.applied_seq),
+                        )
+                    })
+            })
+            .collect();
+        let done = consumed >= target
+            && seq > 0
+            && applied.len() == 6
+            && applied.iter().all(|(_, _, a)| *a == seq);
+        if done || last_print.elapsed() > Duration::from_secs(2) {
+            let nodes = applied
+                .iter()
+                .map(|(r, n, a)| format!("{r}/{n}@{a}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!("view {VIEW}: consumed {consumed}/{target} messages, change batch {seq}; replicas: {nodes}");
+            last_print = Instant::now();
+        }
+        if done {
+            break;
+        }
+        if t0.elapsed() > CATCH_UP_TIMEOUT {
+            print!("{}", status::render(&s));
+            bail!("the view did not catch up within {CATCH_UP_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "all 6 replicas caught up in {secs:.1}s ({:.0} events/s end to end)\n",
+        events.len() as f64 / secs
+    );
+
+    let s = status::fetch(coordinator).await?;
+    print!("{}", status::render(&s));
+    let sql = format!("SELECT country, sum(orders) AS orders, sum(revenue) AS revenue FROM {VIEW} GROUP BY country ORDER BY country");
+    println!("\n> {sql}");
+    let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &s.regions {
+        by_region.insert(
+            r.region.clone(),
+            r.nodes
+                .iter()
+                .filter_map(|n| n.status.as_ref())
+                .map(|st| st.grpc_addr.clone())
+                .collect(),
+        );
+    }
+    for (region, nodes) in by_region {
+        let client = client::Client::connect(nodes).await?;
+        let t = Instant::now();
+        let r = client.query(&sql).await?;
+        let elapsed_ms = t.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "\n{region} (node {}, change batch {}, {elapsed_ms:.1} ms):",
+            r.node_id,
+            r.position(VIEW).unwrap_or(0)
+        );
+        let headers: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+        let rows: Vec<Vec<String>> = r
+            .rows
+            .iter()
+            .map(|row| row.iter().map(cell).collect())
+            .collect();
+        print!("{}", table(&headers, &rows));
+    }
+    Ok(())
+}
+
+async fn view_events(coordinator: &str) -> u64 {
+    status::fetch(coordinator)
+        .await
+        .ok()
+        .and_then(|s| s.views.iter().find(|v| v.view == VIEW).map(|v| v.events))
+        .unwrap_or(0)
+}

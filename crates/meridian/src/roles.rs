@@ -1,0 +1,117 @@
+//! The long-running roles, each usable on its own (a process per role) or together (`dev`).
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use coordinator::store::CatalogStore;
+use coordinator::CoordinatorService;
+use meridian_proto::v1 as pb;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tracing::info;
+
+use crate::cli::{parse_peers, CentralArgs, CoordinatorArgs, RegionArgs};
+
+/// A shutdown signal that flips on Ctrl-C or SIGTERM.
+pub fn ctrl_c() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        tx.send_replace(true);
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        info!("shutting down");
+        tx.send_replace(true);
+    });
+    rx
+}
+
+pub async fn coordinator(
+    args: CoordinatorArgs,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let store =
+        CatalogStore::open(&args.data_dir.join("catalog")).context("opening the catalog")?;
+    let service = CoordinatorService::open(store, None)?;
+    serve_coordinator(service, args.listen, shutdown).await
+}
+
+pub async fn serve_coordinator(
+    service: CoordinatorService,
+    listen: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the coordinator on {listen}"))?;
+    info!(listen = %listen, "coordinator listening");
+    Server::builder()
+        .add_service(pb::coordinator_server::CoordinatorServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = shutdown.changed().await;
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn central(args: CentralArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let cfg = view_actor::worker::CentralConfig {
+        coordinator: args.coordinator,
+        data_dir: args.data_dir,
+        name: args.name,
+    };
+    view_actor::worker::run(cfg, shutdown).await?;
+    Ok(())
+}
+
+pub async fn region(args: RegionArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let peers = parse_peers(&args.peers)?;
+    let own = peers
+        .get(&args.node_id)
+        .with_context(|| format!("--peers has no entry for --node-id {}", args.node_id))?
+        .clone();
+    let grpc_listen = match args.listen {
+        Some(l) => l,
+        None => {
+            let port = own
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+                .with_context(|| format!("no port in '{own}'"))?;
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    };
+    let cfg = regional_node::RegionConfig {
+        region: args.region,
+        node_id: args.node_id,
+        grpc_advertise: own,
+        http_advertise: args
+            .http_advertise
+            .unwrap_or_else(|| format!("http://{}", args.http_listen)),
+        peers,
+        grpc_listen,
+        http_listen: args.http_listen,
+        data_dir: args.data_dir,
+        coordinator: Some(args.coordinator),
+    };
+    regional_node::run(cfg, shutdown).await
+}

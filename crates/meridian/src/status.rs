@@ -1,0 +1,289 @@
+//! The admin commands: `sql`, `query` and `status`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::coordinator_client::CoordinatorClient;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+pub async fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("bad coordinator address '{url}'"))?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url} (is `meridian dev` or `meridian coordinator` running?)"))?;
+    Ok(CoordinatorClient::new(channel))
+}
+
+pub async fn sql(url: &str, statement: &str) -> anyhow::Result<()> {
+    let mut c = connect(url).await?;
+    let resp = c
+        .execute(pb::ExecuteRequest {
+            sql: statement.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if !resp.columns.is_empty() {
+        let rows: Vec<Vec<String>> = resp.rows.into_iter().map(|r| r.cells).collect();
+        print!(
+            "{}",
+            table(
+                &resp.columns.iter().map(String::as_str).collect::<Vec<_>>(),
+                &rows
+            )
+        );
+    }
+    println!("{}", resp.message);
+    Ok(())
+}
+
+pub async fn query(url: &str, region: &str, sql: &str) -> anyhow::Result<()> {
+    let mut c = connect(url).await?;
+    let cat = c
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let nodes: Vec<String> = cat
+        .regions
+        .iter()
+        .filter(|r| r.region == region)
+        .flat_map(|r| r.nodes.iter().map(|n| n.grpc_addr.clone()))
+        .collect();
+    anyhow::ensure!(!nodes.is_empty(), "no nodes known for region '{region}'");
+    let client = client::Client::connect(nodes).await?;
+    let r = client.query(sql).await?;
+    let headers: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+    let rows: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|row| row.iter().map(cell).collect())
+        .collect();
+    print!("{}", table(&headers, &rows));
+    let pos: Vec<String> = r
+        .positions
+        .iter()
+        .map(|p| format!("{}@{}", p.view, p.applied_seq))
+        .collect();
+    println!(
+        "{} rows from {} node {} (applied: {})",
+        r.rows.len(),
+        r.region,
+        r.node_id,
+        pos.join(", ")
+    );
+    Ok(())
+}
+
+pub fn cell(v: &client::Value) -> String {
+    match v {
+        client::Value::Null => "NULL".into(),
+        client::Value::Int(i) => i.to_string(),
+        client::Value::Float(f) => f.to_string(),
+        client::Value::Text(s) => s.clone(),
+        client::Value::Bool(b) => b.to_string(),
+    }
+}
+
+/// A plain text table with a header line.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+pub async fn fetch(url: &str) -> anyhow::Result<pb::ClusterStatus> {
+    let mut c = connect(url).await?;
+    Ok(c.status(pb::StatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner())
+}
+
+pub async fn status(url: &str, as_json: bool) -> anyhow::Result<()> {
+    let s = fetch(url).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&s))?);
+    } else {
+        print!("{}", render(&s));
+    }
+    Ok(())
+}
+
+pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
+    let regions: Vec<_> = s
+        .regions
+        .iter()
+        .map(|r| {
+            let nodes: Vec<_> = r
+                .nodes
+                .iter()
+                .filter_map(|n| n.status.as_ref().map(|st| (n, st)))
+                .map(|(n, st)| {
+                    let views: Vec<_> = st
+                        .positions
+                        .iter()
+                        .map(|p| json!({"view": p.view, "applied_seq": p.applied_seq, "produced_at_ms": p.produced_at_ms, "applied_at_ms": p.applied_at_ms, "lag_ms": (p.applied_at_ms - p.produced_at_ms).max(0)}))
+                        .collect();
+                    json!({
+                        "node_id": st.node_id, "role": st.role, "term": st.term, "leader_id": st.leader_id,
+                        "commit_index": st.commit_index, "applied_index": st.applied_index,
+                        "grpc_addr": st.grpc_addr, "http_addr": st.http_addr,
+                        "report_age_ms": n.report_age_ms, "views": views,
+                    })
+                })
+                .collect();
+            json!({"region": r.region, "nodes": nodes})
+        })
+        .collect();
+    let views: Vec<_> = s
+        .views
+        .iter()
+        .map(|v| {
+            json!({
+                "view": v.view, "seq": v.seq, "events": v.events, "dead_letters": v.dead_letters, "error": v.error,
+                "last_batch_at_ms": v.last_batch_at_ms,
+                "recent_dead_letters": v.recent_dead_letters.iter().map(|d| json!({"topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": d.reason})).collect::<Vec<_>>(),
+                "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "acked_seq": sh.acked_seq, "error": sh.error})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let catalog: Vec<_> = s
+        .catalog
+        .iter()
+        .map(|e| json!({"id": e.id, "kind": e.kind, "name": e.name, "sql": e.sql}))
+        .collect();
+    json!({"now_ms": s.now_ms, "regions": regions, "views": views, "catalog": catalog})
+}
+
+pub fn render(s: &pb::ClusterStatus) -> String {
+    let mut out = String::new();
+    let mut rows = Vec::new();
+    for r in &s.regions {
+        for n in &r.nodes {
+            let Some(st) = &n.status else { continue };
+            let views = st
+                .positions
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}@{} (lag {} ms)",
+                        p.view,
+                        p.applied_seq,
+                        (p.applied_at_ms - p.produced_at_ms).max(0)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            rows.push(vec![
+                r.region.clone(),
+                st.node_id.to_string(),
+                st.role.clone(),
+                st.term.to_string(),
+                st.applied_index.to_string(),
+                st.grpc_addr.clone(),
+                st.http_addr.clone(),
+                views,
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        out.push_str("no regional nodes have reported yet\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "REGION",
+                "NODE",
+                "ROLE",
+                "TERM",
+                "RAFT_APPLIED",
+                "GRPC",
+                "HTTP",
+                "VIEWS (applied seq, last batch lag)",
+            ],
+            &rows,
+        ));
+    }
+    out.push('\n');
+    let mut rows = Vec::new();
+    for v in &s.views {
+        let ship = v
+            .shipping
+            .iter()
+            .map(|sh| {
+                if sh.error.is_empty() {
+                    format!("{}@{}", sh.region, sh.acked_seq)
+                } else {
+                    format!("{}@{} ({})", sh.region, sh.acked_seq, sh.error)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let age = if v.last_batch_at_ms > 0 {
+            format!("{} ms ago", (s.now_ms - v.last_batch_at_ms).max(0))
+        } else {
+            "-".into()
+        };
+        rows.push(vec![
+            v.view.clone(),
+            v.seq.to_string(),
+            v.events.to_string(),
+            v.dead_letters.to_string(),
+            age,
+            ship,
+            v.error.clone(),
+        ]);
+    }
+    if rows.is_empty() {
+        out.push_str("no materialized views\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "VIEW",
+                "SEQ",
+                "EVENTS",
+                "DEAD_LETTERS",
+                "LAST_BATCH",
+                "SHIPPED (region@acked seq)",
+                "ERROR",
+            ],
+            &rows,
+        ));
+    }
+    for v in &s.views {
+        for d in &v.recent_dead_letters {
+            out.push_str(&format!(
+                "dead letter in {}: {}[{}]@{}: {}\n",
+                v.view, d.topic, d.partition, d.offset, d.reason
+            ));
+        }
+    }
+    out
+}

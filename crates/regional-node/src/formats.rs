@@ -1,0 +1,304 @@
+//! ClickHouse output formats for the HTTP endpoint (JSONCompact, JSON, JSONEachRow, CSV,
+//! CSVWithNames, TabSeparated, TabSeparatedWithNames). Pure functions over a query result.
+
+use meridian_proto::v1 as pb;
+use serde_json::{json, Value as Json};
+
+use crate::query::QueryResult;
+
+pub const FORMATS: &str =
+    "JSONCompact, JSON, JSONEachRow, CSV, CSVWithNames, TabSeparated, TabSeparatedWithNames";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    JsonCompact,
+    Json,
+    JsonEachRow,
+    Csv { names: bool },
+    Tsv { names: bool },
+}
+
+impl Format {
+    pub fn parse(name: &str) -> Option<Format> {
+        Some(match name {
+            "JSONCompact" => Format::JsonCompact,
+            "JSON" => Format::Json,
+            "JSONEachRow" => Format::JsonEachRow,
+            "CSV" => Format::Csv { names: false },
+            "CSVWithNames" => Format::Csv { names: true },
+            "TabSeparated" | "TSV" => Format::Tsv { names: false },
+            "TabSeparatedWithNames" | "TSVWithNames" => Format::Tsv { names: true },
+            _ => return None,
+        })
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::JsonCompact | Format::Json => "application/json; charset=UTF-8",
+            Format::JsonEachRow => "application/x-ndjson; charset=UTF-8",
+            Format::Csv { .. } => "text/csv; charset=UTF-8",
+            Format::Tsv { .. } => "text/tab-separated-values; charset=UTF-8",
+        }
+    }
+}
+
+/// ClickHouse's name for a DuckDB type.
+pub fn clickhouse_type(duckdb: &str) -> String {
+    match duckdb {
+        "BIGINT" => "Int64".into(),
+        "INTEGER" => "Int32".into(),
+        "SMALLINT" => "Int16".into(),
+        "TINYINT" => "Int8".into(),
+        "UBIGINT" => "UInt64".into(),
+        "UINTEGER" => "UInt32".into(),
+        "USMALLINT" => "UInt16".into(),
+        "UTINYINT" => "UInt8".into(),
+        "HUGEINT" => "Int128".into(),
+        "DOUBLE" => "Float64".into(),
+        "FLOAT" => "Float32".into(),
+        "VARCHAR" => "String".into(),
+        "BOOLEAN" => "Bool".into(),
+        "DATE" => "Date".into(),
+        "TIMESTAMP" => "DateTime64(6)".into(),
+        other => match other.strip_prefix("DECIMAL") {
+            Some(rest) => format!("Decimal{rest}"),
+            None => other.into(),
+        },
+    }
+}
+
+/// ClickHouse quotes 64-bit and wider integers in JSON formats by default
+/// (`output_format_json_quote_64bit_integers=1`), because JavaScript cannot hold them.
+fn is_wide_int(ch_type: &str) -> bool {
+    matches!(ch_type, "Int64" | "UInt64" | "Int128")
+}
+
+fn json_value(v: &pb::Value, quote_wide: bool) -> Json {
+    use pb::value::Kind;
+    match &v.kind {
+        None => Json::Null,
+        Some(Kind::Int(i)) if quote_wide => Json::String(i.to_string()),
+        Some(Kind::Int(i)) => json!(i),
+        Some(Kind::Float(f)) => serde_json::Number::from_f64(*f)
+            .map_or_else(|| Json::String(f.to_string()), Json::Number),
+        Some(Kind::Text(s)) => Json::String(s.clone()),
+        Some(Kind::Boolean(b)) => Json::Bool(*b),
+    }
+}
+
+fn plain(v: &pb::Value) -> Option<String> {
+    use pb::value::Kind;
+    match &v.kind {
+        None => None,
+        Some(Kind::Int(i)) => Some(i.to_string()),
+        Some(Kind::Float(f)) => Some(f.to_string()),
+        Some(Kind::Text(s)) => Some(s.clone()),
+        Some(Kind::Boolean(b)) => Some(b.to_string()),
+    }
+}
+
+fn csv_field(v: &pb::Value) -> String {
+    match (&v.kind, plain(v)) {
+        (_, None) => "\\N".into(),
+        (Some(pb::value::Kind::Text(_)), Some(s)) => format!("\"{}\"", s.replace('"', "\"\"")),
+        (_, Some(s)) => s,
+    }
+}
+
+fn tsv_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+}
+
+/// Renders a result. `quote_64bit` follows ClickHouse's setting of the same name.
+pub fn render(format: Format, r: &QueryResult, elapsed_s: f64, quote_64bit: bool) -> String {
+    let ch_types: Vec<String> = r
+        .columns
+        .iter()
+        .map(|c| clickhouse_type(&c.r#type))
+        .collect();
+    let quote: Vec<bool> = ch_types
+        .iter()
+        .map(|t| quote_64bit && is_wide_int(t))
+        .collect();
+    let meta: Vec<Json> = r
+        .columns
+        .iter()
+        .zip(&ch_types)
+        .map(|(c, t)| json!({"name": c.name, "type": t}))
+        .collect();
+    let statistics = json!({"elapsed": elapsed_s, "rows_read": r.rows.len(), "bytes_read": 0});
+    match format {
+        Format::JsonCompact => {
+            let data: Vec<Json> = r
+                .rows
+                .iter()
+                .map(|row| {
+                    Json::Array(
+                        row.values
+                            .iter()
+                            .zip(&quote)
+                            .map(|(v, q)| json_value(v, *q))
+                            .collect(),
+                    )
+                })
+                .collect();
+            let body =
+                json!({"meta": meta, "data": data, "rows": r.rows.len(), "statistics": statistics});
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            )
+        }
+        Format::Json => {
+            // Objects are written by hand: a JSON map would reorder the columns.
+            let data: Vec<String> = r
+                .rows
+                .iter()
+                .map(|row| format!("\t\t{}", object(r, row, &quote)))
+                .collect();
+            format!(
+                "{{\n\t\"meta\": {},\n\t\"data\": [\n{}\n\t],\n\t\"rows\": {},\n\t\"statistics\": {}\n}}\n",
+                Json::Array(meta),
+                data.join(",\n"),
+                r.rows.len(),
+                statistics
+            )
+        }
+        Format::JsonEachRow => r
+            .rows
+            .iter()
+            .map(|row| format!("{}\n", object(r, row, &quote)))
+            .collect(),
+        Format::Csv { names } => {
+            let mut out = String::new();
+            if names {
+                out.push_str(
+                    &r.columns
+                        .iter()
+                        .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                out.push('\n');
+            }
+            for row in &r.rows {
+                out.push_str(
+                    &row.values
+                        .iter()
+                        .map(csv_field)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                out.push('\n');
+            }
+            out
+        }
+        Format::Tsv { names } => {
+            let mut out = String::new();
+            if names {
+                out.push_str(
+                    &r.columns
+                        .iter()
+                        .map(|c| tsv_escape(&c.name))
+                        .collect::<Vec<_>>()
+                        .join("\t"),
+                );
+                out.push('\n');
+            }
+            for row in &r.rows {
+                out.push_str(
+                    &row.values
+                        .iter()
+                        .map(|v| plain(v).map_or_else(|| "\\N".to_string(), |s| tsv_escape(&s)))
+                        .collect::<Vec<_>>()
+                        .join("\t"),
+                );
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
+/// One row as a JSON object with the columns in result order.
+fn object(r: &QueryResult, row: &pb::Row, quote: &[bool]) -> String {
+    let fields: Vec<String> = r
+        .columns
+        .iter()
+        .zip(&row.values)
+        .zip(quote)
+        .map(|((c, v), q)| format!("{}:{}", Json::String(c.name.clone()), json_value(v, *q)))
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result() -> QueryResult {
+        use pb::value::Kind;
+        let v = |k| pb::Value { kind: k };
+        QueryResult {
+            columns: vec![
+                pb::ColumnInfo {
+                    name: "region".into(),
+                    r#type: "VARCHAR".into(),
+                },
+                pb::ColumnInfo {
+                    name: "n".into(),
+                    r#type: "BIGINT".into(),
+                },
+            ],
+            rows: vec![
+                pb::Row {
+                    values: vec![
+                        v(Some(Kind::Text("eu \"west\"".into()))),
+                        v(Some(Kind::Int(3))),
+                    ],
+                },
+                pb::Row {
+                    values: vec![v(None), v(Some(Kind::Int(1)))],
+                },
+            ],
+            positions: vec![],
+        }
+    }
+
+    #[test]
+    fn formats_match_clickhouse() {
+        let r = result();
+        let compact: Json =
+            serde_json::from_str(&render(Format::JsonCompact, &r, 0.5, true)).expect("json");
+        assert_eq!(
+            compact["meta"],
+            json!([{"name": "region", "type": "String"}, {"name": "n", "type": "Int64"}])
+        );
+        assert_eq!(compact["data"], json!([["eu \"west\"", "3"], [null, "1"]]));
+        assert_eq!(compact["rows"], json!(2));
+        assert_eq!(
+            render(Format::JsonEachRow, &r, 0.0, false),
+            "{\"region\":\"eu \\\"west\\\"\",\"n\":3}\n{\"region\":null,\"n\":1}\n"
+        );
+        assert_eq!(
+            render(Format::Csv { names: false }, &r, 0.0, true),
+            "\"eu \"\"west\"\"\",3\n\\N,1\n"
+        );
+        assert_eq!(
+            render(Format::Csv { names: true }, &r, 0.0, true)
+                .lines()
+                .next(),
+            Some("\"region\",\"n\"")
+        );
+        assert_eq!(
+            render(Format::Tsv { names: false }, &r, 0.0, true),
+            "eu \"west\"\t3\n\\N\t1\n"
+        );
+        let full: Json =
+            serde_json::from_str(&render(Format::Json, &r, 0.5, true)).expect("JSON is JSON");
+        assert_eq!(full["data"][1], json!({"region": null, "n": "1"}));
+        assert_eq!(Format::parse("Parquet"), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! The HTTP SQL endpoint, compatible with the chDB/ClickHouse wrapper in the design notes:
+//! `GET /?query=<sql>&default_format=JSONCompact`, `POST /` with the SQL as the body, and
+//! `GET /ping`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::formats::{render, Format, FORMATS};
+use crate::service::Shared;
+
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/", get(get_query).post(post_query))
+        .route("/ping", get(|| async { "Ok.\n" }))
+        .with_state(shared)
+}
+
+async fn get_query(
+    State(s): State<Shared>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let sql = params.get("query").cloned().unwrap_or_default();
+    answer(s, sql, &params).await
+}
+
+async fn post_query(
+    State(s): State<Shared>,
+    Query(params): Query<HashMap<String, String>>,
+    body: String,
+) -> Response {
+    // ClickHouse concatenates `query` from the URL with the body.
+    let sql = match params.get("query") {
+        Some(q) if !q.trim().is_empty() => format!("{q} {body}"),
+        _ => body,
+    };
+    answer(s, sql, &params).await
+}
+
+fn bad_request(msg: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        format!("{msg}\n"),
+    )
+        .into_response()
+}
+
+async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Response {
+    if sql.trim().is_empty() {
+        return bad_request("Query not found: pass it as ?query=<sql> or as the POST body".into());
+    }
+    let format_name = params
+        .get("default_format")
+        .map_or("JSONCompact", String::as_str);
+    let Some(format) = Format::parse(format_name) else {
+        return bad_request(format!(
+            "Unknown output format '{format_name}'; supported: {FORMATS}"
+        ));
+    };
+    let quote_64bit = params
+        .get("output_format_json_quote_64bit_integers")
+        .is_none_or(|v| v != "0");
+    let started = Instant::now();
+    match s.query(sql).await {
+        Ok(r) => {
+            let body = render(format, &r, started.elapsed().as_secs_f64(), quote_64bit);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, format.content_type())],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => bad_request(e.to_string()),
+    }
+}

@@ -1,0 +1,172 @@
+//! A regional node: one member of a region's 3-node Raft group. It replicates the change
+//! batches the central tier pushes, applies them to its own DuckDB replica, and serves reads
+//! over gRPC and HTTP.
+//!
+//! [`node`] is the Raft thread (raft-rs `RawNode` over [`storage::RaftStore`] and
+//! [`replica::Replica`]); [`service`] and [`http`] are the network shells.
+
+pub mod formats;
+pub mod http;
+pub mod node;
+pub mod query;
+pub mod replica;
+pub mod service;
+mod slog_bridge;
+pub mod storage;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::coordinator_client::CoordinatorClient;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tonic::transport::{Endpoint, Server};
+use tracing::{debug, info};
+
+use crate::node::{NodeConfig, PEER_QUEUE_MAX};
+use crate::service::{RegionService, Shared, TransportService};
+
+/// How often a node reports itself to the coordinator.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct RegionConfig {
+    pub region: String,
+    pub node_id: u64,
+    /// gRPC URL of every node of the region, this one included, by node id.
+    pub peers: BTreeMap<u64, String>,
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// URLs other processes use to reach this node (default: from the listen addresses).
+    pub grpc_advertise: String,
+    pub http_advertise: String,
+    pub data_dir: PathBuf,
+    pub coordinator: Option<String>,
+}
+
+impl RegionConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            catalog::valid_region_name(&self.region),
+            "--region '{}' must be letters, digits, '-' or '_'",
+            self.region
+        );
+        anyhow::ensure!(self.node_id > 0, "--node-id must be above 0");
+        anyhow::ensure!(
+            self.peers.contains_key(&self.node_id),
+            "--peers must include this node's id {}",
+            self.node_id
+        );
+        anyhow::ensure!(
+            self.peers.len() % 2 == 1,
+            "--peers lists {} nodes; a Raft group needs an odd number (3 is usual)",
+            self.peers.len()
+        );
+        Ok(())
+    }
+}
+
+/// Runs the node until `shutdown` flips.
+pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let mut outbox = HashMap::new();
+    for (&id, addr) in &cfg.peers {
+        if id == cfg.node_id {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+        outbox.insert(id, tx);
+        tokio::spawn(service::peer_sender(id, addr.clone(), rx));
+    }
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let node_cfg = NodeConfig {
+        id: cfg.node_id,
+        peers: cfg.peers.keys().copied().collect(),
+        data_dir: cfg.data_dir.clone(),
+        region: cfg.region.clone(),
+    };
+    // DuckDB allows one database instance per file in a process, so readers use connections
+    // cloned from the replica's own.
+    let (handle, thread, reader) =
+        node::start(node_cfg, outbox, incarnation).context("starting the raft node")?;
+    let shared = Shared {
+        node: handle.clone(),
+        region: cfg.region.clone(),
+        node_id: cfg.node_id,
+        peers: Arc::new(cfg.peers.clone()),
+        grpc_addr: cfg.grpc_advertise.clone(),
+        http_addr: cfg.http_advertise.clone(),
+        reader: Arc::new(Mutex::new(reader)),
+        queries: Arc::new(Semaphore::new(service::QUERIES_MAX)),
+    };
+
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .with_context(|| format!("binding gRPC on {}", cfg.grpc_listen))?;
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.http_listen))?;
+    info!(region = %cfg.region, node = cfg.node_id, grpc = %cfg.grpc_listen, http = %cfg.http_listen, "regional node listening");
+
+    let mut sd = shutdown.clone();
+    let grpc = Server::builder()
+        .add_service(pb::region_server::RegionServer::new(RegionService(
+            shared.clone(),
+        )))
+        .add_service(pb::raft_transport_server::RaftTransportServer::new(
+            TransportService(handle.clone()),
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            async move {
+                let _ = sd.changed().await;
+            },
+        );
+    let mut sd = shutdown.clone();
+    let http = axum::serve(http_listener, http::router(shared.clone())).with_graceful_shutdown(
+        async move {
+            let _ = sd.changed().await;
+        },
+    );
+    if let Some(coordinator) = cfg.coordinator.clone() {
+        tokio::spawn(report_loop(coordinator, shared.clone(), shutdown.clone()));
+    }
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    let _ = shutdown.changed().await;
+    let _ = grpc.await;
+    let _ = http.await;
+    drop(shared);
+    drop(handle);
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    info!("regional node stopped");
+    Ok(())
+}
+
+async fn report_loop(coordinator: String, shared: Shared, mut shutdown: watch::Receiver<bool>) {
+    let Ok(endpoint) = Endpoint::from_shared(coordinator.clone()) else {
+        tracing::error!(coordinator = %coordinator, "bad coordinator address");
+        return;
+    };
+    let mut client = CoordinatorClient::new(
+        endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy(),
+    );
+    loop {
+        if let Ok(status) = shared.status().await {
+            if let Err(e) = client.report_node(status).await {
+                debug!(error = %e.message(), "report to the coordinator failed");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(REPORT_INTERVAL) => {}
+        }
+    }
+}

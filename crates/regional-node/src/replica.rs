@@ -1,0 +1,467 @@
+//! A node's DuckDB replica: one table per view, plus `_meridian_applied` (per-view applied
+//! sequence and freshness) and `_meridian_raft` (the last Raft index applied). A batch is
+//! applied in one DuckDB transaction together with its position, so a batch applied twice
+//! changes nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use catalog::ColumnType;
+use duckdb::types::Value as DValue;
+use duckdb::{params_from_iter, Connection};
+use meridian_proto::v1 as pb;
+use tracing::{debug, warn};
+
+/// Rows staged by one multi-row INSERT: bounds the statement's size.
+const STAGE_ROWS_PER_STATEMENT: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("duckdb: {0}")]
+    DuckDb(#[from] duckdb::Error),
+    #[error("view '{view}': {detail}")]
+    Schema { view: String, detail: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Position {
+    pub seq: u64,
+    pub produced_at_ms: i64,
+    pub applied_at_ms: i64,
+}
+
+pub struct Replica {
+    conn: Connection,
+    positions: HashMap<String, Position>,
+    /// Views whose table exists, with the schema it was created with.
+    tables: HashMap<String, pb::ViewSchema>,
+    applied_index: u64,
+}
+
+/// Quotes an identifier for DuckDB.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+impl Replica {
+    pub fn open(path: &Path) -> Result<Replica, ReplicaError> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _meridian_applied (view VARCHAR PRIMARY KEY, seq UBIGINT NOT NULL, produced_at_ms BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL, schema_json VARCHAR NOT NULL);
+             CREATE TABLE IF NOT EXISTS _meridian_raft (id INTEGER PRIMARY KEY, applied_index UBIGINT NOT NULL);",
+        )?;
+        let mut positions = HashMap::new();
+        let mut tables = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json FROM _meridian_applied")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let view: String = row.get(0)?;
+                let seq: u64 = row.get(1)?;
+                positions.insert(
+                    view.clone(),
+                    Position {
+                        seq,
+                        produced_at_ms: row.get(2)?,
+                        applied_at_ms: row.get(3)?,
+                    },
+                );
+                let json: String = row.get(4)?;
+                if let Some(schema) = schema_from_json(&view, &json) {
+                    tables.insert(view, schema);
+                }
+            }
+        }
+        let applied_index: u64 = conn
+            .query_row(
+                "SELECT applied_index FROM _meridian_raft WHERE id = 0",
+                [],
+                |r| r.get(0),
+            )
+            .or_else(|e| {
+                if matches!(e, duckdb::Error::QueryReturnedNoRows) {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            })?;
+        Ok(Replica {
+            conn,
+            positions,
+            tables,
+            applied_index,
+        })
+    }
+
+    /// A new connection to the same database, for readers.
+    pub fn reader(&self) -> Result<Connection, ReplicaError> {
+        Ok(self.conn.try_clone()?)
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn position(&self, view: &str) -> Position {
+        self.positions.get(view).cloned().unwrap_or_default()
+    }
+
+    pub fn positions(&self) -> &HashMap<String, Position> {
+        &self.positions
+    }
+
+    /// Applies the batches of one committed Raft entry at `raft_index`. Batches at or below
+    /// the view's applied sequence are skipped; a batch that would leave a gap stops the entry
+    /// (the shipper resends from the position it is told). Deterministic: every replica of the
+    /// region reaches the same state from the same log.
+    pub fn apply(
+        &mut self,
+        raft_index: u64,
+        push: &pb::PushRequest,
+        now_ms: i64,
+    ) -> Result<u64, ReplicaError> {
+        let schema = push.schema.as_ref().ok_or_else(|| ReplicaError::Schema {
+            view: "?".into(),
+            detail: "push without a schema".into(),
+        })?;
+        let view = schema.view.clone();
+        let mut pos = self.position(&view);
+        let tx = self.conn.transaction()?;
+        if !self.tables.contains_key(&view) {
+            create_table(&tx, schema)?;
+        } else if self.tables.get(&view) != Some(schema) {
+            return Err(ReplicaError::Schema {
+                view,
+                detail: "schema differs from the replica table's".into(),
+            });
+        }
+        let mut applied_any = false;
+        for batch in &push.batches {
+            if batch.seq <= pos.seq {
+                continue;
+            }
+            if batch.seq != pos.seq + 1 {
+                warn!(view = %view, seq = batch.seq, applied_seq = pos.seq, "batch would leave a gap; skipped");
+                break;
+            }
+            apply_changes(&tx, schema, &batch.changes)?;
+            pos = Position {
+                seq: batch.seq,
+                produced_at_ms: batch.produced_at_ms,
+                applied_at_ms: now_ms,
+            };
+            applied_any = true;
+        }
+        if applied_any {
+            let schema_json = schema_to_json(schema);
+            tx.execute(
+                "INSERT OR REPLACE INTO _meridian_applied VALUES (?, ?, ?, ?, ?)",
+                duckdb::params![
+                    view,
+                    pos.seq,
+                    pos.produced_at_ms,
+                    pos.applied_at_ms,
+                    schema_json
+                ],
+            )?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)",
+            [raft_index],
+        )?;
+        tx.commit()?;
+        debug!(view = %view, seq = pos.seq, raft_index, "applied");
+        self.applied_index = raft_index;
+        self.tables.insert(view.clone(), schema.clone());
+        self.positions.insert(view, pos.clone());
+        Ok(pos.seq)
+    }
+}
+
+fn create_table(conn: &Connection, schema: &pb::ViewSchema) -> Result<(), ReplicaError> {
+    let mut cols = Vec::new();
+    for c in &schema.columns {
+        let ty = ColumnType::from_name(&c.r#type).ok_or_else(|| ReplicaError::Schema {
+            view: schema.view.clone(),
+            detail: format!("unknown column type '{}'", c.r#type),
+        })?;
+        cols.push(format!("{} {}", quote(&c.name), ty.duckdb_type()));
+    }
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        quote(&schema.view),
+        cols.join(", ")
+    ))?;
+    Ok(())
+}
+
+/// Replaces the rows of a batch's keys: the batch is first reduced to its last change per key
+/// (DuckDB's `INSERT OR REPLACE` would keep the first), then staged and applied as one
+/// delete-join and one insert. Keys may be NULL, so they match with `IS NOT DISTINCT FROM`.
+fn apply_changes(
+    conn: &Connection,
+    schema: &pb::ViewSchema,
+    changes: &[pb::RowChange],
+) -> Result<(), ReplicaError> {
+    let mut last: HashMap<Vec<KeyPart>, usize> = HashMap::with_capacity(changes.len());
+    for (i, c) in changes.iter().enumerate() {
+        last.insert(c.key.iter().map(KeyPart::from).collect(), i);
+    }
+    let mut reduced: Vec<usize> = last.into_values().collect();
+    reduced.sort_unstable();
+
+    let table = quote(&schema.view);
+    let stage = quote(&format!("_meridian_stage_{}", schema.view));
+    let n_cols = schema.columns.len();
+    let col_list = schema
+        .columns
+        .iter()
+        .map(|c| quote(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    conn.execute_batch(&format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT *, true AS _meridian_delete FROM {table} LIMIT 0; DELETE FROM {stage};"
+    ))?;
+    for chunk in reduced.chunks(STAGE_ROWS_PER_STATEMENT) {
+        let placeholders = format!("({})", vec!["?"; n_cols + 1].join(", "));
+        let sql = format!(
+            "INSERT INTO {stage} VALUES {}",
+            vec![placeholders; chunk.len()].join(", ")
+        );
+        let mut params: Vec<DValue> = Vec::with_capacity(chunk.len() * (n_cols + 1));
+        for &i in chunk {
+            let c = &changes[i];
+            match &c.row {
+                Some(row) => {
+                    if row.values.len() != n_cols {
+                        return Err(ReplicaError::Schema {
+                            view: schema.view.clone(),
+                            detail: format!(
+                                "row has {} values, table has {n_cols} columns",
+                                row.values.len()
+                            ),
+                        });
+                    }
+                    params.extend(row.values.iter().map(to_duck));
+                    params.push(DValue::Boolean(false));
+                }
+                None => {
+                    // A deletion only needs the key columns; the others stay NULL.
+                    let mut vals = vec![DValue::Null; n_cols];
+                    for (k, &idx) in c.key.iter().zip(&schema.key_indexes) {
+                        if let Some(slot) = vals.get_mut(idx as usize) {
+                            *slot = to_duck(k);
+                        }
+                    }
+                    params.extend(vals);
+                    params.push(DValue::Boolean(true));
+                }
+            }
+        }
+        conn.prepare_cached(&sql)?
+            .execute(params_from_iter(params))?;
+    }
+    let on = if schema.key_indexes.is_empty() {
+        "true".to_string()
+    } else {
+        schema
+            .key_indexes
+            .iter()
+            .filter_map(|&i| schema.columns.get(i as usize))
+            .map(|c| format!("t.{0} IS NOT DISTINCT FROM s.{0}", quote(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    conn.execute_batch(&format!(
+        "DELETE FROM {table} AS t USING {stage} AS s WHERE {on}; INSERT INTO {table} SELECT {col_list} FROM {stage} WHERE NOT _meridian_delete;"
+    ))?;
+    Ok(())
+}
+
+/// A hashable form of a wire value, for reducing a batch by key.
+#[derive(PartialEq, Eq, Hash)]
+enum KeyPart {
+    Null,
+    Int(i64),
+    Float(u64),
+    Text(String),
+    Bool(bool),
+}
+
+impl From<&pb::Value> for KeyPart {
+    fn from(v: &pb::Value) -> KeyPart {
+        use pb::value::Kind;
+        match &v.kind {
+            None => KeyPart::Null,
+            Some(Kind::Int(i)) => KeyPart::Int(*i),
+            Some(Kind::Float(f)) => KeyPart::Float(f.to_bits()),
+            Some(Kind::Text(s)) => KeyPart::Text(s.clone()),
+            Some(Kind::Boolean(b)) => KeyPart::Bool(*b),
+        }
+    }
+}
+
+fn to_duck(v: &pb::Value) -> DValue {
+    use pb::value::Kind;
+    match &v.kind {
+        None => DValue::Null,
+        Some(Kind::Int(i)) => DValue::BigInt(*i),
+        Some(Kind::Float(f)) => DValue::Double(*f),
+        Some(Kind::Text(s)) => DValue::Text(s.clone()),
+        Some(Kind::Boolean(b)) => DValue::Boolean(*b),
+    }
+}
+
+fn schema_to_json(s: &pb::ViewSchema) -> String {
+    let cols: Vec<serde_json::Value> = s
+        .columns
+        .iter()
+        .map(|c| serde_json::json!([c.name, c.r#type]))
+        .collect();
+    serde_json::json!({ "columns": cols, "key_indexes": s.key_indexes }).to_string()
+}
+
+fn schema_from_json(view: &str, json: &str) -> Option<pb::ViewSchema> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let columns = v.get("columns")?.as_array()?.iter().map(|c| {
+        Some(pb::ColumnSchema {
+            name: c.get(0)?.as_str()?.to_string(),
+            r#type: c.get(1)?.as_str()?.to_string(),
+        })
+    });
+    let key_indexes = v
+        .get("key_indexes")?
+        .as_array()?
+        .iter()
+        .map(|k| k.as_u64().map(|k| k as u32));
+    Some(pb::ViewSchema {
+        view: view.to_string(),
+        columns: columns.collect::<Option<_>>()?,
+        key_indexes: key_indexes.collect::<Option<_>>()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> pb::ViewSchema {
+        pb::ViewSchema {
+            view: "by_region".into(),
+            columns: vec![
+                pb::ColumnSchema {
+                    name: "region".into(),
+                    r#type: "string".into(),
+                },
+                pb::ColumnSchema {
+                    name: "n".into(),
+                    r#type: "int64".into(),
+                },
+            ],
+            key_indexes: vec![0],
+        }
+    }
+
+    fn text(s: Option<&str>) -> pb::Value {
+        pb::Value {
+            kind: s.map(|s| pb::value::Kind::Text(s.into())),
+        }
+    }
+
+    fn upsert(region: Option<&str>, n: i64) -> pb::RowChange {
+        pb::RowChange {
+            key: vec![text(region)],
+            row: Some(pb::Row {
+                values: vec![
+                    text(region),
+                    pb::Value {
+                        kind: Some(pb::value::Kind::Int(n)),
+                    },
+                ],
+            }),
+        }
+    }
+
+    fn batch(seq: u64, changes: Vec<pb::RowChange>) -> pb::ChangeBatch {
+        pb::ChangeBatch {
+            view: "by_region".into(),
+            seq,
+            changes,
+            produced_at_ms: 10,
+            ..Default::default()
+        }
+    }
+
+    fn rows(r: &Replica) -> Vec<(Option<String>, i64)> {
+        let conn = r.reader().expect("reader");
+        let mut stmt = conn
+            .prepare("SELECT region, n FROM by_region ORDER BY region NULLS FIRST")
+            .expect("prepare");
+        let out = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("query")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows");
+        out
+    }
+
+    #[test]
+    fn apply_is_idempotent_keeps_last_change_and_handles_null_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.duckdb");
+        let mut r = Replica::open(&path).expect("open");
+        let push = pb::PushRequest {
+            schema: Some(schema()),
+            batches: vec![
+                batch(
+                    1,
+                    vec![
+                        upsert(Some("eu"), 1),
+                        upsert(None, 4),
+                        upsert(Some("eu"), 2),
+                    ],
+                ),
+                batch(
+                    2,
+                    vec![
+                        upsert(Some("us"), 3),
+                        pb::RowChange {
+                            key: vec![text(None)],
+                            row: None,
+                        },
+                    ],
+                ),
+            ],
+        };
+        assert_eq!(r.apply(5, &push, 20).expect("apply"), 2);
+        assert_eq!(
+            rows(&r),
+            vec![(Some("eu".into()), 2), (Some("us".into()), 3)]
+        );
+        // The same entry again, and an older batch: nothing changes.
+        assert_eq!(r.apply(6, &push, 30).expect("apply"), 2);
+        assert_eq!(
+            rows(&r),
+            vec![(Some("eu".into()), 2), (Some("us".into()), 3)]
+        );
+        // A gap is refused.
+        let gap = pb::PushRequest {
+            schema: Some(schema()),
+            batches: vec![batch(4, vec![upsert(Some("eu"), 9)])],
+        };
+        assert_eq!(r.apply(7, &gap, 40).expect("apply"), 2);
+        assert_eq!(r.position("by_region").seq, 2);
+        drop(r);
+        let r = Replica::open(&path).expect("reopen");
+        assert_eq!(r.applied_index(), 7);
+        assert_eq!(
+            r.position("by_region"),
+            Position {
+                seq: 2,
+                produced_at_ms: 10,
+                applied_at_ms: 20
+            }
+        );
+        assert_eq!(rows(&r).len(), 2);
+    }
+}

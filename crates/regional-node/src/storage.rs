@@ -1,0 +1,275 @@
+//! The Raft log and hard state in RocksDB, behind raft-rs's [`Storage`] trait.
+//!
+//! Layout (only this module knows it): `hs` → HardState, `cs` → ConfState, `e` + index (8
+//! bytes big-endian) → Entry, all protobuf-2 encoded as raft-rs defines them. The log is never
+//! compacted yet, so `first_index` is always 1 and no snapshot is ever needed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use protobuf::Message as PbMessage;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'e';
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+pub struct RaftStore {
+    db: Arc<DB>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index of the last entry in the log (0 when empty).
+    last_index: u64,
+    last_term: u64,
+}
+
+impl RaftStore {
+    /// Opens the log; a new one starts with `voters` as its configuration.
+    pub fn open(path: &Path, voters: &[u64]) -> Result<RaftStore, raft::Error> {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        let db = Arc::new(DB::open(&opts, path).map_err(other)?);
+        let hard_state = match db.get(b"hs").map_err(other)? {
+            Some(b) => HardState::parse_from_bytes(&b).map_err(|e| other(e))?,
+            None => HardState::default(),
+        };
+        let conf_state = match db.get(b"cs").map_err(other)? {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| other(e))?,
+            None => {
+                let mut cs = ConfState::default();
+                cs.set_voters(voters.to_vec());
+                db.put(b"cs", cs.write_to_bytes().map_err(|e| other(e))?)
+                    .map_err(other)?;
+                cs
+            }
+        };
+        let (last_index, last_term) = match db
+            .iterator(IteratorMode::From(&entry_key(u64::MAX), Direction::Reverse))
+            .next()
+        {
+            Some(item) => {
+                let (k, v) = item.map_err(other)?;
+                if k.first() == Some(&b'e') {
+                    let e = Entry::parse_from_bytes(&v).map_err(|e| other(e))?;
+                    (e.index, e.term)
+                } else {
+                    (0, 0)
+                }
+            }
+            None => (0, 0),
+        };
+        assert!(
+            hard_state.commit <= last_index,
+            "commit index {} is past the last log index {last_index}",
+            hard_state.commit
+        );
+        Ok(RaftStore {
+            db,
+            hard_state,
+            conf_state,
+            last_index,
+            last_term,
+        })
+    }
+
+    /// Appends entries (truncating any conflicting suffix) and saves the hard state, in one
+    /// synced write: Raft must not acknowledge what a crash could lose.
+    pub fn persist(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(), raft::Error> {
+        let mut wb = WriteBatch::default();
+        if let Some(first) = entries.first() {
+            assert!(
+                first.index >= 1 && first.index <= self.last_index + 1,
+                "log gap: appending {} after {}",
+                first.index,
+                self.last_index
+            );
+            for e in entries {
+                wb.put(
+                    entry_key(e.index),
+                    e.write_to_bytes().map_err(|e| other(e))?,
+                );
+            }
+            let new_last = entries[entries.len() - 1].index;
+            if new_last < self.last_index {
+                wb.delete_range(entry_key(new_last + 1), entry_key(self.last_index + 1));
+            }
+        }
+        if let Some(hs) = hs {
+            wb.put(b"hs", hs.write_to_bytes().map_err(|e| other(e))?);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(wb, &opts).map_err(other)?;
+        if let Some(last) = entries.last() {
+            self.last_index = last.index;
+            self.last_term = last.term;
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index (from a LightReady); not synced, it is re-derived on restart.
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), raft::Error> {
+        self.hard_state.commit = commit;
+        self.db
+            .put(
+                b"hs",
+                self.hard_state.write_to_bytes().map_err(|e| other(e))?,
+            )
+            .map_err(other)
+    }
+
+    fn entry(&self, index: u64) -> Result<Entry, raft::Error> {
+        match self.db.get(entry_key(index)).map_err(other)? {
+            Some(b) => Entry::parse_from_bytes(&b).map_err(|e| other(e)),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+}
+
+impl Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        if low < 1 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        assert!(
+            high <= self.last_index + 1,
+            "index out of bound (last: {}, high: {high})",
+            self.last_index
+        );
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&entry_key(low), Direction::Forward))
+        {
+            let (k, v) = item.map_err(other)?;
+            if k.as_ref() >= entry_key(high).as_slice() {
+                break;
+            }
+            size += v.len() as u64;
+            if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                break;
+            }
+            out.push(Entry::parse_from_bytes(&v).map_err(|e| other(e))?);
+        }
+        if out.len() as u64 != high - low && max_size.is_none() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == 0 {
+            return Ok(0);
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The log is never compacted, so a follower can always catch up from entries.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8].into();
+        e
+    }
+
+    #[test]
+    fn log_survives_reopen_and_truncates_conflicts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut s = RaftStore::open(dir.path(), &[1, 2, 3]).expect("open");
+            let mut hs = HardState::default();
+            hs.term = 2;
+            hs.vote = 1;
+            hs.commit = 2;
+            s.persist(
+                &[entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)],
+                Some(&hs),
+            )
+            .expect("persist");
+            // A new leader overwrites index 3 onwards with a shorter suffix.
+            s.persist(&[entry(3, 3)], None).expect("truncate");
+            assert_eq!(s.last_index().expect("last"), 3);
+        }
+        let s = RaftStore::open(dir.path(), &[9]).expect("reopen");
+        let state = s.initial_state().expect("state");
+        assert_eq!(state.hard_state.term, 2);
+        assert_eq!(state.hard_state.commit, 2);
+        assert_eq!(
+            state.conf_state.voters,
+            vec![1, 2, 3],
+            "the first configuration is kept"
+        );
+        assert_eq!(s.last_index().expect("last"), 3);
+        assert_eq!(s.term(3).expect("term"), 3);
+        assert_eq!(s.term(2).expect("term"), 1);
+        assert!(s.term(4).is_err());
+        let es = s
+            .entries(1, 4, None, GetEntriesContext::empty(false))
+            .expect("entries");
+        assert_eq!(
+            es.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 1), (3, 3)]
+        );
+        let limited = s
+            .entries(1, 4, Some(1), GetEntriesContext::empty(false))
+            .expect("entries");
+        assert_eq!(limited.len(), 1, "max_size still returns one entry");
+    }
+}

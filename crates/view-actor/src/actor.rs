@@ -1,0 +1,233 @@
+//! The async shell of one view: consumes the stream's topic, drives [`ViewCore`], and commits
+//! each batch (state, offsets, change-log entry, dead letters) atomically to the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catalog::{StreamDef, ViewDef};
+use meridian_proto::v1 as pb;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::core::ViewCore;
+use crate::decode::decode;
+use crate::store::{Commit, DeadLetter, StoreError, ViewStore};
+use crate::wire::{row_to_wire, to_wire};
+use crate::Clock;
+
+/// Most source messages in one change batch: bounds the batch's memory and the size of one
+/// Raft entry in the regions.
+pub const BATCH_EVENTS_MAX: usize = 2_000;
+/// How long a batch waits for more messages once it has one: trades latency for batch size.
+pub const BATCH_LINGER: Duration = Duration::from_millis(50);
+/// How long a metadata request to the brokers may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Dead letters kept in the status report.
+pub const RECENT_DEAD_LETTERS_MAX: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("topic '{topic}' does not exist on brokers '{brokers}'")]
+    NoTopic { topic: String, brokers: String },
+    #[error("reading a source row: {0}")]
+    Lookup(String),
+    #[error("task failed: {0}")]
+    Join(String),
+}
+
+/// What the actor reports for `meridian status`.
+#[derive(Clone, Debug, Default)]
+pub struct ActorStatus {
+    pub seq: u64,
+    pub events: u64,
+    pub dead_letters: u64,
+    pub recent_dead_letters: Vec<DeadLetter>,
+    pub error: String,
+    pub last_batch_at_ms: i64,
+}
+
+pub struct ViewActor {
+    pub view_id: u64,
+    pub def: ViewDef,
+    pub stream: StreamDef,
+    pub store: ViewStore,
+    pub clock: Arc<dyn Clock>,
+    /// Latest committed sequence, for the shippers.
+    pub latest: watch::Sender<u64>,
+    pub status: Arc<Mutex<ActorStatus>>,
+}
+
+impl ViewActor {
+    /// Runs until `shutdown` flips or an error that needs a fresh start (the caller restarts
+    /// the actor from its store).
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), ActorError> {
+        let span = info_span!("view", view = %self.def.name);
+        async {
+            let meta = self.store.load_meta()?;
+            let groups = self.store.load_groups()?;
+            let mut offsets = self.store.load_offsets()?;
+            info!(seq = meta.seq, groups = groups.len(), "view state loaded");
+            self.latest.send_replace(meta.seq);
+            self.set_status(|s| {
+                s.seq = meta.seq;
+                s.events = meta.events;
+                s.dead_letters = meta.dead_letters;
+                s.last_batch_at_ms = meta.last_batch_at_ms;
+            });
+            let mut core = ViewCore::new(self.def.clone(), self.stream.primary_key.clone(), groups);
+            let mut meta = meta;
+
+            let consumer = self.subscribe(&offsets).await?;
+            self.set_status(|s| s.error.clear());
+            loop {
+                let mut messages = Vec::new();
+                tokio::select! {
+                    _ = shutdown.changed() => return Ok(()),
+                    first = consumer.recv() => messages.push(first?.detach()),
+                }
+                let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+                while messages.len() < BATCH_EVENTS_MAX {
+                    match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                        Ok(m) => messages.push(m?.detach()),
+                        Err(_) => break,
+                    }
+                }
+                let span = info_span!("batch", n_messages = messages.len());
+                let mut commit = Commit::default();
+                let mut new_offsets: HashMap<i32, i64> = HashMap::new();
+                let mut consumed = 0u64;
+                span.in_scope(|| -> Result<(), ActorError> {
+                    for m in &messages {
+                        // After a restart librdkafka may hand back a message below the stored
+                        // position; it was counted already.
+                        if offsets.get(&m.partition()).is_some_and(|&next| m.offset() < next) {
+                            continue;
+                        }
+                        new_offsets.insert(m.partition(), m.offset() + 1);
+                        offsets.insert(m.partition(), m.offset() + 1);
+                        consumed += 1;
+                        match decode(&self.stream, m.key(), m.payload()) {
+                            Ok(Some(event)) => core.apply(event, &self.store).map_err(ActorError::Lookup)?,
+                            Ok(None) => {}
+                            Err(reason) => {
+                                warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "message sent to the dead-letter table");
+                                commit.dead_letters.push(DeadLetter { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset(), reason });
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+                if consumed == 0 {
+                    continue;
+                }
+                let out = core.finish_batch();
+                let now = self.clock.now_ms();
+                meta.events += consumed;
+                meta.dead_letters += commit.dead_letters.len() as u64;
+                if !out.changes.is_empty() {
+                    meta.seq += 1;
+                    meta.last_batch_at_ms = now;
+                    commit.log = Some(pb::ChangeBatch {
+                        view: self.def.name.clone(),
+                        seq: meta.seq,
+                        changes: out
+                            .changes
+                            .iter()
+                            .map(|c| pb::RowChange { key: c.key.iter().map(to_wire).collect(), row: c.row.as_deref().map(row_to_wire) })
+                            .collect(),
+                        source_offsets: offsets
+                            .iter()
+                            .map(|(&partition, &next_offset)| pb::SourceOffset { topic: self.stream.topic.clone(), partition, next_offset })
+                            .collect(),
+                        produced_at_ms: now,
+                        events: consumed,
+                    });
+                }
+                commit.meta = meta.clone();
+                commit.offsets = new_offsets.into_iter().collect();
+                commit.groups = out.groups;
+                commit.rows = out.rows;
+                let n_dead = commit.dead_letters.len();
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.commit(commit)).instrument(span.clone()).await.map_err(|e| ActorError::Join(e.to_string()))??;
+                span.in_scope(|| debug!(seq = meta.seq, events = consumed, changes = out.changes.len(), "committed batch"));
+                self.latest.send_replace(meta.seq);
+                let recent = if n_dead > 0 { Some(self.store.recent_dead_letters(RECENT_DEAD_LETTERS_MAX)?) } else { None };
+                self.set_status(|s| {
+                    s.seq = meta.seq;
+                    s.events = meta.events;
+                    s.dead_letters = meta.dead_letters;
+                    s.last_batch_at_ms = meta.last_batch_at_ms;
+                    if let Some(r) = recent {
+                        s.recent_dead_letters = r;
+                    }
+                });
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut ActorStatus)) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+    }
+
+    /// Assigns every partition of the topic, each at its stored next offset (or the beginning).
+    async fn subscribe(&self, offsets: &HashMap<i32, i64>) -> Result<StreamConsumer, ActorError> {
+        let brokers = self.stream.brokers.clone();
+        let topic = self.stream.topic.clone();
+        let partitions = tokio::task::spawn_blocking({
+            let (brokers, topic) = (brokers.clone(), topic.clone());
+            move || topic_partitions(&brokers, &topic)
+        })
+        .await
+        .map_err(|e| ActorError::Join(e.to_string()))??;
+        let consumer: StreamConsumer =
+            consumer_config(&brokers, &format!("meridian-view-{}", self.def.name)).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let offset = offsets
+                .get(p)
+                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            tpl.add_partition_offset(&topic, *p, offset)?;
+        }
+        consumer.assign(&tpl)?;
+        info!(topic = %topic, partitions = partitions.len(), "consuming");
+        Ok(consumer)
+    }
+}
+
+fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    c
+}
+
+/// The partitions of `topic`, or [`ActorError::NoTopic`].
+pub fn topic_partitions(brokers: &str, topic: &str) -> Result<Vec<i32>, ActorError> {
+    let consumer: BaseConsumer = consumer_config(brokers, "meridian-metadata").create()?;
+    let md = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let t = md.topics().iter().find(|t| t.name() == topic);
+    match t {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().iter().map(|p| p.id()).collect())
+        }
+        _ => Err(ActorError::NoTopic {
+            topic: topic.to_string(),
+            brokers: brokers.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,289 @@
+//! Decoding Kafka message values into source events. Pure: no IO.
+
+use catalog::{ColumnType, DataFormat, StreamDef, Value};
+use serde_json::Value as Json;
+
+/// One change of the source, as the aggregation core consumes it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceEvent {
+    /// An insert of a row in a stream without a primary key (never retracted).
+    Append(Vec<Value>),
+    /// The row with this primary key now has these values (insert, update or snapshot read).
+    Upsert(Vec<Value>),
+    /// The row with this primary key is gone.
+    Delete { key: Vec<Value> },
+}
+
+/// Decodes one message. `Ok(None)` is a message to skip (a Debezium tombstone).
+/// The error text says what was wrong, for the dead-letter record.
+pub fn decode(
+    stream: &StreamDef,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<Option<SourceEvent>, String> {
+    let Some(payload) = payload else {
+        return match stream.format {
+            DataFormat::Debezium => Ok(None),
+            _ => Err("message has no value".to_string()),
+        };
+    };
+    match stream.format {
+        DataFormat::Raw => {
+            let text = std::str::from_utf8(payload)
+                .map_err(|e| format!("value is not valid UTF-8: {e}"))?;
+            Ok(Some(SourceEvent::Append(vec![Value::Text(
+                text.to_string(),
+            )])))
+        }
+        DataFormat::JsonEachRow => {
+            let json: Json =
+                serde_json::from_slice(payload).map_err(|e| format!("value is not JSON: {e}"))?;
+            let Json::Object(_) = json else {
+                return Err(format!("expected a JSON object, got {}", json_kind(&json)));
+            };
+            let row = decode_row(stream, &json)?;
+            if stream.primary_key.is_empty() {
+                Ok(Some(SourceEvent::Append(row)))
+            } else {
+                check_key(stream, &row)?;
+                Ok(Some(SourceEvent::Upsert(row)))
+            }
+        }
+        DataFormat::Debezium => decode_debezium(stream, key, payload),
+    }
+}
+
+fn decode_debezium(
+    stream: &StreamDef,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> Result<Option<SourceEvent>, String> {
+    let json: Json =
+        serde_json::from_slice(payload).map_err(|e| format!("value is not JSON: {e}"))?;
+    let envelope = unwrap_schema(&json);
+    let Json::Object(fields) = envelope else {
+        return Err(format!(
+            "expected a Debezium envelope object, got {}",
+            json_kind(envelope)
+        ));
+    };
+    let op = fields
+        .get("op")
+        .and_then(Json::as_str)
+        .ok_or("Debezium envelope has no 'op' field")?;
+    match op {
+        "c" | "r" | "u" => {
+            let after = fields
+                .get("after")
+                .filter(|a| a.is_object())
+                .ok_or_else(|| format!("op '{op}' needs an 'after' object"))?;
+            let row = decode_row(stream, after).map_err(|e| format!("after: {e}"))?;
+            check_key(stream, &row)?;
+            Ok(Some(SourceEvent::Upsert(row)))
+        }
+        "d" => {
+            // The primary key of a deleted row comes from `before`, or from the message key
+            // when the source sends only keys in `before` (REPLICA IDENTITY DEFAULT).
+            let source = match fields.get("before").filter(|b| b.is_object()) {
+                Some(before) => before.clone(),
+                None => {
+                    let key =
+                        key.ok_or("op 'd' has no 'before' object and the message has no key")?;
+                    let key: Json = serde_json::from_slice(key)
+                        .map_err(|e| format!("message key is not JSON: {e}"))?;
+                    unwrap_schema(&key).clone()
+                }
+            };
+            let mut pk = Vec::with_capacity(stream.primary_key.len());
+            for &idx in &stream.primary_key {
+                let col = &stream.columns[idx];
+                let v = decode_value(col.ty, source.get(&col.name).unwrap_or(&Json::Null))
+                    .map_err(|e| format!("column '{}': {e}", col.name))?;
+                if v.is_null() {
+                    return Err(format!(
+                        "delete has no value for primary key column '{}'",
+                        col.name
+                    ));
+                }
+                pk.push(v);
+            }
+            Ok(Some(SourceEvent::Delete { key: pk }))
+        }
+        "t" => Err("truncate events are not supported".to_string()),
+        other => Err(format!("unknown Debezium op '{other}'")),
+    }
+}
+
+/// Debezium's JSON converter with schemas enabled wraps the event as `{schema, payload}`.
+fn unwrap_schema(json: &Json) -> &Json {
+    match json.get("payload") {
+        Some(p) if json.get("schema").is_some() => p,
+        _ => json,
+    }
+}
+
+fn check_key(stream: &StreamDef, row: &[Value]) -> Result<(), String> {
+    for &idx in &stream.primary_key {
+        if row[idx].is_null() {
+            return Err(format!(
+                "primary key column '{}' is null",
+                stream.columns[idx].name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a JSON object into a row in the stream's column order. A missing field is NULL.
+pub fn decode_row(stream: &StreamDef, json: &Json) -> Result<Vec<Value>, String> {
+    stream
+        .columns
+        .iter()
+        .map(|col| {
+            decode_value(col.ty, json.get(&col.name).unwrap_or(&Json::Null))
+                .map_err(|e| format!("column '{}': {e}", col.name))
+        })
+        .collect()
+}
+
+fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
+    let mismatch = || {
+        format!(
+            "expected {ty}, got {} {}",
+            json_kind(json),
+            truncate(&json.to_string(), 40)
+        )
+    };
+    match (ty, json) {
+        (_, Json::Null) => Ok(Value::Null),
+        (ColumnType::Int64, Json::Number(n)) => n.as_i64().map(Value::Int).ok_or_else(mismatch),
+        (ColumnType::Float64, Json::Number(n)) => n.as_f64().map(Value::Float).ok_or_else(mismatch),
+        (ColumnType::String, Json::String(s)) => Ok(Value::Text(s.clone())),
+        (ColumnType::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
+        _ => Err(mismatch()),
+    }
+}
+
+fn json_kind(json: &Json) -> &'static str {
+    match json {
+        Json::Null => "null",
+        Json::Bool(_) => "bool",
+        Json::Number(_) => "number",
+        Json::String(_) => "string",
+        Json::Array(_) => "array",
+        Json::Object(_) => "object",
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(max_chars).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use catalog::{Catalog, Change, Object};
+
+    fn orders() -> StreamDef {
+        let sql = "CREATE EXTERNAL STREAM orders(id int64, region string, amount int64, paid bool) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
+        match Catalog::default().plan(sql) {
+            Ok(Change::Create(Object::Stream(s))) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn row(id: i64, region: &str, amount: i64) -> Vec<Value> {
+        vec![
+            Value::Int(id),
+            Value::Text(region.into()),
+            Value::Int(amount),
+            Value::Null,
+        ]
+    }
+
+    #[test]
+    fn debezium_ops() {
+        let s = orders();
+        let cases: Vec<(&str, Option<SourceEvent>)> = vec![
+            (
+                r#"{"op":"c","before":null,"after":{"id":1,"region":"eu","amount":5}}"#,
+                Some(SourceEvent::Upsert(row(1, "eu", 5))),
+            ),
+            (
+                r#"{"op":"r","after":{"id":1,"region":"eu","amount":5}}"#,
+                Some(SourceEvent::Upsert(row(1, "eu", 5))),
+            ),
+            (
+                r#"{"op":"u","before":{"id":1},"after":{"id":1,"region":"us","amount":7}}"#,
+                Some(SourceEvent::Upsert(row(1, "us", 7))),
+            ),
+            (
+                r#"{"op":"d","before":{"id":1,"region":"us","amount":7},"after":null}"#,
+                Some(SourceEvent::Delete {
+                    key: vec![Value::Int(1)],
+                }),
+            ),
+            (
+                r#"{"schema":{},"payload":{"op":"c","after":{"id":2,"region":"eu","amount":1}}}"#,
+                Some(SourceEvent::Upsert(row(2, "eu", 1))),
+            ),
+        ];
+        for (json, expected) in cases {
+            assert_eq!(
+                decode(&s, None, Some(json.as_bytes())),
+                Ok(expected),
+                "{json}"
+            );
+        }
+        assert_eq!(
+            decode(&s, Some(b"{\"id\":1}"), None),
+            Ok(None),
+            "tombstones are skipped"
+        );
+        assert_eq!(
+            decode(
+                &s,
+                Some(br#"{"id":9}"#),
+                Some(br#"{"op":"d","before":null}"#)
+            ),
+            Ok(Some(SourceEvent::Delete {
+                key: vec![Value::Int(9)]
+            })),
+            "a delete without before takes its key from the message key"
+        );
+    }
+
+    #[test]
+    fn bad_messages_say_what_is_wrong() {
+        let s = orders();
+        let cases = [
+            ("not json", "value is not JSON"),
+            (r#"{"after":{}}"#, "no 'op' field"),
+            (r#"{"op":"x"}"#, "unknown Debezium op 'x'"),
+            (
+                r#"{"op":"c","after":{"id":1,"amount":"lots"}}"#,
+                "column 'amount': expected int64, got string",
+            ),
+            (
+                r#"{"op":"c","after":{"region":"eu"}}"#,
+                "primary key column 'id' is null",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1.5}}"#,
+                "column 'id': expected int64",
+            ),
+            (r#"[1,2]"#, "expected a Debezium envelope object, got array"),
+        ];
+        for (json, words) in cases {
+            let err = decode(&s, None, Some(json.as_bytes())).expect_err(json);
+            assert!(
+                err.contains(words),
+                "{json}: '{err}' does not say '{words}'"
+            );
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The view actor's durable state in RocksDB: group accumulators, source rows, consumed
+//! offsets, the change log and dead letters. Everything one batch changes is written in one
+//! atomic `WriteBatch`, so a restart resumes exactly where the last batch ended.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use meridian_proto::v1 as pb;
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::core::{GroupState, Key, Row, RowLookup};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt {what} in the view store: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+/// Per-view counters that change with every batch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Sequence of the last change batch (0 before the first).
+    pub seq: u64,
+    /// Source messages consumed, dead letters included.
+    pub events: u64,
+    pub dead_letters: u64,
+    pub last_batch_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+}
+
+/// Everything one batch changes.
+#[derive(Default)]
+pub struct Commit {
+    pub meta: Meta,
+    pub offsets: Vec<(i32, i64)>,
+    pub groups: Vec<(Key, Option<GroupState>)>,
+    pub rows: Vec<(Key, Option<Row>)>,
+    pub log: Option<pb::ChangeBatch>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+#[derive(Clone)]
+pub struct ViewStore {
+    db: Arc<DB>,
+    prefix: Vec<u8>,
+}
+
+impl ViewStore {
+    /// The state of the view with catalog id `view_id`: a dropped and re-created view gets a
+    /// new id and so starts from nothing.
+    pub fn new(db: Arc<DB>, view_id: u64) -> ViewStore {
+        ViewStore {
+            db,
+            prefix: format!("view/{view_id:016x}/").into_bytes(),
+        }
+    }
+
+    fn key(&self, part: &[u8]) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(part);
+        k
+    }
+
+    fn tagged(&self, tag: &[u8], rest: &[u8]) -> Vec<u8> {
+        let mut k = self.key(tag);
+        k.extend_from_slice(rest);
+        k
+    }
+
+    fn scan(
+        &self,
+        tag: &[u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + '_ {
+        let start = self.key(tag);
+        let len = start.len();
+        let prefix = start.clone();
+        self.db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .map(move |item| item.map(|(k, v)| (k[len..].into(), v)))
+    }
+
+    pub fn load_meta(&self) -> Result<Meta, StoreError> {
+        match self.db.get(self.key(b"meta"))? {
+            None => Ok(Meta::default()),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                what: "meta",
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn load_offsets(&self) -> Result<HashMap<i32, i64>, StoreError> {
+        let mut out = HashMap::new();
+        for item in self.scan(b"off/") {
+            let (k, v) = item?;
+            let partition =
+                i32::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "offset key",
+                    detail: format!("{k:?}"),
+                })?);
+            let offset =
+                i64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "offset",
+                    detail: format!("{v:?}"),
+                })?);
+            out.insert(partition, offset);
+        }
+        Ok(out)
+    }
+
+    pub fn load_groups(&self) -> Result<HashMap<Key, GroupState>, StoreError> {
+        let mut out = HashMap::new();
+        for item in self.scan(b"grp/") {
+            let (k, v) = item?;
+            let key: Key = serde_json::from_slice(&k).map_err(|e| StoreError::Corrupt {
+                what: "group key",
+                detail: e.to_string(),
+            })?;
+            let state: GroupState =
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    what: "group state",
+                    detail: e.to_string(),
+                })?;
+            out.insert(key, state);
+        }
+        Ok(out)
+    }
+
+    pub fn commit(&self, c: Commit) -> Result<(), StoreError> {
+        let mut wb = WriteBatch::default();
+        let json = |v: &dyn erased::Ser| v.to_json();
+        wb.put(self.key(b"meta"), json(&c.meta));
+        for (p, o) in &c.offsets {
+            wb.put(self.tagged(b"off/", &p.to_be_bytes()), o.to_be_bytes());
+        }
+        for (k, g) in &c.groups {
+            let key = self.tagged(b"grp/", &json(k));
+            match g {
+                Some(g) => wb.put(key, json(g)),
+                None => wb.delete(key),
+            }
+        }
+        for (k, r) in &c.rows {
+            let key = self.tagged(b"row/", &json(k));
+            match r {
+                Some(r) => wb.put(key, json(r)),
+                None => wb.delete(key),
+            }
+        }
+        if let Some(batch) = &c.log {
+            assert_eq!(
+                batch.seq, c.meta.seq,
+                "the logged batch is the meta's last sequence"
+            );
+            wb.put(
+                self.tagged(b"log/", &batch.seq.to_be_bytes()),
+                batch.encode_to_vec(),
+            );
+        }
+        let first_dead = c.meta.dead_letters - c.dead_letters.len() as u64;
+        for (i, d) in c.dead_letters.iter().enumerate() {
+            wb.put(
+                self.tagged(b"dlq/", &(first_dead + i as u64 + 1).to_be_bytes()),
+                json(d),
+            );
+        }
+        self.db.write(wb)?;
+        Ok(())
+    }
+
+    /// Up to `max` consecutive change batches starting at `from_seq`.
+    pub fn read_log(&self, from_seq: u64, max: usize) -> Result<Vec<pb::ChangeBatch>, StoreError> {
+        let mut out = Vec::new();
+        let start = self.tagged(b"log/", &from_seq.to_be_bytes());
+        let prefix = self.key(b"log/");
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= max {
+                break;
+            }
+            let batch = pb::ChangeBatch::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                what: "change batch",
+                detail: e.to_string(),
+            })?;
+            let expected = from_seq + out.len() as u64;
+            if batch.seq != expected {
+                return Err(StoreError::Corrupt {
+                    what: "change log",
+                    detail: format!("expected seq {expected}, found {}", batch.seq),
+                });
+            }
+            out.push(batch);
+        }
+        Ok(out)
+    }
+
+    /// The most recent dead letters, newest first.
+    pub fn recent_dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let prefix = self.key(b"dlq/");
+        let mut end = prefix.clone();
+        end.push(0xff);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&end, Direction::Reverse))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= max {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                what: "dead letter",
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Removes every key of the view (after `DROP MATERIALIZED VIEW`).
+    pub fn destroy(&self) -> Result<(), StoreError> {
+        let mut end = self.prefix.clone();
+        end.push(0xff);
+        let mut wb = WriteBatch::default();
+        wb.delete_range(&self.prefix, &end);
+        self.db.write(wb)?;
+        Ok(())
+    }
+}
+
+impl RowLookup for ViewStore {
+    fn get_row(&self, pk: &Key) -> Result<Option<Row>, String> {
+        let key = self.tagged(b"row/", &serde_json::to_vec(pk).map_err(|e| e.to_string())?);
+        match self.db.get(key).map_err(|e| format!("rocksdb: {e}"))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("corrupt source row: {e}")),
+        }
+    }
+}
+
+/// Serialising our own in-memory types to JSON cannot fail (no maps with non-string keys).
+mod erased {
+    pub trait Ser {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).expect("view state serialises to JSON")
+        }
+    }
+}
+
+/// Opens (or creates) the central worker's RocksDB.
+pub fn open_db(path: &std::path::Path) -> Result<Arc<DB>, StoreError> {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    Ok(Arc::new(DB::open(&opts, path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use catalog::Value;
+
+    #[test]
+    fn commit_is_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_db(dir.path()).expect("open");
+        let store = ViewStore::new(db.clone(), 3);
+        let other = ViewStore::new(db, 4);
+        let key = vec![Value::Text("eu".into())];
+        let meta = Meta {
+            seq: 1,
+            events: 2,
+            dead_letters: 1,
+            last_batch_at_ms: 5,
+        };
+        store
+            .commit(Commit {
+                meta: meta.clone(),
+                offsets: vec![(0, 10), (1, 4)],
+                groups: vec![(
+                    key.clone(),
+                    Some(GroupState {
+                        rows: 2,
+                        aggregates: vec![],
+                    }),
+                )],
+                rows: vec![(vec![Value::Int(1)], Some(vec![Value::Int(1)]))],
+                log: Some(pb::ChangeBatch {
+                    view: "v".into(),
+                    seq: 1,
+                    ..Default::default()
+                }),
+                dead_letters: vec![DeadLetter {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 3,
+                    reason: "bad".into(),
+                }],
+            })
+            .expect("commit");
+        assert_eq!(store.load_meta().expect("meta"), meta);
+        assert_eq!(
+            store.load_offsets().expect("offsets"),
+            HashMap::from([(0, 10), (1, 4)])
+        );
+        assert_eq!(store.load_groups().expect("groups").len(), 1);
+        assert_eq!(
+            store.get_row(&vec![Value::Int(1)]),
+            Ok(Some(vec![Value::Int(1)]))
+        );
+        assert_eq!(store.read_log(1, 10).expect("log").len(), 1);
+        assert_eq!(store.recent_dead_letters(5).expect("dlq")[0].offset, 3);
+        assert_eq!(
+            other.load_meta().expect("meta"),
+            Meta::default(),
+            "views do not see each other's keys"
+        );
+        store.destroy().expect("destroy");
+        assert_eq!(store.load_meta().expect("meta"), Meta::default());
+    }
+}

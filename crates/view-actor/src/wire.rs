@@ -1,0 +1,39 @@
+//! Conversions between catalog values and wire values.
+
+use catalog::{Value, ViewDef};
+use meridian_proto::v1 as pb;
+
+pub fn to_wire(v: &Value) -> pb::Value {
+    use pb::value::Kind;
+    pb::Value {
+        kind: match v {
+            Value::Null => None,
+            Value::Int(i) => Some(Kind::Int(*i)),
+            Value::Float(f) => Some(Kind::Float(*f)),
+            Value::Text(s) => Some(Kind::Text(s.clone())),
+            Value::Bool(b) => Some(Kind::Boolean(*b)),
+        },
+    }
+}
+
+pub fn row_to_wire(row: &[Value]) -> pb::Row {
+    pb::Row {
+        values: row.iter().map(to_wire).collect(),
+    }
+}
+
+/// The replica table a region must hold for this view.
+pub fn schema(def: &ViewDef) -> pb::ViewSchema {
+    pb::ViewSchema {
+        view: def.name.clone(),
+        columns: def
+            .outputs
+            .iter()
+            .map(|o| pb::ColumnSchema {
+                name: o.name.clone(),
+                r#type: o.ty.name().to_string(),
+            })
+            .collect(),
+        key_indexes: def.key_outputs.iter().map(|&i| i as u32).collect(),
+    }
+}

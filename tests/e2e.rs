@@ -1,0 +1,341 @@
+//! End to end: a real Kafka-protocol broker (tansu), the coordinator, the central worker and
+//! two regions of three Raft nodes, each its own process. The oracle for a view is the same SQL
+//! run by DuckDB over the source table's final rows; every replica must equal it exactly.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meridian::sample::{self, OrdersGenerator};
+use meridian_tests::{
+    check_replicas, create_topic, http, oracle, orders_oracle, produce, runtime, urlencode, Broker,
+    Cluster, Workdir, CONVERGE_TIMEOUT, VIEW,
+};
+
+#[test]
+fn replicas_equal_the_oracle_through_a_central_worker_crash() {
+    let rt = runtime();
+    let work = Workdir::new("e2e-oracle");
+    let broker = Broker::start(&work);
+    rt.block_on(create_topic(&broker.addr, "orders", 3))
+        .expect("create topic");
+    let mut cluster = Cluster::start(&work);
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .expect("regions elect leaders");
+    cluster
+        .sql(&sample::stream_ddl(&broker.addr, "orders"))
+        .expect("create stream");
+    cluster
+        .sql(&sample::view_ddl(VIEW, "eu-west,us-east"))
+        .expect("create view");
+
+    // Phase 1: 10 000+ changes with updates, deletes and tombstones.
+    let mut g = OrdersGenerator::new(2026);
+    let mut events = Vec::new();
+    while events.len() < 10_000 {
+        events.extend(g.next_events());
+    }
+    let started = Instant::now();
+    produce(&rt, &broker.addr, "orders", &events);
+    let seq = cluster
+        .wait_converged(VIEW, events.len() as u64, CONVERGE_TIMEOUT)
+        .expect("converges");
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "phase 1: {} messages produced and applied on 6 replicas in {secs:.1}s: {:.0} events/s",
+        events.len(),
+        events.len() as f64 / secs
+    );
+    check_replicas(
+        &rt,
+        &cluster,
+        VIEW,
+        "country, status, orders, revenue, with_quantity",
+        &orders_oracle(&g),
+        seq,
+    );
+    let mut total = events.len() as u64;
+
+    // Phase 2: SIGKILL the central worker while it consumes, restart it, keep producing.
+    let mut more = Vec::new();
+    while more.len() < 10_000 {
+        more.extend(g.next_events());
+    }
+    let producer_thread = {
+        let brokers = broker.addr.clone();
+        let more = more.clone();
+        std::thread::spawn(move || {
+            let rt = runtime();
+            for chunk in more.chunks(1_000) {
+                produce(&rt, &brokers, "orders", chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let events_now = cluster
+            .status()
+            .ok()
+            .and_then(|s| s["views"][0]["events"].as_u64())
+            .unwrap_or(0);
+        if events_now > total + 2_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the central worker never got 2000 messages into phase 2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.kill_central();
+    // The catalog survives a coordinator restart too.
+    cluster.restart_coordinator();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_central();
+    producer_thread.join().expect("producer thread");
+    total += more.len() as u64;
+    let seq = cluster
+        .wait_converged(VIEW, total, CONVERGE_TIMEOUT)
+        .expect("converges after the crash");
+    check_replicas(
+        &rt,
+        &cluster,
+        VIEW,
+        "country, status, orders, revenue, with_quantity",
+        &orders_oracle(&g),
+        seq,
+    );
+    let status = cluster.status().expect("status");
+    assert_eq!(
+        status["views"][0]["events"].as_u64(),
+        Some(total),
+        "every message consumed exactly once across the crash: {status:#}"
+    );
+    let views = cluster.sql("SHOW VIEWS").expect("show views");
+    assert!(views.contains(VIEW), "{views}");
+}
+
+#[test]
+fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
+    let rt = runtime();
+    let work = Workdir::new("e2e-dlq");
+    let broker = Broker::start(&work);
+    for topic in ["clicks", "my_topic"] {
+        rt.block_on(create_topic(&broker.addr, topic, 1))
+            .expect("create topic");
+    }
+    let mut cluster = Cluster::start(&work);
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .expect("regions elect leaders");
+
+    // The design notes' statement, as written.
+    let design_notes = format!("CREATE EXTERNAL STREAM frontend_events(raw string)\nSETTINGS type='kafka',\n         brokers='{}',\n         topic='my_topic';", broker.addr);
+    cluster
+        .sql(&design_notes)
+        .expect("the design notes' stream is accepted");
+    let err = cluster.sql(&format!("CREATE EXTERNAL STREAM nope(raw string) SETTINGS type='kafka', brokers='{}', topic='absent'", broker.addr)).expect_err("missing topic");
+    assert!(err.contains("topic 'absent' does not exist"), "{err}");
+
+    cluster
+        .sql(&format!("CREATE EXTERNAL STREAM clicks(page string, ms int64, ok bool) SETTINGS type='kafka', brokers='{}', topic='clicks', data_format='JSONEachRow'", broker.addr))
+        .expect("clicks stream");
+    let err = cluster
+        .sql("CREATE MATERIALIZED VIEW bad AS SELECT page, sum(pgae) FROM clicks GROUP BY page")
+        .expect_err("unknown column");
+    assert!(
+        err.contains("unknown column 'pgae'") && err.contains("line 1, column 50"),
+        "{err}"
+    );
+    let err = cluster
+        .sql("CREATE MATERIALIZED VIEW bad AS SELECT page, sum(page) FROM clicks GROUP BY page")
+        .expect_err("type mismatch");
+    assert!(err.contains("needs a number"), "{err}");
+    let view_select =
+        "SELECT page, count() AS hits, sum(ms) AS total_ms FROM clicks WHERE ok GROUP BY page";
+    cluster
+        .sql(&format!(
+            "CREATE MATERIALIZED VIEW page_hits AS {view_select}"
+        ))
+        .expect("view");
+
+    let mut events = Vec::new();
+    let mut rows = Vec::new();
+    for i in 0..300i64 {
+        if i == 100 {
+            events.push(sample::Event {
+                key: "k".into(),
+                value: Some("this is not json".into()),
+            });
+        }
+        if i == 200 {
+            events.push(sample::Event {
+                key: "k".into(),
+                value: Some(r#"{"page":"/a","ms":"slow","ok":true}"#.into()),
+            });
+        }
+        let page = ["/a", "/b", "/c", "/d"][(i % 4) as usize];
+        let ms = if i % 7 == 0 {
+            "null".to_string()
+        } else {
+            (i * 3).to_string()
+        };
+        let ok = i % 5 != 0;
+        events.push(sample::Event {
+            key: "k".into(),
+            value: Some(format!(r#"{{"page":"{page}","ms":{ms},"ok":{ok}}}"#)),
+        });
+        rows.push(format!("('{page}', {ms}, {ok})"));
+    }
+    produce(&rt, &broker.addr, "clicks", &events);
+    let seq = cluster
+        .wait_converged("page_hits", events.len() as u64, CONVERGE_TIMEOUT)
+        .expect("converges past bad messages");
+    let expected = oracle(
+        &[
+            "CREATE TABLE clicks(page VARCHAR, ms BIGINT, ok BOOLEAN)".into(),
+            format!("INSERT INTO clicks VALUES {}", rows.join(", ")),
+        ],
+        &format!("SELECT page, hits, total_ms FROM ({view_select}) ORDER BY ALL"),
+    );
+    check_replicas(
+        &rt,
+        &cluster,
+        "page_hits",
+        "page, hits, total_ms",
+        &expected,
+        seq,
+    );
+
+    let status = cluster.status().expect("status");
+    let view = status["views"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["view"] == "page_hits"))
+        .cloned()
+        .expect("view in status");
+    assert_eq!(view["dead_letters"].as_u64(), Some(2), "{view:#}");
+    let reasons: BTreeMap<i64, String> = view["recent_dead_letters"]
+        .as_array()
+        .expect("recent dead letters")
+        .iter()
+        .map(|d| {
+            (
+                d["offset"].as_i64().unwrap_or(-1),
+                d["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons
+            .get(&100)
+            .is_some_and(|r| r.contains("value is not JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .get(&201)
+            .is_some_and(|r| r.contains("column 'ms': expected int64, got string")),
+        "{reasons:?}"
+    );
+    let text = cluster.cli(&["status"]).expect("status text");
+    assert!(
+        text.contains("page_hits") && text.contains("clicks[0]@100"),
+        "{text}"
+    );
+
+    // HTTP, chDB style.
+    let node = cluster.nodes().next().expect("a node").http.clone();
+    let q = urlencode("SELECT page, hits FROM page_hits ORDER BY page");
+    let (code, body) = http(
+        "GET",
+        &node,
+        &format!("/?query={q}&default_format=JSONCompact"),
+        "",
+    )
+    .expect("GET");
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSONCompact is JSON");
+    assert_eq!(
+        json["meta"][1],
+        serde_json::json!({"name": "hits", "type": "Int64"})
+    );
+    assert_eq!(json["rows"], 4);
+    let expected_a_hits = expected
+        .iter()
+        .find(|r| r[0] == "/a")
+        .map(|r| r[1].clone())
+        .expect("/a in oracle");
+    assert_eq!(json["data"][0], serde_json::json!(["/a", expected_a_hits]));
+    let (code, body) = http(
+        "POST",
+        &node,
+        "/?default_format=CSV",
+        "SELECT page, hits FROM page_hits ORDER BY page LIMIT 1",
+    )
+    .expect("POST");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, format!("\"/a\",{expected_a_hits}\n").as_str())
+    );
+    let (code, body) = http(
+        "POST",
+        &node,
+        "/?default_format=JSONEachRow",
+        "SELECT page FROM page_hits ORDER BY page LIMIT 2",
+    )
+    .expect("POST");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "{\"page\":\"/a\"}\n{\"page\":\"/b\"}\n")
+    );
+    for (method, path, body, words) in [
+        ("GET", "/?query=".to_string(), "", "Query not found"),
+        (
+            "POST",
+            "/".to_string(),
+            "DELETE FROM page_hits",
+            "read-only",
+        ),
+        ("POST", "/".to_string(), "SELEC 1", "syntax error"),
+        (
+            "GET",
+            format!("/?query={q}&default_format=Parquet"),
+            "",
+            "Unknown output format",
+        ),
+    ] {
+        let (code, text) = http(method, &node, &path, body).expect("request");
+        assert_eq!(code, 400, "{method} {path} {body}: {text}");
+        assert!(
+            text.to_lowercase().contains(&words.to_lowercase()),
+            "{method} {path} {body}: {text}"
+        );
+    }
+    let (_, body) = http(
+        "GET",
+        &node,
+        &format!(
+            "/?query={}&default_format=CSV",
+            urlencode("SELECT count(*) FROM page_hits")
+        ),
+        "",
+    )
+    .expect("GET");
+    assert_eq!(body.trim(), "4", "the refused DELETE changed nothing");
+
+    // The SDK goes to another node of the region when one is down.
+    let endpoints = cluster.region_endpoints("eu-west");
+    cluster.kill_node("eu-west", 1);
+    let r = rt
+        .block_on(async {
+            client::Client::connect(endpoints)
+                .await
+                .expect("client")
+                .query("SELECT sum(hits) AS n FROM page_hits")
+                .await
+        })
+        .expect("a live node answers");
+    assert_ne!(r.node_id, 1);
+    assert_eq!(r.rows.len(), 1);
+}

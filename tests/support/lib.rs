@@ -1,0 +1,661 @@
+//! Harness for the end-to-end tests: a real Kafka-protocol broker (tansu) and every Meridian
+//! role as its own process, talking over loopback.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use meridian::sample::{self, OrdersGenerator};
+use serde_json::Value as Json;
+
+/// The sample view of the orders stream.
+pub const VIEW: &str = "revenue_by_country";
+/// How long a test waits for the replicas to catch up.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// A free port on loopback. Another process could take it before we bind it; the ports are
+/// taken straight away and the window is short.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The `meridian` binary built next to this test (`cargo build --bin meridian`), or
+/// `$MERIDIAN_BIN`.
+pub fn meridian_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MERIDIAN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("meridian");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin meridian` first (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cargo_bin = home.join(".cargo/bin/tansu");
+    if cargo_bin.exists() {
+        return cargo_bin;
+    }
+    PathBuf::from("tansu")
+}
+
+/// A scratch directory for one test's processes; kept (and named) when the test fails.
+pub struct Workdir {
+    pub path: PathBuf,
+}
+
+impl Workdir {
+    pub fn new(name: &str) -> Workdir {
+        let path = std::env::temp_dir().join(format!("meridian-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(path.join("logs")).expect("create the work dir");
+        Workdir { path }
+    }
+
+    pub fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path.join("logs").join(format!("{name}.log")))
+            .expect("open a log file")
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("logs and data kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(work: &Workdir, name: &str, cmd: &mut Command) -> Proc {
+    let log = work.log(name);
+    let err = log.try_clone().expect("clone log handle");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .env(
+            "RUST_LOG",
+            std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
+        )
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+    Proc {
+        name: name.to_string(),
+        child,
+    }
+}
+
+/// A tansu broker with in-memory storage.
+pub struct Broker {
+    _proc: Proc,
+    pub addr: String,
+}
+
+impl Broker {
+    pub fn start(work: &Workdir) -> Broker {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let bin = tansu_bin();
+        let proc = spawn(
+            work,
+            "tansu",
+            Command::new(&bin)
+                .arg("broker")
+                .arg("--storage-engine")
+                .arg("memory://tansu/")
+                .arg("--listener-url")
+                .arg(format!("tcp://{addr}"))
+                .arg("--advertised-listener-url")
+                .arg(format!("tcp://{addr}")),
+        );
+        wait_for_port(port, Duration::from_secs(20)).unwrap_or_else(|e| {
+            panic!(
+                "tansu ({}) did not start: {e}; see {}/logs/tansu.log",
+                bin.display(),
+                work.path.display()
+            )
+        });
+        Broker { _proc: proc, addr }
+    }
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on port {port} after {timeout:?}")
+}
+
+pub struct NodeAddr {
+    pub region: String,
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+}
+
+/// Coordinator, central worker and two regions of three nodes, each a process.
+pub struct Cluster<'w> {
+    work: &'w Workdir,
+    pub coordinator: String,
+    coordinator_proc: Option<Proc>,
+    central: Option<Proc>,
+    central_starts: usize,
+    nodes: Vec<(NodeAddr, Option<Proc>)>,
+}
+
+pub const REGIONS: [&str; 2] = ["eu-west", "us-east"];
+
+impl<'w> Cluster<'w> {
+    pub fn start(work: &'w Workdir) -> Cluster<'w> {
+        let port = free_port();
+        let coordinator = format!("http://127.0.0.1:{port}");
+        let bin = meridian_bin();
+        let coordinator_proc = spawn(
+            work,
+            "coordinator",
+            Command::new(&bin)
+                .args([
+                    "coordinator",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--data-dir",
+                ])
+                .arg(work.path.join("coordinator")),
+        );
+        wait_for_port(port, Duration::from_secs(20)).expect("coordinator listens");
+        let mut cluster = Cluster {
+            work,
+            coordinator,
+            coordinator_proc: Some(coordinator_proc),
+            central: None,
+            central_starts: 0,
+            nodes: Vec::new(),
+        };
+        for region in REGIONS {
+            let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+            let peers = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (g, _))| format!("{}=http://127.0.0.1:{g}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",");
+            for (i, (g, h)) in ports.iter().enumerate() {
+                let addr = NodeAddr {
+                    region: region.into(),
+                    id: i as u64 + 1,
+                    grpc: format!("http://127.0.0.1:{g}"),
+                    http: format!("http://127.0.0.1:{h}"),
+                };
+                cluster.nodes.push((addr, None));
+                let idx = cluster.nodes.len() - 1;
+                cluster.start_node(idx, &peers);
+            }
+        }
+        cluster.start_central();
+        cluster
+    }
+
+    fn node_peers(&self, region: &str) -> String {
+        self.nodes
+            .iter()
+            .filter(|(a, _)| a.region == region)
+            .map(|(a, _)| format!("{}={}", a.id, a.grpc))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start_node(&mut self, idx: usize, peers: &str) {
+        let (a, _) = &self.nodes[idx];
+        let http = a.http.trim_start_matches("http://").to_string();
+        let name = format!("{}-{}", a.region, a.id);
+        let proc = spawn(
+            self.work,
+            &name,
+            Command::new(meridian_bin())
+                .args([
+                    "region",
+                    "--region",
+                    &a.region,
+                    "--node-id",
+                    &a.id.to_string(),
+                    "--peers",
+                    peers,
+                    "--http-listen",
+                    &http,
+                    "--coordinator",
+                    &self.coordinator,
+                    "--data-dir",
+                ])
+                .arg(self.work.path.join(&name)),
+        );
+        self.nodes[idx].1 = Some(proc);
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeAddr> {
+        self.nodes.iter().map(|(a, _)| a)
+    }
+
+    pub fn region_endpoints(&self, region: &str) -> Vec<String> {
+        self.nodes()
+            .filter(|a| a.region == region)
+            .map(|a| a.grpc.clone())
+            .collect()
+    }
+
+    /// Kills a node with SIGKILL.
+    pub fn kill_node(&mut self, region: &str, id: u64) {
+        let (_, proc) = self
+            .nodes
+            .iter_mut()
+            .find(|(a, _)| a.region == region && a.id == id)
+            .expect("node exists");
+        drop(proc.take());
+    }
+
+    pub fn restart_node(&mut self, region: &str, id: u64) {
+        let peers = self.node_peers(region);
+        let idx = self
+            .nodes
+            .iter()
+            .position(|(a, _)| a.region == region && a.id == id)
+            .expect("node exists");
+        self.start_node(idx, &peers);
+    }
+
+    pub fn start_central(&mut self) {
+        self.central_starts += 1;
+        let name = format!("central-{}", self.central_starts);
+        self.central = Some(spawn(
+            self.work,
+            &name,
+            Command::new(meridian_bin())
+                .args(["central", "--coordinator", &self.coordinator, "--data-dir"])
+                .arg(self.work.path.join("central")),
+        ));
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill_central(&mut self) {
+        if let Some(mut p) = self.central.take() {
+            p.child.kill().expect("SIGKILL the central worker");
+            let _ = p.child.wait();
+            eprintln!("killed {}", p.name);
+        }
+    }
+
+    /// Restarts the coordinator on the same port and data dir.
+    pub fn restart_coordinator(&mut self) {
+        drop(self.coordinator_proc.take());
+        let listen = self.coordinator.trim_start_matches("http://").to_string();
+        self.coordinator_proc = Some(spawn(
+            self.work,
+            "coordinator-2",
+            Command::new(meridian_bin())
+                .args(["coordinator", "--listen", &listen, "--data-dir"])
+                .arg(self.work.path.join("coordinator")),
+        ));
+        let port: u16 = listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        wait_for_port(port, Duration::from_secs(20)).expect("coordinator listens again");
+    }
+
+    /// Runs `meridian <args>` against this cluster's coordinator: Ok(stdout) or Err(stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(meridian_bin())
+            .args(args)
+            .env("MERIDIAN_COORDINATOR", &self.coordinator)
+            .output()
+            .expect("run meridian");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    pub fn sql(&self, statement: &str) -> Result<String, String> {
+        self.cli(&["sql", statement])
+    }
+
+    pub fn status(&self) -> anyhow::Result<Json> {
+        let out = self
+            .cli(&["status", "--json"])
+            .map_err(|e| anyhow::anyhow!(e))?;
+        serde_json::from_str(&out).context("status --json is JSON")
+    }
+
+    /// Waits until every region has a leader and all six nodes report.
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = self.status() {
+                let regions = s["regions"].as_array().cloned().unwrap_or_default();
+                let ok = REGIONS.iter().all(|r| {
+                    regions.iter().any(|x| {
+                        x["region"] == *r
+                            && x["nodes"].as_array().is_some_and(|n| {
+                                n.len() == 3 && n.iter().any(|n| n["role"] == "leader")
+                            })
+                    })
+                });
+                if ok {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "cluster not ready after {timeout:?}: {}",
+                    self.status().map(|s| s.to_string()).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until the view consumed at least `messages` and every node applied its last batch.
+    /// Returns the view's sequence.
+    pub fn wait_converged(
+        &self,
+        view: &str,
+        messages: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<u64> {
+        let start = Instant::now();
+        let mut last = Json::Null;
+        while start.elapsed() < timeout {
+            if let Ok(s) = self.status() {
+                let v = s["views"]
+                    .as_array()
+                    .and_then(|vs| vs.iter().find(|v| v["view"] == view))
+                    .cloned()
+                    .unwrap_or(Json::Null);
+                let seq = v["seq"].as_u64().unwrap_or(0);
+                let events = v["events"].as_u64().unwrap_or(0);
+                let applied: Vec<u64> = s["regions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|r| r["nodes"].as_array().cloned().unwrap_or_default())
+                    .map(|n| {
+                        n["views"]
+                            .as_array()
+                            .and_then(|vs| vs.iter().find(|x| x["view"] == view))
+                            .and_then(|x| x["applied_seq"].as_u64())
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                if events >= messages
+                    && seq > 0
+                    && applied.len() == 6
+                    && applied.iter().all(|a| *a == seq)
+                {
+                    return Ok(seq);
+                }
+                last = s;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        bail!("view '{view}' did not converge on {messages} messages within {timeout:?}; last status: {last:#}")
+    }
+}
+
+/// Creates a topic through the Kafka admin API (tansu does not auto-create topics).
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for r in results {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 client for the chDB-compatible endpoint: (status, body).
+pub fn http(
+    method: &str,
+    url: &str,
+    path_and_query: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "{method} {path_and_query} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, rest) = raw
+        .split_once("\r\n\r\n")
+        .context("HTTP response has a head")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .context("status code")?
+        .parse()?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Percent-encodes a query string value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// Oracles and checks shared by the end-to-end and chaos tests.
+
+pub type Row = Vec<String>;
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub fn text(v: &client::Value) -> String {
+    match v {
+        client::Value::Null => "NULL".into(),
+        client::Value::Int(i) => i.to_string(),
+        client::Value::Float(f) => f.to_string(),
+        client::Value::Text(s) => s.clone(),
+        client::Value::Bool(b) => b.to_string(),
+    }
+}
+
+/// Runs `select` over `rows_sql` (statements that build the source table) in DuckDB.
+pub fn oracle(setup: &[String], select: &str) -> Vec<Row> {
+    let conn = duckdb::Connection::open_in_memory().expect("duckdb");
+    for s in setup {
+        conn.execute_batch(s).expect("oracle setup");
+    }
+    let mut stmt = conn.prepare(select).expect("oracle query prepares");
+    let mut rows = stmt.query([]).expect("oracle query runs");
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().expect("oracle row") {
+        let n = r.as_ref().column_count();
+        out.push(
+            (0..n)
+                .map(
+                    |i| match r.get::<_, duckdb::types::Value>(i).expect("value") {
+                        duckdb::types::Value::Null => "NULL".to_string(),
+                        duckdb::types::Value::Text(s) => s,
+                        duckdb::types::Value::BigInt(v) => v.to_string(),
+                        duckdb::types::Value::HugeInt(v) => v.to_string(),
+                        duckdb::types::Value::Int(v) => v.to_string(),
+                        other => format!("{other:?}"),
+                    },
+                )
+                .collect(),
+        );
+    }
+    out
+}
+
+pub fn orders_setup(g: &OrdersGenerator) -> Vec<String> {
+    let mut setup = vec![sample::ORACLE_TABLE.to_string()];
+    let values: Vec<String> = g
+        .live()
+        .map(|o| {
+            format!(
+                "({}, {}, '{}', '{}', {}, {})",
+                o.id,
+                o.customer_id,
+                o.country,
+                o.status,
+                o.amount,
+                o.quantity.map_or("NULL".into(), |q| q.to_string())
+            )
+        })
+        .collect();
+    for chunk in values.chunks(1000) {
+        setup.push(format!("INSERT INTO orders VALUES {}", chunk.join(", ")));
+    }
+    setup
+}
+
+/// Every node's replica of `view` must equal the oracle's rows, at the view's last sequence.
+pub fn check_replicas(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster<'_>,
+    view: &str,
+    columns: &str,
+    expected: &[Row],
+    seq: u64,
+) {
+    assert!(
+        !expected.is_empty(),
+        "the oracle has rows: a test over nothing proves nothing"
+    );
+    for node in cluster.nodes() {
+        let got = rt.block_on(async {
+            let c = client::Client::connect([node.grpc.clone()])
+                .await
+                .expect("client");
+            c.query(&format!("SELECT {columns} FROM {view} ORDER BY ALL"))
+                .await
+                .expect("replica query")
+        });
+        assert_eq!(
+            got.position(view),
+            Some(seq),
+            "{}/{} applied seq",
+            node.region,
+            node.id
+        );
+        let rows: Vec<Row> = got
+            .rows
+            .iter()
+            .map(|r| r.iter().map(text).collect())
+            .collect();
+        assert_eq!(
+            rows.len(),
+            expected.len(),
+            "{}/{}: row count differs from the oracle",
+            node.region,
+            node.id
+        );
+        assert_eq!(
+            rows, expected,
+            "{}/{}: replica differs from the oracle",
+            node.region, node.id
+        );
+    }
+}
+
+pub fn produce(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, events: &[sample::Event]) {
+    let producer = sample::producer(brokers).expect("producer");
+    rt.block_on(sample::produce(&producer, topic, events))
+        .expect("produce");
+}
+
+pub fn orders_oracle(g: &OrdersGenerator) -> Vec<Row> {
+    oracle(
+        &orders_setup(g),
+        &format!(
+            "SELECT country, status, orders, revenue, with_quantity FROM ({}) ORDER BY ALL",
+            sample::VIEW_SELECT
+        ),
+    )
+}
