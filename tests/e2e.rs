@@ -297,7 +297,19 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
             "DELETE FROM page_hits",
             "read-only",
         ),
-        ("POST", "/".to_string(), "SELEC 1", "syntax error"),
+        ("POST", "/".to_string(), "SELEC 1", "read-only"),
+        (
+            "POST",
+            "/".to_string(),
+            "SELECT * FRM page_hits",
+            "syntax error",
+        ),
+        (
+            "POST",
+            "/".to_string(),
+            "SELECT nope FROM page_hits",
+            "nope",
+        ),
         (
             "GET",
             format!("/?query={q}&default_format=Parquet"),
