@@ -150,9 +150,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     stop.send_replace(true);
     for t in tasks {
-        match tokio::time::timeout(Duration::from_secs(10), t).await {
-            Ok(Ok(Err(e))) => eprintln!("a component failed: {e:#}"),
-            Ok(_) | Err(_) => {}
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(10), t).await {
+            eprintln!("a component failed: {e:#}")
         }
     }
     result

@@ -89,7 +89,7 @@ impl NodeHandle {
             Ok(()) => Ok(()),
             Err(std::sync::mpsc::TrySendError::Full(req)) => {
                 let tx = self.tx.clone();
-                tokio::task::spawn_blocking(move || tx.send(req))
+                tokio::task::spawn_blocking(move || tx.send(req).map_err(|_| ()))
                     .await
                     .map_err(|_| "raft thread gone")?
                     .map_err(|_| "raft thread gone")

@@ -39,15 +39,15 @@ impl RaftStore {
         opts.create_if_missing(true);
         let db = Arc::new(DB::open(&opts, path).map_err(other)?);
         let hard_state = match db.get(b"hs").map_err(other)? {
-            Some(b) => HardState::parse_from_bytes(&b).map_err(|e| other(e))?,
+            Some(b) => HardState::parse_from_bytes(&b).map_err(other)?,
             None => HardState::default(),
         };
         let conf_state = match db.get(b"cs").map_err(other)? {
-            Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| other(e))?,
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(other)?,
             None => {
                 let mut cs = ConfState::default();
                 cs.set_voters(voters.to_vec());
-                db.put(b"cs", cs.write_to_bytes().map_err(|e| other(e))?)
+                db.put(b"cs", cs.write_to_bytes().map_err(other)?)
                     .map_err(other)?;
                 cs
             }
@@ -59,7 +59,7 @@ impl RaftStore {
             Some(item) => {
                 let (k, v) = item.map_err(other)?;
                 if k.first() == Some(&b'e') {
-                    let e = Entry::parse_from_bytes(&v).map_err(|e| other(e))?;
+                    let e = Entry::parse_from_bytes(&v).map_err(other)?;
                     (e.index, e.term)
                 } else {
                     (0, 0)
@@ -97,10 +97,7 @@ impl RaftStore {
                 self.last_index
             );
             for e in entries {
-                wb.put(
-                    entry_key(e.index),
-                    e.write_to_bytes().map_err(|e| other(e))?,
-                );
+                wb.put(entry_key(e.index), e.write_to_bytes().map_err(other)?);
             }
             let new_last = entries[entries.len() - 1].index;
             if new_last < self.last_index {
@@ -108,7 +105,7 @@ impl RaftStore {
             }
         }
         if let Some(hs) = hs {
-            wb.put(b"hs", hs.write_to_bytes().map_err(|e| other(e))?);
+            wb.put(b"hs", hs.write_to_bytes().map_err(other)?);
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
@@ -127,16 +124,13 @@ impl RaftStore {
     pub fn set_commit(&mut self, commit: u64) -> Result<(), raft::Error> {
         self.hard_state.commit = commit;
         self.db
-            .put(
-                b"hs",
-                self.hard_state.write_to_bytes().map_err(|e| other(e))?,
-            )
+            .put(b"hs", self.hard_state.write_to_bytes().map_err(other)?)
             .map_err(other)
     }
 
     fn entry(&self, index: u64) -> Result<Entry, raft::Error> {
         match self.db.get(entry_key(index)).map_err(other)? {
-            Some(b) => Entry::parse_from_bytes(&b).map_err(|e| other(e)),
+            Some(b) => Entry::parse_from_bytes(&b).map_err(other),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
@@ -180,7 +174,7 @@ impl Storage for RaftStore {
             if !out.is_empty() && max_size.is_some_and(|m| size > m) {
                 break;
             }
-            out.push(Entry::parse_from_bytes(&v).map_err(|e| other(e))?);
+            out.push(Entry::parse_from_bytes(&v).map_err(other)?);
         }
         if out.len() as u64 != high - low && max_size.is_none() {
             return Err(raft::Error::Store(StorageError::Unavailable));
@@ -222,11 +216,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -234,10 +229,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let mut s = RaftStore::open(dir.path(), &[1, 2, 3]).expect("open");
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.vote = 1;
-            hs.commit = 2;
+            let hs = HardState {
+                term: 2,
+                vote: 1,
+                commit: 2,
+                ..Default::default()
+            };
             s.persist(
                 &[entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)],
                 Some(&hs),

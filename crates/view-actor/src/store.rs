@@ -50,6 +50,9 @@ pub struct Commit {
     pub dead_letters: Vec<DeadLetter>,
 }
 
+/// A key (without the view's prefix) and its value.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 #[derive(Clone)]
 pub struct ViewStore {
     db: Arc<DB>,
@@ -78,10 +81,7 @@ impl ViewStore {
         k
     }
 
-    fn scan(
-        &self,
-        tag: &[u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + '_ {
+    fn scan(&self, tag: &[u8]) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + '_ {
         let start = self.key(tag);
         let len = start.len();
         let prefix = start.clone();
