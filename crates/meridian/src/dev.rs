@@ -28,6 +28,11 @@ const PARTITIONS: i32 = 3;
 /// How long the demo waits for the regions to elect leaders and for the view to catch up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
+/// Events produced between two progress lines.
+const PRODUCE_CHUNK: usize = 2_000;
+/// With the embedded broker, how far production may run ahead of the view (its retention is
+/// 5 MB per partition, which held as few as 2 000 sample events in a test).
+const LAG_MAX: u64 = 10_000;
 
 fn prepare_data_dir(dir: &Path, embedded: bool) -> anyhow::Result<()> {
     if embedded && dir.exists() {
@@ -135,7 +140,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )));
         }
     }
-    let result = demo(&args, &brokers, &coordinator_url).await;
+    let result = demo(&args, &brokers, &coordinator_url, embedded).await;
     match &result {
         Ok(()) if !args.exit_after_demo => {
             println!("\nthe cluster keeps running; press Ctrl-C to stop. Try:");
@@ -157,7 +162,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn demo(args: &DevArgs, brokers: &str, coordinator: &str) -> anyhow::Result<()> {
+async fn demo(
+    args: &DevArgs,
+    brokers: &str,
+    coordinator: &str,
+    embedded: bool,
+) -> anyhow::Result<()> {
     // Wait for the coordinator and for every region to have a leader.
     let started = Instant::now();
     loop {
@@ -223,15 +233,22 @@ async fn demo(args: &DevArgs, brokers: &str, coordinator: &str) -> anyhow::Resul
     let producer: FutureProducer = sample::producer(brokers)?;
     let t0 = Instant::now();
     let before = view_events(coordinator).await;
-    for (i, chunk) in events.chunks(5_000).enumerate() {
+    let mut produced = 0u64;
+    let mut last_line = Instant::now();
+    for chunk in events.chunks(PRODUCE_CHUNK) {
+        // The embedded broker keeps only 5 MB per partition: keep the view close behind the
+        // producer so that nothing is deleted before it is read.
+        while embedded && view_events(coordinator).await + LAG_MAX < before + produced {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         sample::produce(&producer, &args.topic, chunk)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        println!(
-            "produced {}/{} change events",
-            (i * 5_000 + chunk.len()).min(events.len()),
-            events.len()
-        );
+        produced += chunk.len() as u64;
+        if last_line.elapsed() > Duration::from_secs(1) || produced == events.len() as u64 {
+            println!("produced {produced}/{} change events", events.len());
+            last_line = Instant::now();
+        }
     }
     let target = before + events.len() as u64;
 

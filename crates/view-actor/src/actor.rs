@@ -36,6 +36,8 @@ pub enum ActorError {
     Store(#[from] StoreError),
     #[error("topic '{topic}' does not exist on brokers '{brokers}'")]
     NoTopic { topic: String, brokers: String },
+    #[error("source messages are gone: the brokers deleted them (retention) before the view read them, so the view can no longer be exact; drop and re-create it to start from what the brokers still hold ({0})")]
+    DataLost(String),
     #[error("reading a source row: {0}")]
     Lookup(String),
     #[error("task failed: {0}")]
@@ -84,18 +86,26 @@ impl ViewActor {
             let mut core = ViewCore::new(self.def.clone(), self.stream.primary_key.clone(), groups);
             let mut meta = meta;
 
-            let consumer = self.subscribe(&offsets).await?;
+            let (consumer, started) = self.subscribe(&offsets).await?;
+            if !started.is_empty() {
+                // Record where a new partition starts, so that messages the brokers delete
+                // before the first batch are detected like any later gap.
+                let store = self.store.clone();
+                let commit = Commit { meta: meta.clone(), offsets: started.clone(), ..Commit::default() };
+                tokio::task::spawn_blocking(move || store.commit(commit)).await.map_err(|e| ActorError::Join(e.to_string()))??;
+                offsets.extend(started);
+            }
             self.set_status(|s| s.error.clear());
             loop {
                 let mut messages = Vec::new();
                 tokio::select! {
                     _ = shutdown.changed() => return Ok(()),
-                    first = consumer.recv() => messages.push(first?.detach()),
+                    first = consumer.recv() => messages.push(received(first)?),
                 }
                 let deadline = tokio::time::Instant::now() + BATCH_LINGER;
                 while messages.len() < BATCH_EVENTS_MAX {
                     match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                        Ok(m) => messages.push(m?.detach()),
+                        Ok(m) => messages.push(received(m)?),
                         Err(_) => break,
                     }
                 }
@@ -181,12 +191,28 @@ impl ViewActor {
     }
 
     /// Assigns every partition of the topic, each at its stored next offset (or the beginning).
-    async fn subscribe(&self, offsets: &HashMap<i32, i64>) -> Result<StreamConsumer, ActorError> {
+    /// Also returns the starting offset of every partition that had none stored: the
+    /// partition's oldest message now.
+    async fn subscribe(
+        &self,
+        offsets: &HashMap<i32, i64>,
+    ) -> Result<(StreamConsumer, Vec<(i32, i64)>), ActorError> {
         let brokers = self.stream.brokers.clone();
         let topic = self.stream.topic.clone();
-        let partitions = tokio::task::spawn_blocking({
+        let (partitions, started) = tokio::task::spawn_blocking({
             let (brokers, topic) = (brokers.clone(), topic.clone());
-            move || topic_partitions(&brokers, &topic)
+            let known: Vec<i32> = offsets.keys().copied().collect();
+            move || -> Result<_, ActorError> {
+                let partitions = topic_partitions(&brokers, &topic)?;
+                let consumer: BaseConsumer =
+                    consumer_config(&brokers, "meridian-metadata").create()?;
+                let mut started = Vec::new();
+                for p in partitions.iter().filter(|p| !known.contains(p)) {
+                    let (low, _high) = consumer.fetch_watermarks(&topic, *p, METADATA_TIMEOUT)?;
+                    started.push((*p, low));
+                }
+                Ok((partitions, started))
+            }
         })
         .await
         .map_err(|e| ActorError::Join(e.to_string()))??;
@@ -196,12 +222,27 @@ impl ViewActor {
         for p in &partitions {
             let offset = offsets
                 .get(p)
-                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
-            tpl.add_partition_offset(&topic, *p, offset)?;
+                .or_else(|| started.iter().find(|(q, _)| q == p).map(|(_, o)| o))
+                .copied()
+                .unwrap_or(0);
+            tpl.add_partition_offset(&topic, *p, Offset::Offset(offset))?;
         }
         consumer.assign(&tpl)?;
         info!(topic = %topic, partitions = partitions.len(), "consuming");
-        Ok(consumer)
+        Ok((consumer, started))
+    }
+}
+
+fn received(
+    m: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>,
+) -> Result<rdkafka::message::OwnedMessage, ActorError> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    match m {
+        Ok(m) => Ok(m.detach()),
+        Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+            Err(ActorError::DataLost("offset out of range".into()))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -211,7 +252,9 @@ fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        // A stored offset the broker no longer has means messages were deleted before the view
+        // read them. Skipping ahead silently would make the view wrong, so it is an error.
+        .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "false");
     c
 }
