@@ -31,6 +31,10 @@ pub fn init(server: bool) -> anyhow::Result<Telemetry> {
         .with_writer(std::io::stderr)
         .with_target(false);
     let mut provider = None;
+    // W3C trace context crosses process boundaries inside `PushRequest.trace_context`.
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     let otel = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()

@@ -100,6 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &pb::PushRequest {
                 schema: Some(schema()),
                 batches: vec![b.clone()],
+                ..Default::default()
             },
             0,
         )?;

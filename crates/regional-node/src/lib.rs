@@ -30,6 +30,17 @@ use tracing::{debug, info};
 use crate::node::{NodeConfig, PEER_QUEUE_MAX};
 use crate::service::{RegionService, Shared, TransportService};
 
+/// Makes `span` a child of the sender's span named by a W3C trace context (a push, and the
+/// apply of its Raft entry on every node).
+pub fn join_trace(span: &tracing::Span, trace_context: &std::collections::HashMap<String, String>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if trace_context.is_empty() {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(trace_context));
+    let _ = span.set_parent(parent);
+}
+
 /// How often a node reports itself to the coordinator.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 

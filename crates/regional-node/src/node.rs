@@ -280,6 +280,7 @@ impl Node {
         let data = pb::PushRequest {
             schema: push.schema,
             batches,
+            trace_context: push.trace_context,
         }
         .encode_to_vec();
         let id = self.next_proposal;
@@ -339,7 +340,9 @@ impl Node {
                 .as_ref()
                 .map(|s| s.view.clone())
                 .unwrap_or_default();
-            let result = self.replica.apply(entry.index, &push, now_ms());
+            let span = info_span!("apply", view = %view, index = entry.index, batches = push.batches.len());
+            crate::join_trace(&span, &push.trace_context);
+            let result = span.in_scope(|| self.replica.apply(entry.index, &push, now_ms()));
             let seq = match result {
                 Ok(seq) => seq,
                 Err(e) => {

@@ -432,6 +432,7 @@ mod tests {
                     ],
                 ),
             ],
+            ..Default::default()
         };
         assert_eq!(r.apply(5, &push, 20).expect("apply"), 2);
         assert_eq!(
@@ -448,6 +449,7 @@ mod tests {
         let gap = pb::PushRequest {
             schema: Some(schema()),
             batches: vec![batch(4, vec![upsert(Some("eu"), 9)])],
+            ..Default::default()
         };
         assert_eq!(r.apply(7, &gap, 40).expect("apply"), 2);
         assert_eq!(r.position("by_region").seq, 2);

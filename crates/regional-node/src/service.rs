@@ -122,6 +122,7 @@ impl pb::region_server::Region for RegionService {
             .map(|s| s.view.clone())
             .unwrap_or_default();
         let span = info_span!("push", view = %view, batches = push.batches.len());
+        crate::join_trace(&span, &push.trace_context);
         async {
             let (tx, rx) = oneshot::channel();
             self.0

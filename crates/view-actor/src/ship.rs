@@ -129,9 +129,15 @@ impl Shipper {
                     },
                 };
                 let n_batches = batches.len();
-                let request = pb::PushRequest { schema: Some(self.schema.clone()), batches };
+                let first_seq = batches.first().map_or(0, |b| b.seq);
+                let push_span = info_span!("ship_batches", node = %addr, batches = n_batches, first_seq);
+                let request = pb::PushRequest {
+                    schema: Some(self.schema.clone()),
+                    batches,
+                    trace_context: trace_context(&push_span),
+                };
                 let mut client = client;
-                let result = tokio::time::timeout(PUSH_TIMEOUT, client.push(request)).await;
+                let result = tokio::time::timeout(PUSH_TIMEOUT, client.push(request)).instrument(push_span).await;
                 match result {
                     Ok(Ok(resp)) => {
                         let resp = resp.into_inner();
@@ -192,6 +198,16 @@ impl Shipper {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
     }
+}
+
+/// The W3C trace context of `span`, for the region to continue the trace (empty when no
+/// OpenTelemetry pipeline is installed).
+pub fn trace_context(span: &tracing::Span) -> HashMap<String, String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut carrier = HashMap::new();
+    let cx = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    carrier
 }
 
 #[cfg(test)]
