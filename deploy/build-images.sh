@@ -12,7 +12,7 @@ image() { # name binary
   trap 'rm -rf "$stage"' RETURN
   mkdir -p "$stage/bin" "$stage/tmp"
   cp "$bin" "$stage/bin/$name"
-  ldd "$bin" | awk '/=>/ && $3 ~ /^\// {print $3} /^\s*\/.*ld-linux/ {print $1}' | while read -r lib; do
+  ldd "$bin" | awk '$3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | while read -r lib; do
     cp --parents -L "$lib" "$stage"
   done
   printf 'FROM scratch\nCOPY . /\nENTRYPOINT ["/bin/%s"]\n' "$name" > "$stage/Dockerfile"
