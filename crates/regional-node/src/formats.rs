@@ -130,33 +130,25 @@ pub fn render(format: Format, r: &QueryResult, elapsed_s: f64, quote_64bit: bool
         .collect();
     let statistics = json!({"elapsed": elapsed_s, "rows_read": r.rows.len(), "bytes_read": 0});
     match format {
-        Format::JsonCompact => {
-            let data: Vec<Json> = r
-                .rows
-                .iter()
-                .map(|row| {
-                    Json::Array(
-                        row.values
-                            .iter()
-                            .zip(&quote)
-                            .map(|(v, q)| json_value(v, *q))
-                            .collect(),
-                    )
-                })
-                .collect();
-            let body =
-                json!({"meta": meta, "data": data, "rows": r.rows.len(), "statistics": statistics});
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(&body).unwrap_or_default()
-            )
-        }
-        Format::Json => {
-            // Objects are written by hand: a JSON map would reorder the columns.
+        // The top level is written by hand, in ClickHouse's order (meta, data, rows,
+        // statistics): a JSON map would sort the keys, and JSON objects reorder the columns.
+        Format::JsonCompact | Format::Json => {
             let data: Vec<String> = r
                 .rows
                 .iter()
-                .map(|row| format!("\t\t{}", object(r, row, &quote)))
+                .map(|row| match format {
+                    Format::Json => format!("\t\t{}", object(r, row, &quote)),
+                    _ => format!(
+                        "\t\t{}",
+                        Json::Array(
+                            row.values
+                                .iter()
+                                .zip(&quote)
+                                .map(|(v, q)| json_value(v, *q))
+                                .collect()
+                        )
+                    ),
+                })
                 .collect();
             format!(
                 "{{\n\t\"meta\": {},\n\t\"data\": [\n{}\n\t],\n\t\"rows\": {},\n\t\"statistics\": {}\n}}\n",
