@@ -336,6 +336,45 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
     .expect("GET");
     assert_eq!(body.trim(), "4", "the refused DELETE changed nothing");
 
+    // Only the leader takes change batches; a follower names the leader.
+    let answers: Vec<(String, meridian_proto::v1::PushResponse)> = rt.block_on(async {
+        let mut out = Vec::new();
+        for url in cluster.region_endpoints("eu-west") {
+            let mut c = meridian_proto::v1::region_client::RegionClient::connect(url.clone())
+                .await
+                .expect("connect");
+            let schema = meridian_proto::v1::ViewSchema {
+                view: "page_hits".into(),
+                ..Default::default()
+            };
+            let resp = c
+                .push(meridian_proto::v1::PushRequest {
+                    schema: Some(schema),
+                    ..Default::default()
+                })
+                .await
+                .expect("push answered");
+            out.push((url, resp.into_inner()));
+        }
+        out
+    });
+    let leaders: Vec<&String> = answers
+        .iter()
+        .filter(|(_, r)| r.not_leader.is_none())
+        .map(|(u, _)| u)
+        .collect();
+    assert_eq!(leaders.len(), 1, "{answers:?}");
+    for (url, r) in &answers {
+        if let Some(nl) = &r.not_leader {
+            assert_eq!(&nl.leader_addr, leaders[0], "{url} names the leader");
+        } else {
+            assert_eq!(
+                r.applied_seq, seq,
+                "the leader answers with the region's position"
+            );
+        }
+    }
+
     // The SDK goes to another node of the region when one is down.
     let endpoints = cluster.region_endpoints("eu-west");
     cluster.kill_node("eu-west", 1);

@@ -20,6 +20,9 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
 }
 
+/// Dead-letter records kept per view: a flood of bad messages must not fill the disk.
+pub const DEAD_LETTERS_KEPT: u64 = 10_000;
+
 /// Per-view counters that change with every batch.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
@@ -174,6 +177,14 @@ impl ViewStore {
             wb.put(
                 self.tagged(b"dlq/", &(first_dead + i as u64 + 1).to_be_bytes()),
                 json(d),
+            );
+        }
+        if !c.dead_letters.is_empty() && c.meta.dead_letters > DEAD_LETTERS_KEPT {
+            // Keep the newest records; the count in `meta` keeps counting them all.
+            let oldest_kept = c.meta.dead_letters - DEAD_LETTERS_KEPT + 1;
+            wb.delete_range(
+                self.tagged(b"dlq/", &0u64.to_be_bytes()),
+                self.tagged(b"dlq/", &oldest_kept.to_be_bytes()),
             );
         }
         self.db.write(wb)?;
@@ -332,6 +343,33 @@ mod tests {
             other.load_meta().expect("meta"),
             Meta::default(),
             "views do not see each other's keys"
+        );
+        // Only the newest DEAD_LETTERS_KEPT records stay.
+        let flood: Vec<DeadLetter> = (0..DEAD_LETTERS_KEPT + 5)
+            .map(|i| DeadLetter {
+                topic: "t".into(),
+                partition: 0,
+                offset: 100 + i as i64,
+                reason: "bad".into(),
+            })
+            .collect();
+        let meta = Meta {
+            dead_letters: 1 + flood.len() as u64,
+            ..meta
+        };
+        store
+            .commit(Commit {
+                meta,
+                dead_letters: flood,
+                ..Commit::default()
+            })
+            .expect("commit");
+        let kept = store.recent_dead_letters(usize::MAX).expect("dlq");
+        assert_eq!(kept.len() as u64, DEAD_LETTERS_KEPT);
+        assert_eq!(
+            kept.last().map(|d| d.offset),
+            Some(105),
+            "the oldest are gone"
         );
         store.destroy().expect("destroy");
         assert_eq!(store.load_meta().expect("meta"), Meta::default());
