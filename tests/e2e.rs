@@ -336,7 +336,34 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
     .expect("GET");
     assert_eq!(body.trim(), "4", "the refused DELETE changed nothing");
 
+    // DROP and CREATE under the same name, with other columns: the replicas start over.
+    cluster
+        .sql("DROP MATERIALIZED VIEW page_hits")
+        .expect("drop");
+    let recreated = "SELECT page, count() AS hits FROM clicks GROUP BY page";
+    cluster
+        .sql(&format!(
+            "CREATE MATERIALIZED VIEW page_hits AS {recreated}"
+        ))
+        .expect("create again");
+    let seq = cluster
+        .wait_converged("page_hits", events.len() as u64, CONVERGE_TIMEOUT)
+        .expect("the new view converges");
+    let expected_again = oracle(
+        &[
+            "CREATE TABLE clicks(page VARCHAR, ms BIGINT, ok BOOLEAN)".into(),
+            format!("INSERT INTO clicks VALUES {}", rows.join(", ")),
+        ],
+        &format!("SELECT page, hits FROM ({recreated}) ORDER BY ALL"),
+    );
+    check_replicas(&rt, &cluster, "page_hits", "*", &expected_again, seq);
+
     // Only the leader takes change batches; a follower names the leader.
+    let view_id = cluster.status().expect("status")["views"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["view"] == "page_hits"))
+        .and_then(|v| v["view_id"].as_u64())
+        .expect("the view's id");
     let answers: Vec<(String, meridian_proto::v1::PushResponse)> = rt.block_on(async {
         let mut out = Vec::new();
         for url in cluster.region_endpoints("eu-west") {
@@ -345,6 +372,7 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
                 .expect("connect");
             let schema = meridian_proto::v1::ViewSchema {
                 view: "page_hits".into(),
+                view_id,
                 ..Default::default()
             };
             let resp = c

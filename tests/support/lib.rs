@@ -414,6 +414,7 @@ impl<'w> Cluster<'w> {
                     .unwrap_or(Json::Null);
                 let seq = v["seq"].as_u64().unwrap_or(0);
                 let events = v["events"].as_u64().unwrap_or(0);
+                let view_id = v["view_id"].as_u64().unwrap_or(0);
                 let applied: Vec<u64> = s["regions"]
                     .as_array()
                     .into_iter()
@@ -422,7 +423,11 @@ impl<'w> Cluster<'w> {
                     .map(|n| {
                         n["views"]
                             .as_array()
-                            .and_then(|vs| vs.iter().find(|x| x["view"] == view))
+                            // Only this incarnation of the view counts.
+                            .and_then(|vs| {
+                                vs.iter()
+                                    .find(|x| x["view"] == view && x["view_id"] == view_id)
+                            })
                             .and_then(|x| x["applied_seq"].as_u64())
                             .unwrap_or(0)
                     })

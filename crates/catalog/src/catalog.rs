@@ -51,6 +51,9 @@ pub enum Change {
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     entries: Vec<Entry>,
+    /// Ids are never reused, even after the newest entry is dropped: an id names one
+    /// incarnation of an object everywhere (view state, replica tables).
+    next_id: u64,
 }
 
 impl Catalog {
@@ -95,7 +98,15 @@ impl Catalog {
     }
 
     pub fn next_id(&self) -> u64 {
-        self.entries.last().map_or(1, |e| e.id + 1)
+        self.entries
+            .last()
+            .map_or(1, |e| e.id + 1)
+            .max(self.next_id)
+    }
+
+    /// Raises the next id to at least `floor` (the persisted counter, on load).
+    pub fn reserve_ids_below(&mut self, floor: u64) {
+        self.next_id = self.next_id.max(floor);
     }
 
     /// Parses and validates a statement against the catalog without changing it.
@@ -213,11 +224,14 @@ impl Catalog {
     /// Applies a planned change. `Create` takes the id the caller persisted it under.
     pub fn apply(&mut self, id: u64, sql: &str, change: Change) {
         match change {
-            Change::Create(object) => self.entries.push(Entry {
-                id,
-                sql: sql.to_string(),
-                object,
-            }),
+            Change::Create(object) => {
+                self.next_id = self.next_id.max(id + 1);
+                self.entries.push(Entry {
+                    id,
+                    sql: sql.to_string(),
+                    object,
+                });
+            }
             Change::Drop { name } => self.entries.retain(|e| e.object.name() != name),
             Change::Show(_) | Change::Nothing(_) => {}
         }

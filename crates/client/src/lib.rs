@@ -86,6 +86,8 @@ pub struct Column {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Position {
     pub view: String,
+    /// Catalog id of the view: a view dropped and created again under its name gets a new one.
+    pub view_id: u64,
     pub applied_seq: u64,
     pub produced_at_ms: i64,
     pub applied_at_ms: i64,
@@ -181,6 +183,7 @@ impl Client {
                             .into_iter()
                             .map(|p| Position {
                                 view: p.view,
+                                view_id: p.view_id,
                                 applied_seq: p.applied_seq,
                                 produced_at_ms: p.produced_at_ms,
                                 applied_at_ms: p.applied_at_ms,

@@ -58,8 +58,9 @@ impl CoordinatorService {
         store: CatalogStore,
         topic_check: Option<TopicCheck>,
     ) -> anyhow::Result<CoordinatorService> {
-        let catalog = Catalog::load(store.load()?)
+        let mut catalog = Catalog::load(store.load()?)
             .map_err(|e| anyhow::anyhow!("stored catalog does not load: {e}"))?;
+        catalog.reserve_ids_below(store.next_id()?);
         info!(entries = catalog.entries().len(), "catalog loaded");
         Ok(CoordinatorService {
             catalog: tokio::sync::Mutex::new(catalog),
@@ -269,9 +270,24 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         req: Request<pb::CentralReport>,
     ) -> Result<Response<pb::ReportAck>, Status> {
         let report = req.into_inner();
+        let current: Vec<(String, u64)> = self
+            .catalog
+            .lock()
+            .await
+            .entries()
+            .iter()
+            .map(|e| (e.object.name().to_string(), e.id))
+            .collect();
         let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
         for v in report.views {
-            views.insert(v.view.clone(), v);
+            // A report sent before a DROP may arrive after it, or after the view was created
+            // again under the same name.
+            if current
+                .iter()
+                .any(|(name, id)| *name == v.view && *id == v.view_id)
+            {
+                views.insert(v.view.clone(), v);
+            }
         }
         Ok(Response::new(pb::ReportAck {}))
     }
@@ -370,6 +386,7 @@ mod tests {
             .expect_err("bad column");
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
         }
+        let check_again = check.clone();
         let svc =
             CoordinatorService::open(CatalogStore::open(dir.path()).expect("reopen"), Some(check))
                 .expect("service");
@@ -384,6 +401,30 @@ mod tests {
                 .map(|e| (e.kind.as_str(), e.name.as_str()))
                 .collect::<Vec<_>>(),
             vec![("stream", "orders"), ("view", "by_region")]
+        );
+        // Dropping the newest entry and creating it again gives a new id, across a restart too.
+        let exec = |sql: &str| svc.execute(Request::new(pb::ExecuteRequest { sql: sql.into() }));
+        exec("DROP MATERIALIZED VIEW by_region")
+            .await
+            .expect("drop");
+        drop(svc);
+        let svc = CoordinatorService::open(
+            CatalogStore::open(dir.path()).expect("reopen"),
+            Some(check_again),
+        )
+        .expect("service");
+        svc.execute(Request::new(pb::ExecuteRequest { sql: view.into() }))
+            .await
+            .expect("create again");
+        let cat = svc
+            .get_catalog(Request::new(pb::GetCatalogRequest {}))
+            .await
+            .expect("catalog")
+            .into_inner();
+        assert_eq!(
+            cat.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![1, 3],
+            "id 2 is not reused"
         );
     }
 }

@@ -17,6 +17,8 @@ pub struct CatalogStore {
     db: DB,
 }
 
+const NEXT_ID: &[u8] = b"next_id";
+
 fn key(id: u64) -> String {
     format!("entry/{id:016x}")
 }
@@ -59,12 +61,29 @@ impl CatalogStore {
         Ok(out)
     }
 
-    /// Durable before it returns: a statement acknowledged to the user survives a crash.
+    /// Durable before it returns: a statement acknowledged to the user survives a crash. Also
+    /// moves the id counter past `id`, so that ids are never reused.
     pub fn put(&self, id: u64, sql: &str) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db.put_opt(key(id), sql, &opts)?;
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put(key(id), sql);
+        wb.put(NEXT_ID, (id + 1).to_be_bytes());
+        self.db.write_opt(wb, &opts)?;
         Ok(())
+    }
+
+    /// The next unused id (1 for a new catalog).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        match self.db.get(NEXT_ID)? {
+            None => Ok(1),
+            Some(b) => Ok(u64::from_be_bytes(b.as_slice().try_into().map_err(
+                |_| StoreError::Corrupt {
+                    key: "next_id".into(),
+                    detail: format!("{b:?}"),
+                },
+            )?)),
+        }
     }
 
     pub fn delete(&self, id: u64) -> Result<(), StoreError> {

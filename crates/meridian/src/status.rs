@@ -150,7 +150,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                     let views: Vec<_> = st
                         .positions
                         .iter()
-                        .map(|p| json!({"view": p.view, "applied_seq": p.applied_seq, "produced_at_ms": p.produced_at_ms, "applied_at_ms": p.applied_at_ms, "lag_ms": (p.applied_at_ms - p.produced_at_ms).max(0)}))
+                        .map(|p| json!({"view": p.view, "view_id": p.view_id, "applied_seq": p.applied_seq, "produced_at_ms": p.produced_at_ms, "applied_at_ms": p.applied_at_ms, "lag_ms": (p.applied_at_ms - p.produced_at_ms).max(0)}))
                         .collect();
                     json!({
                         "node_id": st.node_id, "role": st.role, "term": st.term, "leader_id": st.leader_id,
@@ -168,7 +168,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
         .iter()
         .map(|v| {
             json!({
-                "view": v.view, "seq": v.seq, "events": v.events, "dead_letters": v.dead_letters, "error": v.error,
+                "view": v.view, "view_id": v.view_id, "seq": v.seq, "events": v.events, "dead_letters": v.dead_letters, "error": v.error,
                 "last_batch_at_ms": v.last_batch_at_ms,
                 "recent_dead_letters": v.recent_dead_letters.iter().map(|d| json!({"topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": d.reason})).collect::<Vec<_>>(),
                 "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "acked_seq": sh.acked_seq, "error": sh.error})).collect::<Vec<_>>(),

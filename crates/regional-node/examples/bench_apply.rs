@@ -31,6 +31,7 @@ fn schema() -> pb::ViewSchema {
             },
         ],
         key_indexes: vec![0],
+        view_id: 1,
     }
 }
 

@@ -251,7 +251,13 @@ impl Node {
             ));
             return;
         }
-        let applied = self.replica.position(&view).seq;
+        let Some(schema) = push.schema.as_ref() else {
+            let _ = reply.send(PushOutcome::Retry("push without a schema".into()));
+            return;
+        };
+        let applied = self.replica.applied_seq(schema);
+        // In-flight proposals are tracked per incarnation of the view.
+        let view = format!("{view}#{}", schema.view_id);
         let in_flight = self.proposed_seq.get(&view).copied();
         let known = in_flight.map_or(applied, |(seq, _)| seq.max(applied));
         let batches: Vec<pb::ChangeBatch> =

@@ -114,7 +114,7 @@ fn run_inside(conn: &Connection, sql: &str) -> Result<QueryResult, QueryError> {
     )?;
     if has_positions {
         let mut stmt = conn.prepare(
-            "SELECT view, seq, produced_at_ms, applied_at_ms FROM _meridian_applied ORDER BY view",
+            "SELECT view, seq, produced_at_ms, applied_at_ms, view_id FROM _meridian_applied ORDER BY view",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
@@ -123,6 +123,7 @@ fn run_inside(conn: &Connection, sql: &str) -> Result<QueryResult, QueryError> {
                 applied_seq: r.get(1)?,
                 produced_at_ms: r.get(2)?,
                 applied_at_ms: r.get(3)?,
+                view_id: r.get(4)?,
             });
         }
     }

@@ -25,6 +25,8 @@ pub enum ReplicaError {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Position {
+    /// Catalog id of the view incarnation applied.
+    pub view_id: u64,
     pub seq: u64,
     pub produced_at_ms: i64,
     pub applied_at_ms: i64,
@@ -47,13 +49,13 @@ impl Replica {
     pub fn open(path: &Path) -> Result<Replica, ReplicaError> {
         let conn = Connection::open(path)?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS _meridian_applied (view VARCHAR PRIMARY KEY, seq UBIGINT NOT NULL, produced_at_ms BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL, schema_json VARCHAR NOT NULL);
+            "CREATE TABLE IF NOT EXISTS _meridian_applied (view VARCHAR PRIMARY KEY, seq UBIGINT NOT NULL, produced_at_ms BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL, schema_json VARCHAR NOT NULL, view_id UBIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS _meridian_raft (id INTEGER PRIMARY KEY, applied_index UBIGINT NOT NULL);",
         )?;
         let mut positions = HashMap::new();
         let mut tables = HashMap::new();
         {
-            let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json FROM _meridian_applied")?;
+            let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, view_id FROM _meridian_applied")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let view: String = row.get(0)?;
@@ -61,6 +63,7 @@ impl Replica {
                 positions.insert(
                     view.clone(),
                     Position {
+                        view_id: row.get(5)?,
                         seq,
                         produced_at_ms: row.get(2)?,
                         applied_at_ms: row.get(3)?,
@@ -106,6 +109,15 @@ impl Replica {
         self.positions.get(view).cloned().unwrap_or_default()
     }
 
+    /// The applied sequence of this incarnation of the view (0 when the replica holds none, or
+    /// an older one).
+    pub fn applied_seq(&self, schema: &pb::ViewSchema) -> u64 {
+        match self.tables.get(&schema.view) {
+            Some(t) if t.view_id == schema.view_id => self.position(&schema.view).seq,
+            _ => 0,
+        }
+    }
+
     pub fn positions(&self) -> &HashMap<String, Position> {
         &self.positions
     }
@@ -125,15 +137,39 @@ impl Replica {
             detail: "push without a schema".into(),
         })?;
         let view = schema.view.clone();
-        let mut pos = self.position(&view);
+        let recreate = match self.tables.get(&view) {
+            // A push from a dropped incarnation of the view: nothing to do.
+            Some(t) if t.view_id > schema.view_id => return Ok(0),
+            Some(t) if t.view_id < schema.view_id => true,
+            Some(t) if t != schema => {
+                return Err(ReplicaError::Schema {
+                    view,
+                    detail: "schema differs from the replica table's".into(),
+                })
+            }
+            Some(_) => false,
+            None => {
+                // The table of a view that never applied a batch may exist from an earlier
+                // incarnation; start it over too.
+                true
+            }
+        };
+        let mut pos = if recreate {
+            Position {
+                view_id: schema.view_id,
+                ..Position::default()
+            }
+        } else {
+            self.position(&view)
+        };
         let tx = self.conn.transaction()?;
-        if !self.tables.contains_key(&view) {
+        if recreate {
+            tx.execute_batch(&format!(
+                "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
+                quote(&view),
+                quote(&format!("_meridian_stage_{view}"))
+            ))?;
             create_table(&tx, schema)?;
-        } else if self.tables.get(&view) != Some(schema) {
-            return Err(ReplicaError::Schema {
-                view,
-                detail: "schema differs from the replica table's".into(),
-            });
         }
         let mut applied_any = false;
         for batch in &push.batches {
@@ -146,22 +182,24 @@ impl Replica {
             }
             apply_changes(&tx, schema, &batch.changes)?;
             pos = Position {
+                view_id: schema.view_id,
                 seq: batch.seq,
                 produced_at_ms: batch.produced_at_ms,
                 applied_at_ms: now_ms,
             };
             applied_any = true;
         }
-        if applied_any {
+        if applied_any || recreate {
             let schema_json = schema_to_json(schema);
             tx.execute(
-                "INSERT OR REPLACE INTO _meridian_applied VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO _meridian_applied VALUES (?, ?, ?, ?, ?, ?)",
                 duckdb::params![
                     view,
                     pos.seq,
                     pos.produced_at_ms,
                     pos.applied_at_ms,
-                    schema_json
+                    schema_json,
+                    schema.view_id
                 ],
             )?;
         }
@@ -318,7 +356,8 @@ fn schema_to_json(s: &pb::ViewSchema) -> String {
         .iter()
         .map(|c| serde_json::json!([c.name, c.r#type]))
         .collect();
-    serde_json::json!({ "columns": cols, "key_indexes": s.key_indexes }).to_string()
+    serde_json::json!({ "columns": cols, "key_indexes": s.key_indexes, "view_id": s.view_id })
+        .to_string()
 }
 
 fn schema_from_json(view: &str, json: &str) -> Option<pb::ViewSchema> {
@@ -338,6 +377,7 @@ fn schema_from_json(view: &str, json: &str) -> Option<pb::ViewSchema> {
         view: view.to_string(),
         columns: columns.collect::<Option<_>>()?,
         key_indexes: key_indexes.collect::<Option<_>>()?,
+        view_id: v.get("view_id")?.as_u64()?,
     })
 }
 
@@ -359,6 +399,7 @@ mod tests {
                 },
             ],
             key_indexes: vec![0],
+            view_id: 1,
         }
     }
 
@@ -459,11 +500,95 @@ mod tests {
         assert_eq!(
             r.position("by_region"),
             Position {
+                view_id: 1,
                 seq: 2,
                 produced_at_ms: 10,
                 applied_at_ms: 20
             }
         );
         assert_eq!(rows(&r).len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod recreate_tests {
+    use super::*;
+
+    fn schema(view_id: u64, second_column: &str) -> pb::ViewSchema {
+        pb::ViewSchema {
+            view: "v".into(),
+            columns: vec![
+                pb::ColumnSchema {
+                    name: "k".into(),
+                    r#type: "string".into(),
+                },
+                pb::ColumnSchema {
+                    name: second_column.into(),
+                    r#type: "int64".into(),
+                },
+            ],
+            key_indexes: vec![0],
+            view_id,
+        }
+    }
+
+    fn push(view_id: u64, column: &str, seqs: std::ops::RangeInclusive<u64>) -> pb::PushRequest {
+        let batches = seqs
+            .map(|seq| pb::ChangeBatch {
+                view: "v".into(),
+                seq,
+                changes: vec![pb::RowChange {
+                    key: vec![pb::Value {
+                        kind: Some(pb::value::Kind::Text(format!("k{seq}"))),
+                    }],
+                    row: Some(pb::Row {
+                        values: vec![
+                            pb::Value {
+                                kind: Some(pb::value::Kind::Text(format!("k{seq}"))),
+                            },
+                            pb::Value {
+                                kind: Some(pb::value::Kind::Int(seq as i64)),
+                            },
+                        ],
+                    }),
+                }],
+                ..Default::default()
+            })
+            .collect();
+        pb::PushRequest {
+            schema: Some(schema(view_id, column)),
+            batches,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_recreated_view_starts_over_and_old_pushes_are_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.duckdb");
+        let mut r = Replica::open(&path).expect("open");
+        assert_eq!(r.apply(1, &push(3, "n", 1..=5), 0).expect("apply"), 5);
+        assert_eq!(r.applied_seq(&schema(3, "n")), 5);
+        assert_eq!(
+            r.applied_seq(&schema(8, "total")),
+            0,
+            "a new incarnation has applied nothing"
+        );
+        // DROP + CREATE under the same name: a new id, new columns, sequences from 1 again.
+        assert_eq!(r.apply(2, &push(8, "total", 1..=2), 0).expect("apply"), 2);
+        // A late push of the dropped incarnation changes nothing.
+        assert_eq!(r.apply(3, &push(3, "n", 6..=6), 0).expect("apply"), 0);
+        drop(r);
+        let r = Replica::open(&path).expect("reopen");
+        assert_eq!(r.applied_seq(&schema(8, "total")), 2);
+        let conn = r.reader().expect("reader");
+        let rows: Vec<(String, i64)> = conn
+            .prepare("SELECT k, total FROM v ORDER BY k")
+            .expect("the new columns")
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(rows, vec![("k1".to_string(), 1), ("k2".to_string(), 2)]);
     }
 }

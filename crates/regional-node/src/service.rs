@@ -60,6 +60,7 @@ impl Shared {
                 applied_seq: p.seq,
                 produced_at_ms: p.produced_at_ms,
                 applied_at_ms: p.applied_at_ms,
+                view_id: p.view_id,
             })
             .collect();
         positions.sort_by(|a, b| a.view.cmp(&b.view));

@@ -23,7 +23,7 @@ pub fn row_to_wire(row: &[Value]) -> pb::Row {
 }
 
 /// The replica table a region must hold for this view.
-pub fn schema(def: &ViewDef) -> pb::ViewSchema {
+pub fn schema(def: &ViewDef, view_id: u64) -> pb::ViewSchema {
     pb::ViewSchema {
         view: def.name.clone(),
         columns: def
@@ -35,5 +35,6 @@ pub fn schema(def: &ViewDef) -> pb::ViewSchema {
             })
             .collect(),
         key_indexes: def.key_outputs.iter().map(|&i| i as u32).collect(),
+        view_id,
     }
 }

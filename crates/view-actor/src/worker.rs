@@ -88,7 +88,7 @@ pub async fn run(
         }
         let report = pb::CentralReport {
             worker: cfg.name.clone(),
-            views: views.values().map(report_view).collect(),
+            views: views.iter().map(|(id, v)| report_view(*id, v)).collect(),
         };
         if let Err(e) = coordinator.report_central(report).await {
             tracing::debug!(error = %e.message(), "status report failed");
@@ -223,7 +223,7 @@ fn reconcile(
                     let state = Arc::new(Mutex::new(ShipState::default()));
                     let shipper = Shipper {
                         region: region.clone(),
-                        schema: schema(def),
+                        schema: schema(def, entry.id),
                         store: view.store.clone(),
                         latest: view.latest.clone(),
                         nodes,
@@ -264,7 +264,7 @@ async fn supervise(actor: ViewActor, stop: watch::Receiver<bool>, seed: u64) {
     }
 }
 
-fn report_view(v: &RunningView) -> pb::ViewReport {
+fn report_view(view_id: u64, v: &RunningView) -> pb::ViewReport {
     let s = v.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut shipping: Vec<pb::ShipStatus> = v
         .shippers
@@ -297,5 +297,6 @@ fn report_view(v: &RunningView) -> pb::ViewReport {
         error: s.error,
         shipping,
         last_batch_at_ms: s.last_batch_at_ms,
+        view_id,
     }
 }
