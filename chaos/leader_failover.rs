@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use meridian::sample::{self, OrdersGenerator};
+use meridian::sample::OrdersGenerator;
 use meridian_tests::{
-    check_replicas, create_topic, orders_oracle, produce, runtime, Broker, Cluster, Workdir,
+    changes, check_replicas, orders_cluster, orders_oracle, produce, runtime, Cluster, Workdir,
     CONVERGE_TIMEOUT, VIEW,
 };
 
@@ -28,25 +28,10 @@ fn leader_of(cluster: &Cluster<'_>, region: &str) -> Option<u64> {
 fn killing_a_region_leader_mid_stream_loses_nothing() {
     let rt = runtime();
     let work = Workdir::new("chaos-leader");
-    let broker = Broker::start(&work);
-    rt.block_on(create_topic(&broker.addr, "orders", 3))
-        .expect("create topic");
-    let mut cluster = Cluster::start(&work);
-    cluster
-        .wait_ready(Duration::from_secs(60))
-        .expect("regions elect leaders");
-    cluster
-        .sql(&sample::stream_ddl(&broker.addr, "orders"))
-        .expect("stream");
-    cluster
-        .sql(&sample::view_ddl(VIEW, "eu-west,us-east"))
-        .expect("view");
+    let (broker, mut cluster) = orders_cluster(&rt, &work);
 
     let mut g = OrdersGenerator::new(99);
-    let mut events = Vec::new();
-    while events.len() < 8_000 {
-        events.extend(g.next_events());
-    }
+    let events = changes(&mut g, 8_000);
     let producer = {
         let (brokers, events) = (broker.addr.clone(), events.clone());
         std::thread::spawn(move || {

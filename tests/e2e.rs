@@ -7,34 +7,19 @@ use std::time::{Duration, Instant};
 
 use meridian::sample::{self, OrdersGenerator};
 use meridian_tests::{
-    check_replicas, create_topic, http, oracle, orders_oracle, produce, runtime, urlencode, Broker,
-    Cluster, Workdir, CONVERGE_TIMEOUT, VIEW,
+    changes, check_replicas, create_topic, http, oracle, orders_cluster, orders_oracle, produce,
+    runtime, urlencode, Broker, Cluster, Workdir, CONVERGE_TIMEOUT, VIEW,
 };
 
 #[test]
 fn replicas_equal_the_oracle_through_a_central_worker_crash() {
     let rt = runtime();
     let work = Workdir::new("e2e-oracle");
-    let broker = Broker::start(&work);
-    rt.block_on(create_topic(&broker.addr, "orders", 3))
-        .expect("create topic");
-    let mut cluster = Cluster::start(&work);
-    cluster
-        .wait_ready(Duration::from_secs(60))
-        .expect("regions elect leaders");
-    cluster
-        .sql(&sample::stream_ddl(&broker.addr, "orders"))
-        .expect("create stream");
-    cluster
-        .sql(&sample::view_ddl(VIEW, "eu-west,us-east"))
-        .expect("create view");
+    let (broker, mut cluster) = orders_cluster(&rt, &work);
 
     // Phase 1: 10 000+ changes with updates, deletes and tombstones.
     let mut g = OrdersGenerator::new(2026);
-    let mut events = Vec::new();
-    while events.len() < 10_000 {
-        events.extend(g.next_events());
-    }
+    let events = changes(&mut g, 10_000);
     let started = Instant::now();
     produce(&rt, &broker.addr, "orders", &events);
     let seq = cluster
@@ -57,10 +42,7 @@ fn replicas_equal_the_oracle_through_a_central_worker_crash() {
     let mut total = events.len() as u64;
 
     // Phase 2: SIGKILL the central worker while it consumes, restart it, keep producing.
-    let mut more = Vec::new();
-    while more.len() < 10_000 {
-        more.extend(g.next_events());
-    }
+    let more = changes(&mut g, 10_000);
     let producer_thread = {
         let brokers = broker.addr.clone();
         let more = more.clone();

@@ -664,3 +664,34 @@ pub fn orders_oracle(g: &OrdersGenerator) -> Vec<Row> {
         ),
     )
 }
+
+/// A tansu broker with a 3-partition `orders` topic, and a cluster with the sample stream and
+/// view on it, ready to take changes.
+pub fn orders_cluster<'w>(
+    rt: &tokio::runtime::Runtime,
+    work: &'w Workdir,
+) -> (Broker, Cluster<'w>) {
+    let broker = Broker::start(work);
+    rt.block_on(create_topic(&broker.addr, "orders", 3))
+        .expect("create topic");
+    let cluster = Cluster::start(work);
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .expect("regions elect leaders");
+    cluster
+        .sql(&sample::stream_ddl(&broker.addr, "orders"))
+        .expect("create stream");
+    cluster
+        .sql(&sample::view_ddl(VIEW, "eu-west,us-east"))
+        .expect("create view");
+    (broker, cluster)
+}
+
+/// At least `n` change events (a delete brings its tombstone along).
+pub fn changes(g: &mut OrdersGenerator, n: usize) -> Vec<sample::Event> {
+    let mut events = Vec::with_capacity(n + 1);
+    while events.len() < n {
+        events.extend(g.next_events());
+    }
+    events
+}

@@ -109,50 +109,38 @@ impl Catalog {
         self.next_id = self.next_id.max(floor);
     }
 
+    /// A CREATE of a name that is taken: a no-op with IF NOT EXISTS, else an error.
+    fn already_exists(
+        &self,
+        sql: &str,
+        name: &crate::ast::Spanned<String>,
+        if_not_exists: bool,
+    ) -> Result<Option<Change>, SqlError> {
+        let Some(existing) = self.get(&name.value) else {
+            return Ok(None);
+        };
+        let message = format!("{} '{}' already exists", existing.object.kind(), name.value);
+        if if_not_exists {
+            Ok(Some(Change::Nothing(message)))
+        } else {
+            Err(SqlError::at(sql, name.offset, message))
+        }
+    }
+
     /// Parses and validates a statement against the catalog without changing it.
     pub fn plan(&self, sql: &str) -> Result<Change, SqlError> {
         match parse(sql)? {
             Statement::CreateStream(stmt) => {
-                if let Some(existing) = self.get(&stmt.name.value) {
-                    if stmt.if_not_exists {
-                        return Ok(Change::Nothing(format!(
-                            "{} '{}' already exists",
-                            existing.object.kind(),
-                            stmt.name.value
-                        )));
-                    }
-                    return Err(SqlError::at(
-                        sql,
-                        stmt.name.offset,
-                        format!(
-                            "{} '{}' already exists",
-                            existing.object.kind(),
-                            stmt.name.value
-                        ),
-                    ));
+                if let Some(done) = self.already_exists(sql, &stmt.name, stmt.if_not_exists)? {
+                    return Ok(done);
                 }
                 Ok(Change::Create(Object::Stream(StreamDef::from_ast(
                     sql, &stmt,
                 )?)))
             }
             Statement::CreateView(stmt) => {
-                if let Some(existing) = self.get(&stmt.name.value) {
-                    if stmt.if_not_exists {
-                        return Ok(Change::Nothing(format!(
-                            "{} '{}' already exists",
-                            existing.object.kind(),
-                            stmt.name.value
-                        )));
-                    }
-                    return Err(SqlError::at(
-                        sql,
-                        stmt.name.offset,
-                        format!(
-                            "{} '{}' already exists",
-                            existing.object.kind(),
-                            stmt.name.value
-                        ),
-                    ));
+                if let Some(done) = self.already_exists(sql, &stmt.name, stmt.if_not_exists)? {
+                    return Ok(done);
                 }
                 if stmt.name.value.starts_with("_meridian") {
                     return Err(SqlError::at(

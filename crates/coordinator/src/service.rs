@@ -103,6 +103,23 @@ impl CoordinatorService {
             .collect()
     }
 
+    /// Persists a planned CREATE under the next id, then applies it.
+    fn create(
+        &self,
+        catalog: &mut Catalog,
+        sql: &str,
+        change: Change,
+        message: String,
+    ) -> Result<String, Status> {
+        let id = catalog.next_id();
+        self.store
+            .put(id, sql)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        info!(id, "{message}");
+        catalog.apply(id, sql, change);
+        Ok(message)
+    }
+
     async fn execute_sql(&self, sql: &str) -> Result<pb::ExecuteResponse, Status> {
         let mut catalog = self.catalog.lock().await;
         let change = catalog
@@ -116,24 +133,12 @@ impl CoordinatorService {
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?
                     .map_err(Status::failed_precondition)?;
-                let id = catalog.next_id();
-                self.store
-                    .put(id, sql)
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                info!(stream = %s.name, id, "stream created");
                 let msg = format!("created stream '{}'", s.name);
-                catalog.apply(id, sql, change);
-                msg
+                self.create(&mut catalog, sql, change, msg)?
             }
             Change::Create(Object::View(v)) => {
-                let id = catalog.next_id();
-                self.store
-                    .put(id, sql)
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                info!(view = %v.name, id, "view created");
                 let msg = format!("created materialized view '{}'", v.name);
-                catalog.apply(id, sql, change);
-                msg
+                self.create(&mut catalog, sql, change, msg)?
             }
             Change::Drop { name } => {
                 let entry = catalog

@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use tokio::sync::watch;
 
 use crate::cli::{CentralArgs, CoordinatorArgs, DevArgs, RegionArgs};
-use crate::status::{self, cell, table};
+use crate::status;
 
 const REGIONS: [&str; 2] = ["eu-west", "us-east"];
 const VIEW: &str = "revenue_by_country";
@@ -330,13 +330,7 @@ async fn demo(
             r.node_id,
             r.position(VIEW).unwrap_or(0)
         );
-        let headers: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
-        let rows: Vec<Vec<String>> = r
-            .rows
-            .iter()
-            .map(|row| row.iter().map(cell).collect())
-            .collect();
-        print!("{}", table(&headers, &rows));
+        print!("{}", status::result_table(&r));
     }
     Ok(())
 }

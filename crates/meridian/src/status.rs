@@ -59,13 +59,7 @@ pub async fn query(url: &str, region: &str, sql: &str) -> anyhow::Result<()> {
     anyhow::ensure!(!nodes.is_empty(), "no nodes known for region '{region}'");
     let client = client::Client::connect(nodes).await?;
     let r = client.query(sql).await?;
-    let headers: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
-    let rows: Vec<Vec<String>> = r
-        .rows
-        .iter()
-        .map(|row| row.iter().map(cell).collect())
-        .collect();
-    print!("{}", table(&headers, &rows));
+    print!("{}", result_table(&r));
     let pos: Vec<String> = r
         .positions
         .iter()
@@ -89,6 +83,17 @@ pub fn cell(v: &client::Value) -> String {
         client::Value::Text(s) => s.clone(),
         client::Value::Bool(b) => b.to_string(),
     }
+}
+
+/// A query result as a text table.
+pub fn result_table(r: &client::QueryResult) -> String {
+    let headers: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+    let rows: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|row| row.iter().map(cell).collect())
+        .collect();
+    table(&headers, &rows)
 }
 
 /// A plain text table with a header line.
