@@ -71,6 +71,12 @@ impl Workdir {
         Workdir { path }
     }
 
+    /// What process `name` has logged so far.
+    pub fn log_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path.join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
     pub fn log(&self, name: &str) -> std::fs::File {
         std::fs::OpenOptions::new()
             .create(true)
@@ -181,12 +187,19 @@ pub struct Cluster<'w> {
     central: Option<Proc>,
     central_starts: usize,
     nodes: Vec<(NodeAddr, Option<Proc>)>,
+    /// Extra arguments of every `meridian region` process.
+    region_args: Vec<String>,
 }
 
 pub const REGIONS: [&str; 2] = ["eu-west", "us-east"];
 
 impl<'w> Cluster<'w> {
     pub fn start(work: &'w Workdir) -> Cluster<'w> {
+        Cluster::start_with(work, &[])
+    }
+
+    /// A cluster whose regional nodes get `region_args` too.
+    pub fn start_with(work: &'w Workdir, region_args: &[&str]) -> Cluster<'w> {
         let port = free_port();
         let coordinator = format!("http://127.0.0.1:{port}");
         let bin = meridian_bin();
@@ -210,6 +223,7 @@ impl<'w> Cluster<'w> {
             central: None,
             central_starts: 0,
             nodes: Vec::new(),
+            region_args: region_args.iter().map(|a| a.to_string()).collect(),
         };
         for region in REGIONS {
             let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -266,7 +280,8 @@ impl<'w> Cluster<'w> {
                     &self.coordinator,
                     "--data-dir",
                 ])
-                .arg(self.work.path.join(&name)),
+                .arg(self.work.path.join(&name))
+                .args(&self.region_args),
         );
         self.nodes[idx].1 = Some(proc);
     }
@@ -671,10 +686,19 @@ pub fn orders_cluster<'w>(
     rt: &tokio::runtime::Runtime,
     work: &'w Workdir,
 ) -> (Broker, Cluster<'w>) {
+    orders_cluster_with(rt, work, &[])
+}
+
+/// [`orders_cluster`] whose regional nodes get `region_args` too.
+pub fn orders_cluster_with<'w>(
+    rt: &tokio::runtime::Runtime,
+    work: &'w Workdir,
+    region_args: &[&str],
+) -> (Broker, Cluster<'w>) {
     let broker = Broker::start(work);
     rt.block_on(create_topic(&broker.addr, "orders", 3))
         .expect("create topic");
-    let cluster = Cluster::start(work);
+    let cluster = Cluster::start_with(work, region_args);
     cluster
         .wait_ready(Duration::from_secs(60))
         .expect("regions elect leaders");

@@ -19,6 +19,9 @@ use meridian_proto::v1::region_client::RegionClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+/// Largest query response the client accepts.
+pub const RESPONSE_BYTES_MAX: usize = 512 << 20;
+
 /// Per-attempt deadline of a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -136,7 +139,12 @@ impl Client {
                 .map_err(|err| Error::Endpoint(url.clone(), err.to_string()))?
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(QUERY_TIMEOUT);
-            nodes.push((url, RegionClient::new(endpoint.connect_lazy())));
+            // A query may return up to 100 000 rows, far past tonic's 4 MB default.
+            nodes.push((
+                url,
+                RegionClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(RESPONSE_BYTES_MAX),
+            ));
         }
         if nodes.is_empty() {
             return Err(Error::NoEndpoints);

@@ -130,6 +130,10 @@ pub struct RegionArgs {
     pub data_dir: PathBuf,
     #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub coordinator: String,
+    /// Raft log entries kept behind the replica; older ones are compacted away, and a node that
+    /// needs them gets a snapshot of the replica instead.
+    #[arg(long, default_value_t = 10_000)]
+    pub raft_log_retain: u64,
 }
 
 /// Parses `1=http://a:1,2=http://b:2`.

@@ -135,6 +135,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                     http_advertise: None,
                     data_dir: args.data_dir.join(region).join(format!("node-{n}")),
                     coordinator: coordinator_url.clone(),
+                    raft_log_retain: 10_000,
                 },
                 shutdown.clone(),
             )));

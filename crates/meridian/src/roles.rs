@@ -112,6 +112,7 @@ pub async fn region(args: RegionArgs, shutdown: watch::Receiver<bool>) -> anyhow
         http_listen: args.http_listen,
         data_dir: args.data_dir,
         coordinator: Some(args.coordinator),
+        log_retain: args.raft_log_retain,
     };
     regional_node::run(cfg, shutdown).await
 }

@@ -56,6 +56,8 @@ pub struct RegionConfig {
     pub http_advertise: String,
     pub data_dir: PathBuf,
     pub coordinator: Option<String>,
+    /// Raft log entries kept behind the replica's applied index; older ones are compacted.
+    pub log_retain: u64,
 }
 
 impl RegionConfig {
@@ -66,6 +68,7 @@ impl RegionConfig {
             self.region
         );
         anyhow::ensure!(self.node_id > 0, "--node-id must be above 0");
+        anyhow::ensure!(self.log_retain > 0, "--raft-log-retain must be above 0");
         anyhow::ensure!(
             self.peers.contains_key(&self.node_id),
             "--peers must include this node's id {}",
@@ -84,13 +87,14 @@ impl RegionConfig {
 pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     cfg.validate()?;
     let mut outbox = HashMap::new();
+    let mut senders = Vec::new();
     for (&id, addr) in &cfg.peers {
         if id == cfg.node_id {
             continue;
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
         outbox.insert(id, tx);
-        tokio::spawn(service::peer_sender(id, addr.clone(), rx));
+        senders.push((id, addr.clone(), rx));
     }
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -100,11 +104,15 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
         peers: cfg.peers.keys().copied().collect(),
         data_dir: cfg.data_dir.clone(),
         region: cfg.region.clone(),
+        log_retain: cfg.log_retain,
     };
     // DuckDB allows one database instance per file in a process, so readers use connections
     // cloned from the replica's own.
     let (handle, thread, reader) =
         node::start(node_cfg, outbox, incarnation).context("starting the raft node")?;
+    for (id, addr, rx) in senders {
+        tokio::spawn(service::peer_sender(id, addr, rx, handle.clone()));
+    }
     let shared = Shared {
         node: handle.clone(),
         region: cfg.region.clone(),
@@ -126,12 +134,14 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
 
     let mut sd = shutdown.clone();
     let grpc = Server::builder()
-        .add_service(pb::region_server::RegionServer::new(RegionService(
-            shared.clone(),
-        )))
-        .add_service(pb::raft_transport_server::RaftTransportServer::new(
-            TransportService(handle.clone()),
-        ))
+        .add_service(
+            pb::region_server::RegionServer::new(RegionService(shared.clone()))
+                .max_decoding_message_size(service::MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            pb::raft_transport_server::RaftTransportServer::new(TransportService(handle.clone()))
+                .max_decoding_message_size(service::MESSAGE_BYTES_MAX),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             async move {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use meridian_proto::v1 as pb;
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::prelude::{Entry, EntryType, Message as RaftMessage};
-use raft::{Config, RawNode, StateRole};
+use raft::prelude::{Entry, EntryType, Message as RaftMessage, MessageType};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, info_span, warn};
 
@@ -44,6 +44,19 @@ pub enum Request {
     Status {
         reply: oneshot::Sender<NodeState>,
     },
+    /// From a peer sender: messages to `peer` could not be delivered, or a snapshot was.
+    Delivery {
+        peer: u64,
+        delivered: bool,
+        snapshot: bool,
+    },
+}
+
+/// A Raft message on its way to a peer.
+pub struct Outgoing {
+    pub bytes: Vec<u8>,
+    /// It carries a snapshot, whose delivery raft-rs wants to hear about.
+    pub snapshot: bool,
 }
 
 #[derive(Debug)]
@@ -66,6 +79,7 @@ pub struct NodeState {
     pub commit_index: u64,
     pub applied_index: u64,
     pub positions: HashMap<String, Position>,
+    pub log_first_index: u64,
 }
 
 pub struct NodeConfig {
@@ -73,6 +87,8 @@ pub struct NodeConfig {
     pub peers: Vec<u64>,
     pub data_dir: PathBuf,
     pub region: String,
+    /// Log entries kept behind the replica's applied index.
+    pub log_retain: u64,
 }
 
 /// Handle to a running Raft thread.
@@ -108,7 +124,8 @@ struct Node {
     id: u64,
     raw: RawNode<RaftStore>,
     replica: Replica,
-    outbox: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    outbox: HashMap<u64, mpsc::Sender<Outgoing>>,
+    log_retain: u64,
     /// Proposals this node made, by proposal id, awaiting their apply.
     pending: HashMap<u64, Pending>,
     /// Highest sequence proposed per view in this leadership, not yet applied.
@@ -126,7 +143,7 @@ struct Node {
 /// Also returns a reader connection to the replica.
 pub fn start(
     cfg: NodeConfig,
-    outbox: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    outbox: HashMap<u64, mpsc::Sender<Outgoing>>,
     incarnation: u64,
 ) -> anyhow::Result<(NodeHandle, std::thread::JoinHandle<()>, duckdb::Connection)> {
     std::fs::create_dir_all(&cfg.data_dir)?;
@@ -147,6 +164,8 @@ pub fn start(
     };
     raft_cfg.validate()?;
     let logger = slog::Logger::root(crate::slog_bridge::TracingDrain, slog::o!());
+    let mut store = store;
+    store.set_replica_reader(replica.reader()?);
     let raw = RawNode::new(&raft_cfg, store, &logger)?;
     info!(node = cfg.id, applied, "raft node opened");
     let (tx, rx) = sync_channel(REQUEST_QUEUE_MAX);
@@ -155,6 +174,7 @@ pub fn start(
         raw,
         replica,
         outbox,
+        log_retain: cfg.log_retain,
         pending: HashMap::new(),
         proposed_seq: HashMap::new(),
         next_proposal: 1,
@@ -219,6 +239,25 @@ impl Node {
             Request::Status { reply } => {
                 let _ = reply.send(self.state());
             }
+            Request::Delivery {
+                peer,
+                delivered,
+                snapshot,
+            } => {
+                if !delivered {
+                    self.raw.report_unreachable(peer);
+                }
+                if snapshot {
+                    self.raw.report_snapshot(
+                        peer,
+                        if delivered {
+                            SnapshotStatus::Finish
+                        } else {
+                            SnapshotStatus::Failure
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -231,6 +270,7 @@ impl Node {
             commit_index: r.raft_log.committed,
             applied_index: self.replica.applied_index().max(r.raft_log.applied),
             positions: self.replica.positions().clone(),
+            log_first_index: self.raw.store().log_first_index(),
         }
     }
 
@@ -320,7 +360,8 @@ impl Node {
             };
             match m.write_to_bytes() {
                 Ok(bytes) => {
-                    if tx.try_send(bytes).is_err() {
+                    let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+                    if tx.try_send(Outgoing { bytes, snapshot }).is_err() {
                         debug!(to = m.to, "peer queue full; raft message dropped");
                     }
                 }
@@ -403,6 +444,15 @@ impl Node {
             let msgs = ready.take_messages();
             self.send_messages(msgs);
         }
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            let index = snap.get_metadata().index;
+            self.replica
+                .restore(index, &snap.data)
+                .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?;
+            self.raw.mut_store().apply_snapshot(&snap)?;
+            info!(index, "replica restored from a leader's snapshot");
+        }
         let committed = ready.take_committed_entries();
         self.apply_entries(committed);
         let hs = ready.hs().cloned();
@@ -422,6 +472,19 @@ impl Node {
         let committed = light.take_committed_entries();
         self.apply_entries(committed);
         self.raw.advance_apply();
+        self.maybe_compact()
+    }
+
+    /// Drops log entries the replica applied more than `log_retain` entries ago, once twice
+    /// that many have piled up (so compaction runs in steps, not on every entry).
+    fn maybe_compact(&mut self) -> Result<(), raft::Error> {
+        let applied = self.replica.applied_index();
+        let first = self.raw.store().log_first_index();
+        if applied > first + 2 * self.log_retain {
+            let upto = applied - self.log_retain;
+            self.raw.mut_store().compact(upto)?;
+            debug!(upto, "raft log compacted");
+        }
         Ok(())
     }
 }

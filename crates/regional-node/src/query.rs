@@ -159,7 +159,7 @@ fn type_name(t: &DataType) -> String {
     }
 }
 
-fn from_duck(v: DValue) -> pb::Value {
+pub(crate) fn from_duck(v: DValue) -> pb::Value {
     use pb::value::Kind;
     let kind = match v {
         DValue::Null => None,

@@ -109,6 +109,71 @@ impl Replica {
         self.positions.get(view).cloned().unwrap_or_default()
     }
 
+    /// Replaces the whole state with a snapshot taken at Raft index `raft_index`, in one
+    /// transaction.
+    pub fn restore(&mut self, raft_index: u64, data: &[u8]) -> Result<(), ReplicaError> {
+        use prost::Message as _;
+        let snap = pb::ReplicaSnapshot::decode(data).map_err(|e| ReplicaError::Schema {
+            view: "?".into(),
+            detail: format!("undecodable snapshot: {e}"),
+        })?;
+        let tx = self.conn.transaction()?;
+        for view in self.tables.keys() {
+            tx.execute_batch(&format!(
+                "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
+                quote(view),
+                quote(&format!("_meridian_stage_{view}"))
+            ))?;
+        }
+        tx.execute_batch("DELETE FROM _meridian_applied")?;
+        let mut tables = HashMap::new();
+        let mut positions = HashMap::new();
+        for v in snap.views {
+            let schema = v.schema.ok_or_else(|| ReplicaError::Schema {
+                view: "?".into(),
+                detail: "snapshot view without a schema".into(),
+            })?;
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&schema.view)))?;
+            create_table(&tx, &schema)?;
+            let rows = v
+                .rows
+                .iter()
+                .map(|r| r.values.iter().map(to_duck).collect())
+                .collect();
+            insert_rows(&tx, &quote(&schema.view), schema.columns.len(), rows)?;
+            tx.execute(
+                "INSERT INTO _meridian_applied VALUES (?, ?, ?, ?, ?, ?)",
+                duckdb::params![
+                    schema.view,
+                    v.seq,
+                    v.produced_at_ms,
+                    v.applied_at_ms,
+                    schema_to_json(&schema),
+                    schema.view_id
+                ],
+            )?;
+            positions.insert(
+                schema.view.clone(),
+                Position {
+                    view_id: schema.view_id,
+                    seq: v.seq,
+                    produced_at_ms: v.produced_at_ms,
+                    applied_at_ms: v.applied_at_ms,
+                },
+            );
+            tables.insert(schema.view.clone(), schema);
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)",
+            [raft_index],
+        )?;
+        tx.commit()?;
+        self.tables = tables;
+        self.positions = positions;
+        self.applied_index = raft_index;
+        Ok(())
+    }
+
     /// The applied sequence of this incarnation of the view (0 when the replica holds none, or
     /// an older one).
     pub fn applied_seq(&self, schema: &pb::ViewSchema) -> u64 {
@@ -260,45 +325,37 @@ fn apply_changes(
     conn.execute_batch(&format!(
         "CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT *, true AS _meridian_delete FROM {table} LIMIT 0; DELETE FROM {stage};"
     ))?;
-    for chunk in reduced.chunks(STAGE_ROWS_PER_STATEMENT) {
-        let placeholders = format!("({})", vec!["?"; n_cols + 1].join(", "));
-        let sql = format!(
-            "INSERT INTO {stage} VALUES {}",
-            vec![placeholders; chunk.len()].join(", ")
-        );
-        let mut params: Vec<DValue> = Vec::with_capacity(chunk.len() * (n_cols + 1));
-        for &i in chunk {
-            let c = &changes[i];
-            match &c.row {
-                Some(row) => {
-                    if row.values.len() != n_cols {
-                        return Err(ReplicaError::Schema {
-                            view: schema.view.clone(),
-                            detail: format!(
-                                "row has {} values, table has {n_cols} columns",
-                                row.values.len()
-                            ),
-                        });
-                    }
-                    params.extend(row.values.iter().map(to_duck));
-                    params.push(DValue::Boolean(false));
+    let mut staged: Vec<Vec<DValue>> = Vec::with_capacity(reduced.len());
+    for &i in &reduced {
+        let c = &changes[i];
+        let mut values = match &c.row {
+            Some(row) => {
+                if row.values.len() != n_cols {
+                    return Err(ReplicaError::Schema {
+                        view: schema.view.clone(),
+                        detail: format!(
+                            "row has {} values, table has {n_cols} columns",
+                            row.values.len()
+                        ),
+                    });
                 }
-                None => {
-                    // A deletion only needs the key columns; the others stay NULL.
-                    let mut vals = vec![DValue::Null; n_cols];
-                    for (k, &idx) in c.key.iter().zip(&schema.key_indexes) {
-                        if let Some(slot) = vals.get_mut(idx as usize) {
-                            *slot = to_duck(k);
-                        }
-                    }
-                    params.extend(vals);
-                    params.push(DValue::Boolean(true));
-                }
+                row.values.iter().map(to_duck).collect::<Vec<_>>()
             }
-        }
-        conn.prepare_cached(&sql)?
-            .execute(params_from_iter(params))?;
+            None => {
+                // A deletion only needs the key columns; the others stay NULL.
+                let mut vals = vec![DValue::Null; n_cols];
+                for (k, &idx) in c.key.iter().zip(&schema.key_indexes) {
+                    if let Some(slot) = vals.get_mut(idx as usize) {
+                        *slot = to_duck(k);
+                    }
+                }
+                vals
+            }
+        };
+        values.push(DValue::Boolean(c.row.is_none()));
+        staged.push(values);
     }
+    insert_rows(conn, &stage, n_cols + 1, staged)?;
     let on = if schema.key_indexes.is_empty() {
         "true".to_string()
     } else {
@@ -314,6 +371,86 @@ fn apply_changes(
         "DELETE FROM {table} AS t USING {stage} AS s WHERE {on}; INSERT INTO {table} SELECT {col_list} FROM {stage} WHERE NOT _meridian_delete;"
     ))?;
     Ok(())
+}
+
+/// Inserts rows of `width` values with multi-row INSERTs of a bounded size.
+fn insert_rows(
+    conn: &Connection,
+    table: &str,
+    width: usize,
+    rows: Vec<Vec<DValue>>,
+) -> Result<(), ReplicaError> {
+    let placeholders = format!("({})", vec!["?"; width].join(", "));
+    for chunk in rows.chunks(STAGE_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO {table} VALUES {}",
+            vec![placeholders.as_str(); chunk.len()].join(", ")
+        );
+        let params: Vec<&DValue> = chunk.iter().flatten().collect();
+        conn.prepare_cached(&sql)?
+            .execute(params_from_iter(params))?;
+    }
+    Ok(())
+}
+
+/// The replica's whole state, read through `conn` in one transaction: the Raft index it
+/// reflects and the encoded [`pb::ReplicaSnapshot`].
+pub fn snapshot(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
+    conn.execute_batch("BEGIN TRANSACTION")?;
+    let result = snapshot_inside(conn);
+    conn.execute_batch("ROLLBACK")?;
+    result
+}
+
+fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
+    use prost::Message as _;
+    let index: u64 = conn
+        .query_row(
+            "SELECT applied_index FROM _meridian_raft WHERE id = 0",
+            [],
+            |r| r.get(0),
+        )
+        .or_else(|e| {
+            if matches!(e, duckdb::Error::QueryReturnedNoRows) {
+                Ok(0)
+            } else {
+                Err(e)
+            }
+        })?;
+    let mut views = Vec::new();
+    let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json FROM _meridian_applied ORDER BY view")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let view: String = r.get(0)?;
+        let json: String = r.get(4)?;
+        let schema = schema_from_json(&view, &json).ok_or_else(|| ReplicaError::Schema {
+            view: view.clone(),
+            detail: "unreadable stored schema".into(),
+        })?;
+        let cols = schema
+            .columns
+            .iter()
+            .map(|c| quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut data = conn.prepare(&format!("SELECT {cols} FROM {}", quote(&view)))?;
+        let mut table_rows = data.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = table_rows.next()? {
+            let values = (0..schema.columns.len())
+                .map(|i| row.get::<_, DValue>(i).map(crate::query::from_duck))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(pb::Row { values });
+        }
+        views.push(pb::ViewSnapshot {
+            schema: Some(schema),
+            seq: r.get(1)?,
+            produced_at_ms: r.get(2)?,
+            applied_at_ms: r.get(3)?,
+            rows: out,
+        });
+    }
+    Ok((index, pb::ReplicaSnapshot { views }.encode_to_vec()))
 }
 
 /// A hashable form of a wire value, for reducing a batch by key.

@@ -15,11 +15,15 @@ use tonic::transport::Endpoint;
 use tonic::{Request as TRequest, Response, Status};
 use tracing::{debug, info_span, Instrument};
 
-use crate::node::{NodeHandle, NodeState, PushOutcome, Request};
+use crate::node::{NodeHandle, NodeState, Outgoing, PushOutcome, Request};
 use crate::query::{self, QueryError, QueryResult};
 
 /// Queries running at once on one node: each holds a DuckDB connection and a blocking thread.
 pub const QUERIES_MAX: usize = 16;
+/// Largest gRPC message a node takes: a Raft snapshot carries a whole replica.
+pub const MESSAGE_BYTES_MAX: usize = 512 << 20;
+/// A send to a peer (a snapshot included) that takes longer is given up; Raft retries.
+const PEER_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Raft messages sent to a peer in one RPC.
 const PEER_BATCH_MAX: usize = 256;
 /// A push waits this long for its entry to commit and apply before telling the sender to retry.
@@ -75,6 +79,7 @@ impl Shared {
             positions,
             grpc_addr: self.grpc_addr.clone(),
             http_addr: self.http_addr.clone(),
+            log_first_index: st.log_first_index,
         })
     }
 
@@ -201,27 +206,45 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
 
 /// Sends queued Raft messages to one peer, batching what has queued up. Failures drop the
 /// batch: Raft retransmits what matters.
-pub async fn peer_sender(peer: u64, addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+pub async fn peer_sender(
+    peer: u64,
+    addr: String,
+    mut rx: mpsc::Receiver<Outgoing>,
+    node: NodeHandle,
+) {
     let endpoint = match Endpoint::from_shared(addr.clone()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(2)),
+            .timeout(PEER_SEND_TIMEOUT),
         Err(e) => {
             tracing::error!(peer, addr = %addr, error = %e, "bad peer address");
             return;
         }
     };
-    let mut client = RaftTransportClient::new(endpoint.connect_lazy());
+    let mut client = RaftTransportClient::new(endpoint.connect_lazy())
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let mut failing = false;
     while let Some(first) = rx.recv().await {
-        let mut messages = vec![first];
-        while messages.len() < PEER_BATCH_MAX {
+        let mut batch = vec![first];
+        while batch.len() < PEER_BATCH_MAX {
             match rx.try_recv() {
-                Ok(m) => messages.push(m),
+                Ok(m) => batch.push(m),
                 Err(_) => break,
             }
         }
-        match client.send(pb::RaftMessages { messages }).await {
+        let snapshot = batch.iter().any(|m| m.snapshot);
+        let messages = batch.into_iter().map(|m| m.bytes).collect();
+        let delivered = client.send(pb::RaftMessages { messages }).await;
+        if snapshot || delivered.is_err() {
+            let _ = node
+                .send(Request::Delivery {
+                    peer,
+                    delivered: delivered.is_ok(),
+                    snapshot,
+                })
+                .await;
+        }
+        match delivered {
             Ok(_) => {
                 if failing {
                     tracing::info!(peer, "peer reachable again");

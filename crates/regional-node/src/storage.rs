@@ -1,8 +1,9 @@
 //! The Raft log and hard state in RocksDB, behind raft-rs's [`Storage`] trait.
 //!
 //! Layout (only this module knows it): `hs` → HardState, `cs` → ConfState, `e` + index (8
-//! bytes big-endian) → Entry, all protobuf-2 encoded as raft-rs defines them. The log is never
-//! compacted yet, so `first_index` is always 1 and no snapshot is ever needed.
+//! bytes big-endian) → Entry, all protobuf-2 encoded as raft-rs defines them, and `trunc` →
+//! the index and term of the last entry compacted away (16 bytes, big-endian). Compacted
+//! entries live on in the DuckDB replica; a node that needs them gets a snapshot of it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,9 +28,14 @@ pub struct RaftStore {
     db: Arc<DB>,
     hard_state: HardState,
     conf_state: ConfState,
-    /// Index of the last entry in the log (0 when empty).
+    /// Index of the last entry in the log (the truncation point when empty).
     last_index: u64,
     last_term: u64,
+    /// Index and term of the last entry compacted away (0, 0 before any compaction).
+    trunc_index: u64,
+    trunc_term: u64,
+    /// Reads the replica when a follower needs a snapshot (set once the replica is open).
+    replica: Option<duckdb::Connection>,
 }
 
 impl RaftStore {
@@ -52,6 +58,18 @@ impl RaftStore {
                 cs
             }
         };
+        let (trunc_index, trunc_term) = match db.get(b"trunc").map_err(other)? {
+            Some(b) if b.len() == 16 => (
+                u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(b[8..].try_into().expect("8 bytes")),
+            ),
+            Some(b) => {
+                return Err(other(std::io::Error::other(format!(
+                    "corrupt truncation record: {b:?}"
+                ))))
+            }
+            None => (0, 0),
+        };
         let (last_index, last_term) = match db
             .iterator(IteratorMode::From(&entry_key(u64::MAX), Direction::Reverse))
             .next()
@@ -62,10 +80,10 @@ impl RaftStore {
                     let e = Entry::parse_from_bytes(&v).map_err(other)?;
                     (e.index, e.term)
                 } else {
-                    (0, 0)
+                    (trunc_index, trunc_term)
                 }
             }
-            None => (0, 0),
+            None => (trunc_index, trunc_term),
         };
         assert!(
             hard_state.commit <= last_index,
@@ -78,6 +96,9 @@ impl RaftStore {
             conf_state,
             last_index,
             last_term,
+            trunc_index,
+            trunc_term,
+            replica: None,
         })
     }
 
@@ -120,6 +141,65 @@ impl RaftStore {
         Ok(())
     }
 
+    /// Lets the store read the replica to build snapshots.
+    pub fn set_replica_reader(&mut self, conn: duckdb::Connection) {
+        self.replica = Some(conn);
+    }
+
+    /// Index of the first entry still in the log.
+    pub fn log_first_index(&self) -> u64 {
+        self.trunc_index + 1
+    }
+
+    /// Drops the entries up to `index` (inclusive), which the replica has applied.
+    pub fn compact(&mut self, index: u64) -> Result<(), raft::Error> {
+        if index <= self.trunc_index {
+            return Ok(());
+        }
+        assert!(
+            index <= self.last_index,
+            "compacting to {index} past the last index {}",
+            self.last_index
+        );
+        let term = self.term(index)?;
+        let mut wb = WriteBatch::default();
+        wb.delete_range(entry_key(0), entry_key(index + 1));
+        wb.put(b"trunc", [index.to_be_bytes(), term.to_be_bytes()].concat());
+        self.db.write(wb).map_err(other)?;
+        self.trunc_index = index;
+        self.trunc_term = term;
+        Ok(())
+    }
+
+    /// Replaces the log with a snapshot's position (the replica was restored from its data).
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), raft::Error> {
+        let meta = snapshot.get_metadata();
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        let mut wb = WriteBatch::default();
+        wb.delete_range(entry_key(0), entry_key(u64::MAX));
+        wb.put(
+            b"trunc",
+            [meta.index.to_be_bytes(), meta.term.to_be_bytes()].concat(),
+        );
+        wb.put(b"hs", hs.write_to_bytes().map_err(other)?);
+        wb.put(
+            b"cs",
+            meta.get_conf_state().write_to_bytes().map_err(other)?,
+        );
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(wb, &opts).map_err(other)?;
+        self.hard_state = hs;
+        self.conf_state = meta.get_conf_state().clone();
+        self.trunc_index = meta.index;
+        self.trunc_term = meta.term;
+        self.last_index = meta.index;
+        self.last_term = meta.term;
+        Ok(())
+    }
+
     /// Records a new commit index (from a LightReady); not synced, it is re-derived on restart.
     pub fn set_commit(&mut self, commit: u64) -> Result<(), raft::Error> {
         self.hard_state.commit = commit;
@@ -152,7 +232,7 @@ impl Storage for RaftStore {
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into();
-        if low < 1 {
+        if low <= self.trunc_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         assert!(
@@ -183,8 +263,11 @@ impl Storage for RaftStore {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == 0 {
-            return Ok(0);
+        if idx == self.trunc_index {
+            return Ok(self.trunc_term);
+        }
+        if idx < self.trunc_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
         }
         if idx == self.last_index {
             return Ok(self.last_term);
@@ -196,7 +279,7 @@ impl Storage for RaftStore {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.trunc_index + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
@@ -204,10 +287,28 @@ impl Storage for RaftStore {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never compacted, so a follower can always catch up from entries.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        let Some(conn) = &self.replica else {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        };
+        // The replica's state is exactly the state at the last entry that changed it, which
+        // compaction never passes.
+        let (index, data) = crate::replica::snapshot(conn).map_err(other)?;
+        if index < self.trunc_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = self.term(index)?;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
     }
 }
 
@@ -268,5 +369,121 @@ mod tests {
             .entries(1, 4, Some(1), GetEntriesContext::empty(false))
             .expect("entries");
         assert_eq!(limited.len(), 1, "max_size still returns one entry");
+    }
+}
+
+#[cfg(test)]
+mod compaction_tests {
+    use super::*;
+    use crate::replica::Replica;
+    use meridian_proto::v1 as pb;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    fn push(seq: u64) -> pb::PushRequest {
+        let text = |s: &str| pb::Value {
+            kind: Some(pb::value::Kind::Text(s.into())),
+        };
+        pb::PushRequest {
+            schema: Some(pb::ViewSchema {
+                view: "v".into(),
+                columns: vec![
+                    pb::ColumnSchema {
+                        name: "k".into(),
+                        r#type: "string".into(),
+                    },
+                    pb::ColumnSchema {
+                        name: "n".into(),
+                        r#type: "int64".into(),
+                    },
+                ],
+                key_indexes: vec![0],
+                view_id: 7,
+            }),
+            batches: vec![pb::ChangeBatch {
+                view: "v".into(),
+                seq,
+                changes: vec![pb::RowChange {
+                    key: vec![text("a")],
+                    row: Some(pb::Row {
+                        values: vec![
+                            text("a"),
+                            pb::Value {
+                                kind: Some(pb::value::Kind::Int(seq as i64)),
+                            },
+                        ],
+                    }),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn compaction_and_snapshots_carry_the_replica_to_an_empty_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The leader: entries 1..=10, the replica applied 1..=8, the log compacted to 5.
+        let mut leader_replica = Replica::open(&dir.path().join("leader.duckdb")).expect("replica");
+        for i in 1..=8 {
+            leader_replica.apply(i, &push(i), 100).expect("apply");
+        }
+        let mut log = RaftStore::open(&dir.path().join("leader-raft"), &[1, 2, 3]).expect("log");
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 2)).collect();
+        log.persist(
+            &entries,
+            Some(&HardState {
+                term: 2,
+                commit: 10,
+                ..Default::default()
+            }),
+        )
+        .expect("persist");
+        log.set_replica_reader(leader_replica.reader().expect("reader"));
+        log.compact(5).expect("compact");
+        assert_eq!(log.first_index().expect("first"), 6);
+        assert!(matches!(
+            log.entries(3, 7, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(log.term(5).expect("the truncation point keeps its term"), 2);
+        let snap = log.snapshot(0, 2).expect("snapshot");
+        assert_eq!(snap.get_metadata().index, 8, "the replica's own position");
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
+
+        // A new node installs it.
+        let mut replica = Replica::open(&dir.path().join("follower.duckdb")).expect("replica");
+        replica
+            .restore(snap.get_metadata().index, &snap.data)
+            .expect("restore");
+        let mut flog = RaftStore::open(&dir.path().join("follower-raft"), &[1, 2, 3]).expect("log");
+        flog.apply_snapshot(&snap).expect("apply snapshot");
+        assert_eq!(
+            (
+                flog.first_index().expect("first"),
+                flog.last_index().expect("last")
+            ),
+            (9, 8)
+        );
+        assert_eq!(replica.applied_index(), 8);
+        let n: i64 = replica
+            .reader()
+            .expect("reader")
+            .query_row("SELECT n FROM v WHERE k = 'a'", [], |r| r.get(0))
+            .expect("row");
+        assert_eq!(n, 8);
+        drop(flog);
+        let flog = RaftStore::open(&dir.path().join("follower-raft"), &[9]).expect("reopen");
+        assert_eq!(flog.initial_state().expect("state").hard_state.commit, 8);
+        assert_eq!(flog.term(8).expect("term"), 2);
+        drop(replica);
+        let replica = Replica::open(&dir.path().join("follower.duckdb")).expect("reopen");
+        assert_eq!(replica.position("v").seq, 8);
     }
 }

@@ -1,0 +1,86 @@
+//! Chaos: a follower is down while its region's log moves on and is compacted past it. When it
+//! comes back it cannot catch up from log entries; the leader sends a snapshot of its replica,
+//! the follower installs it, and every replica still equals the oracle.
+
+use std::time::{Duration, Instant};
+
+use meridian::sample::OrdersGenerator;
+use meridian_tests::{
+    changes, check_replicas, orders_cluster_with, orders_oracle, produce, runtime, Cluster,
+    Workdir, CONVERGE_TIMEOUT, VIEW,
+};
+
+fn region_nodes(cluster: &Cluster<'_>, region: &str) -> Vec<serde_json::Value> {
+    cluster
+        .status()
+        .ok()
+        .and_then(|s| {
+            s["regions"]
+                .as_array()?
+                .iter()
+                .find(|r| r["region"] == region)?["nodes"]
+                .as_array()
+                .cloned()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let rt = runtime();
+    let work = Workdir::new("chaos-snapshot");
+    // Keep only two entries behind the replica, so that the log is compacted quickly.
+    let (broker, mut cluster) = orders_cluster_with(&rt, &work, &["--raft-log-retain", "2"]);
+    let leader = region_nodes(&cluster, "eu-west")
+        .iter()
+        .find(|n| n["role"] == "leader")
+        .and_then(|n| n["node_id"].as_u64())
+        .expect("eu-west has a leader");
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill_node("eu-west", follower);
+
+    // Many small bursts: each becomes a change batch, a push and a Raft entry.
+    let mut g = OrdersGenerator::new(5);
+    let mut total = 0u64;
+    for _ in 0..15 {
+        let burst = changes(&mut g, 200);
+        total += burst.len() as u64;
+        produce(&rt, &broker.addr, "orders", &burst);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let first = region_nodes(&cluster, "eu-west")
+            .iter()
+            .filter(|n| n["node_id"] != follower)
+            .map(|n| n["log_first_index"].as_u64().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        // The follower applied nothing of the view before it went down; entries it needs are gone.
+        if first > 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the live nodes never compacted their logs (first index {first})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.restart_node("eu-west", follower);
+    let seq = cluster
+        .wait_converged(VIEW, total, CONVERGE_TIMEOUT)
+        .expect("the follower catches up");
+    check_replicas(
+        &rt,
+        &cluster,
+        VIEW,
+        "country, status, orders, revenue, with_quantity",
+        &orders_oracle(&g),
+        seq,
+    );
+    let log = work.log_text(&format!("eu-west-{follower}"));
+    assert!(
+        log.contains("replica restored from a leader's snapshot"),
+        "the follower caught up without a snapshot:\n{log}"
+    );
+}
