@@ -30,7 +30,7 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     let rt = runtime();
     let work = Workdir::new("chaos-snapshot");
     // Keep only two entries behind the replica, so that the log is compacted quickly.
-    let (broker, mut cluster) = orders_cluster_with(&rt, &work, &["--raft-log-retain", "2"]);
+    let (broker, mut cluster) = orders_cluster_with(&rt, &work, &["--raft-log-retain", "2"], &[]);
     let leader = region_nodes(&cluster, "eu-west")
         .iter()
         .find(|n| n["role"] == "leader")

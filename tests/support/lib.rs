@@ -189,17 +189,23 @@ pub struct Cluster<'w> {
     nodes: Vec<(NodeAddr, Option<Proc>)>,
     /// Extra arguments of every `meridian region` process.
     region_args: Vec<String>,
+    /// Extra arguments of the `meridian central` process.
+    central_args: Vec<String>,
 }
 
 pub const REGIONS: [&str; 2] = ["eu-west", "us-east"];
 
 impl<'w> Cluster<'w> {
     pub fn start(work: &'w Workdir) -> Cluster<'w> {
-        Cluster::start_with(work, &[])
+        Cluster::start_with(work, &[], &[])
     }
 
-    /// A cluster whose regional nodes get `region_args` too.
-    pub fn start_with(work: &'w Workdir, region_args: &[&str]) -> Cluster<'w> {
+    /// A cluster whose regional nodes get `region_args` and central worker `central_args` too.
+    pub fn start_with(
+        work: &'w Workdir,
+        region_args: &[&str],
+        central_args: &[&str],
+    ) -> Cluster<'w> {
         let port = free_port();
         let coordinator = format!("http://127.0.0.1:{port}");
         let bin = meridian_bin();
@@ -224,6 +230,7 @@ impl<'w> Cluster<'w> {
             central_starts: 0,
             nodes: Vec::new(),
             region_args: region_args.iter().map(|a| a.to_string()).collect(),
+            central_args: central_args.iter().map(|a| a.to_string()).collect(),
         };
         for region in REGIONS {
             let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -325,8 +332,58 @@ impl<'w> Cluster<'w> {
             &name,
             Command::new(meridian_bin())
                 .args(["central", "--coordinator", &self.coordinator, "--data-dir"])
-                .arg(self.work.path.join("central")),
+                .arg(self.work.path.join("central"))
+                .args(&self.central_args),
         ));
+    }
+
+    /// Replaces every node of `region` with an empty one: the region is rebuilt from scratch.
+    pub fn wipe_region(&mut self, region: &str) {
+        let peers = self.node_peers(region);
+        let idxs: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].0.region == region)
+            .collect();
+        for &i in &idxs {
+            drop(self.nodes[i].1.take());
+            let dir = self
+                .work
+                .path
+                .join(format!("{}-{}", region, self.nodes[i].0.id));
+            std::fs::remove_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+        }
+        let restarted_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for &i in &idxs {
+            self.start_node(i, &peers);
+        }
+        // Until the new processes report, the coordinator still shows the old ones.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let fresh = self.status().ok().and_then(|s| {
+                let nodes = s["regions"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["region"] == region)?["nodes"]
+                    .as_array()?
+                    .clone();
+                Some(
+                    nodes
+                        .iter()
+                        .filter(|n| n["started_at_ms"].as_i64().unwrap_or(0) >= restarted_at_ms)
+                        .count(),
+                )
+            });
+            if fresh == Some(idxs.len()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rebuilt nodes of {region} never reported"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
@@ -686,7 +743,7 @@ pub fn orders_cluster<'w>(
     rt: &tokio::runtime::Runtime,
     work: &'w Workdir,
 ) -> (Broker, Cluster<'w>) {
-    orders_cluster_with(rt, work, &[])
+    orders_cluster_with(rt, work, &[], &[])
 }
 
 /// [`orders_cluster`] whose regional nodes get `region_args` too.
@@ -694,11 +751,12 @@ pub fn orders_cluster_with<'w>(
     rt: &tokio::runtime::Runtime,
     work: &'w Workdir,
     region_args: &[&str],
+    central_args: &[&str],
 ) -> (Broker, Cluster<'w>) {
     let broker = Broker::start(work);
     rt.block_on(create_topic(&broker.addr, "orders", 3))
         .expect("create topic");
-    let cluster = Cluster::start_with(work, region_args);
+    let cluster = Cluster::start_with(work, region_args, central_args);
     cluster
         .wait_ready(Duration::from_secs(60))
         .expect("regions elect leaders");

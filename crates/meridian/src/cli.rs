@@ -106,6 +106,10 @@ pub struct CentralArgs {
     /// Name in status reports.
     #[arg(long, default_value = "central-1")]
     pub name: String,
+    /// Change batches kept behind the slowest region; a region further behind gets a full
+    /// batch with every row of the view instead.
+    #[arg(long, default_value_t = 1_000)]
+    pub change_log_retain: u64,
 }
 
 #[derive(clap::Args)]

@@ -116,6 +116,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             coordinator: coordinator_url.clone(),
             data_dir: args.data_dir.join("central"),
             name: "central-1".into(),
+            change_log_retain: 1_000,
         },
         shutdown.clone(),
     )));

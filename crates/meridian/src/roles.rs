@@ -78,6 +78,7 @@ pub async fn central(args: CentralArgs, shutdown: watch::Receiver<bool>) -> anyh
         coordinator: args.coordinator,
         data_dir: args.data_dir,
         name: args.name,
+        log_retain: args.change_log_retain,
     };
     view_actor::worker::run(cfg, shutdown).await?;
     Ok(())

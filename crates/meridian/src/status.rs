@@ -159,7 +159,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                         .collect();
                     json!({
                         "node_id": st.node_id, "role": st.role, "term": st.term, "leader_id": st.leader_id,
-                        "commit_index": st.commit_index, "applied_index": st.applied_index, "log_first_index": st.log_first_index,
+                        "commit_index": st.commit_index, "applied_index": st.applied_index, "log_first_index": st.log_first_index, "started_at_ms": st.started_at_ms,
                         "grpc_addr": st.grpc_addr, "http_addr": st.http_addr,
                         "report_age_ms": n.report_age_ms, "views": views,
                     })

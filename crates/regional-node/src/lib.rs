@@ -121,6 +121,9 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
         grpc_addr: cfg.grpc_advertise.clone(),
         http_addr: cfg.http_advertise.clone(),
         reader: Arc::new(Mutex::new(reader)),
+        started_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
         queries: Arc::new(Semaphore::new(service::QUERIES_MAX)),
     };
 

@@ -317,7 +317,7 @@ impl Node {
             }
             return;
         }
-        if batches[0].seq != known + 1 {
+        if batches[0].seq != known + 1 && !batches[0].full {
             // The sender is ahead of what this leader has: it resends from the position.
             let _ = reply.send(PushOutcome::Applied(applied));
             return;

@@ -241,7 +241,10 @@ impl Replica {
             if batch.seq <= pos.seq {
                 continue;
             }
-            if batch.seq != pos.seq + 1 {
+            if batch.full {
+                // Every row of the view at `batch.seq`: what is not in it is gone.
+                tx.execute_batch(&format!("DELETE FROM {}", quote(&view)))?;
+            } else if batch.seq != pos.seq + 1 {
                 warn!(view = %view, seq = batch.seq, applied_seq = pos.seq, "batch would leave a gap; skipped");
                 break;
             }
@@ -727,5 +730,69 @@ mod recreate_tests {
             .collect::<Result<_, _>>()
             .expect("rows");
         assert_eq!(rows, vec![("k1".to_string(), 1), ("k2".to_string(), 2)]);
+    }
+}
+
+#[cfg(test)]
+mod full_batch_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_batch_replaces_every_row_and_jumps_the_position() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Replica::open(&dir.path().join("r.duckdb")).expect("open");
+        let schema = pb::ViewSchema {
+            view: "v".into(),
+            columns: vec![pb::ColumnSchema {
+                name: "k".into(),
+                r#type: "string".into(),
+            }],
+            key_indexes: vec![0],
+            view_id: 1,
+        };
+        let text = |s: &str| pb::Value {
+            kind: Some(pb::value::Kind::Text(s.into())),
+        };
+        let row = |k: &str| pb::RowChange {
+            key: vec![text(k)],
+            row: Some(pb::Row {
+                values: vec![text(k)],
+            }),
+        };
+        let batch = |seq, full, keys: &[&str]| pb::ChangeBatch {
+            view: "v".into(),
+            seq,
+            full,
+            changes: keys.iter().map(|k| row(k)).collect(),
+            ..Default::default()
+        };
+        let push = |b| pb::PushRequest {
+            schema: Some(schema.clone()),
+            batches: vec![b],
+            ..Default::default()
+        };
+        r.apply(1, &push(batch(1, false, &["old", "kept"])), 0)
+            .expect("apply");
+        // The region missed batches 2..=40, which the central worker no longer keeps.
+        assert_eq!(
+            r.apply(2, &push(batch(41, true, &["kept", "new"])), 0)
+                .expect("apply"),
+            41
+        );
+        let keys: Vec<String> = r
+            .reader()
+            .expect("reader")
+            .prepare("SELECT k FROM v ORDER BY k")
+            .expect("prepare")
+            .query_map([], |x| x.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(keys, vec!["kept", "new"]);
+        // An older full batch changes nothing.
+        assert_eq!(
+            r.apply(3, &push(batch(30, true, &[])), 0).expect("apply"),
+            41
+        );
     }
 }

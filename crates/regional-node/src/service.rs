@@ -40,6 +40,8 @@ pub struct Shared {
     pub grpc_addr: String,
     pub http_addr: String,
     pub reader: Arc<Mutex<Connection>>,
+    /// When this process started, so that status can tell a restarted node's reports apart.
+    pub started_at_ms: i64,
     pub queries: Arc<Semaphore>,
 }
 
@@ -80,6 +82,7 @@ impl Shared {
             grpc_addr: self.grpc_addr.clone(),
             http_addr: self.http_addr.clone(),
             log_first_index: st.log_first_index,
+            started_at_ms: self.started_at_ms,
         })
     }
 

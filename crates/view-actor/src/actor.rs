@@ -15,7 +15,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::core::ViewCore;
 use crate::decode::decode;
 use crate::store::{Commit, DeadLetter, StoreError, ViewStore};
-use crate::wire::{row_to_wire, to_wire};
+use crate::wire::change_to_wire;
 use crate::Clock;
 
 /// Most source messages in one change batch: bounds the batch's memory and the size of one
@@ -147,17 +147,14 @@ impl ViewActor {
                     commit.log = Some(pb::ChangeBatch {
                         view: self.def.name.clone(),
                         seq: meta.seq,
-                        changes: out
-                            .changes
-                            .iter()
-                            .map(|c| pb::RowChange { key: c.key.iter().map(to_wire).collect(), row: c.row.as_deref().map(row_to_wire) })
-                            .collect(),
+                        changes: out.changes.iter().map(change_to_wire).collect(),
                         source_offsets: offsets
                             .iter()
                             .map(|(&partition, &next_offset)| pb::SourceOffset { topic: self.stream.topic.clone(), partition, next_offset })
                             .collect(),
                         produced_at_ms: now,
                         events: consumed,
+                        full: false,
                     });
                 }
                 commit.meta = meta.clone();

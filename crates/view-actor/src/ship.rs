@@ -11,7 +11,10 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::store::ViewStore;
+use crate::core::ViewCore;
+use crate::store::{StoreError, ViewStore};
+use crate::wire::change_to_wire;
+use catalog::ViewDef;
 
 /// Most batches in one Push: bounds the request size and the Raft entry it becomes.
 pub const PUSH_BATCHES_MAX: usize = 64;
@@ -62,6 +65,7 @@ pub struct ShipState {
 
 pub struct Shipper {
     pub region: String,
+    pub def: ViewDef,
     pub schema: pb::ViewSchema,
     pub store: ViewStore,
     pub latest: watch::Receiver<u64>,
@@ -96,8 +100,22 @@ impl Shipper {
                 let batches = match acked {
                     Some(a) if a < *self.latest.borrow() => {
                         let store = self.store.clone();
-                        match tokio::task::spawn_blocking(move || store.read_log(a + 1, PUSH_BATCHES_MAX)).await {
-                            Ok(Ok(b)) => b,
+                        let def = self.def.clone();
+                        let read = move || -> Result<Vec<pb::ChangeBatch>, StoreError> {
+                            let batches = store.read_log(a + 1, PUSH_BATCHES_MAX)?;
+                            if batches.is_empty() {
+                                // The region is behind the change log we still keep.
+                                return Ok(vec![full_batch(&store, &def)?]);
+                            }
+                            Ok(batches)
+                        };
+                        match tokio::task::spawn_blocking(read).await {
+                            Ok(Ok(b)) => {
+                                if b.first().is_some_and(|b| b.full) {
+                                    info!(applied_seq = a, seq = b[0].seq, rows = b[0].changes.len(), "region is behind the kept change log; sending a full batch");
+                                }
+                                b
+                            }
                             Ok(Err(e)) => {
                                 self.set(|s| s.error = e.to_string());
                                 tokio::time::sleep(backoff.next_delay()).await;
@@ -198,6 +216,20 @@ impl Shipper {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
     }
+}
+
+/// Every row of the view at its last sequence, as one full batch.
+pub fn full_batch(store: &ViewStore, def: &ViewDef) -> Result<pb::ChangeBatch, StoreError> {
+    let (meta, groups) = store.consistent_state()?;
+    let core = ViewCore::new(def.clone(), Vec::new(), groups);
+    Ok(pb::ChangeBatch {
+        view: def.name.clone(),
+        seq: meta.seq,
+        changes: core.all_rows().iter().map(change_to_wire).collect(),
+        produced_at_ms: meta.last_batch_at_ms,
+        full: true,
+        ..Default::default()
+    })
 }
 
 /// The W3C trace context of `span`, for the region to continue the trace (empty when no

@@ -209,6 +209,10 @@ impl ViewStore {
                 detail: e.to_string(),
             })?;
             let expected = from_seq + out.len() as u64;
+            if out.is_empty() && batch.seq > from_seq {
+                // `from_seq` was truncated away: the caller resynchronises with a full batch.
+                return Ok(Vec::new());
+            }
             if batch.seq != expected {
                 return Err(StoreError::Corrupt {
                     what: "change log",
@@ -218,6 +222,48 @@ impl ViewStore {
             out.push(batch);
         }
         Ok(out)
+    }
+
+    /// Drops change batches up to `seq` (inclusive).
+    pub fn truncate_log(&self, seq: u64) -> Result<(), StoreError> {
+        let mut wb = WriteBatch::default();
+        wb.delete_range(
+            self.tagged(b"log/", &0u64.to_be_bytes()),
+            self.tagged(b"log/", &(seq + 1).to_be_bytes()),
+        );
+        self.db.write(wb)?;
+        Ok(())
+    }
+
+    /// The view's state read at one instant: the last sequence and every group's accumulators.
+    pub fn consistent_state(&self) -> Result<(Meta, HashMap<Key, GroupState>), StoreError> {
+        let snapshot = self.db.snapshot();
+        let meta = match snapshot.get(self.key(b"meta"))? {
+            None => Meta::default(),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                what: "meta",
+                detail: e.to_string(),
+            })?,
+        };
+        let prefix = self.key(b"grp/");
+        let mut groups = HashMap::new();
+        for item in snapshot.iterator(IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            let Some(key) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let key: Key = serde_json::from_slice(key).map_err(|e| StoreError::Corrupt {
+                what: "group key",
+                detail: e.to_string(),
+            })?;
+            let state: GroupState =
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    what: "group state",
+                    detail: e.to_string(),
+                })?;
+            groups.insert(key, state);
+        }
+        Ok((meta, groups))
     }
 
     /// The most recent dead letters, newest first.
@@ -373,5 +419,57 @@ mod tests {
         );
         store.destroy().expect("destroy");
         assert_eq!(store.load_meta().expect("meta"), Meta::default());
+    }
+}
+
+#[cfg(test)]
+mod truncation_tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_log_reads_empty_and_state_reads_at_one_instant() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ViewStore::new(open_db(dir.path()).expect("db"), 1);
+        for seq in 1..=5 {
+            let meta = Meta {
+                seq,
+                ..Meta::default()
+            };
+            let log = Some(pb::ChangeBatch {
+                seq,
+                ..Default::default()
+            });
+            let groups = vec![(
+                vec![catalog::Value::Int(seq as i64)],
+                Some(GroupState {
+                    rows: 1,
+                    aggregates: vec![],
+                }),
+            )];
+            store
+                .commit(Commit {
+                    meta,
+                    log,
+                    groups,
+                    ..Commit::default()
+                })
+                .expect("commit");
+        }
+        store.truncate_log(3).expect("truncate");
+        assert!(
+            store.read_log(2, 10).expect("read").is_empty(),
+            "seq 2 is gone: the reader must resynchronise"
+        );
+        assert_eq!(
+            store
+                .read_log(4, 10)
+                .expect("read")
+                .iter()
+                .map(|b| b.seq)
+                .collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        let (meta, groups) = store.consistent_state().expect("state");
+        assert_eq!((meta.seq, groups.len()), (5, 5));
     }
 }

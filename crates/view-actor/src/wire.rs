@@ -22,6 +22,13 @@ pub fn row_to_wire(row: &[Value]) -> pb::Row {
     }
 }
 
+pub fn change_to_wire(c: &crate::core::RowChange) -> pb::RowChange {
+    pb::RowChange {
+        key: c.key.iter().map(to_wire).collect(),
+        row: c.row.as_deref().map(row_to_wire),
+    }
+}
+
 /// The replica table a region must hold for this view.
 pub fn schema(def: &ViewDef, view_id: u64) -> pb::ViewSchema {
     pb::ViewSchema {

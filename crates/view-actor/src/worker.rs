@@ -36,6 +36,9 @@ pub struct CentralConfig {
     pub data_dir: PathBuf,
     /// Names this worker in status reports.
     pub name: String,
+    /// Change batches kept behind the slowest region's acknowledged position; a region that
+    /// falls further behind is resynchronised with a full batch.
+    pub log_retain: u64,
 }
 
 struct RunningView {
@@ -46,6 +49,8 @@ struct RunningView {
     stop: watch::Sender<bool>,
     actor: JoinHandle<()>,
     shippers: HashMap<String, RunningShipper>,
+    /// The change log is truncated up to here (inclusive).
+    truncated_to: u64,
 }
 
 struct RunningShipper {
@@ -85,6 +90,9 @@ pub async fn run(
                 catalog_error_logged = true;
             }
             Err(_) => {}
+        }
+        for v in views.values_mut() {
+            truncate_log(v, cfg.log_retain);
         }
         let report = pb::CentralReport {
             worker: cfg.name.clone(),
@@ -195,6 +203,7 @@ fn reconcile(
                 stop,
                 actor: handle,
                 shippers: HashMap::new(),
+                truncated_to: 0,
             }
         });
         let mut targets: Vec<String> = regions
@@ -224,6 +233,7 @@ fn reconcile(
                     let shipper = Shipper {
                         region: region.clone(),
                         schema: schema(def, entry.id),
+                        def: def.clone(),
                         store: view.store.clone(),
                         latest: view.latest.clone(),
                         nodes,
@@ -241,6 +251,25 @@ fn reconcile(
                     );
                 }
             }
+        }
+    }
+}
+
+/// Drops change batches every region of the view has had for a while.
+fn truncate_log(v: &mut RunningView, retain: u64) {
+    let Some(min_acked) = v
+        .shippers
+        .values()
+        .map(|s| s.state.lock().unwrap_or_else(|p| p.into_inner()).acked_seq)
+        .min()
+    else {
+        return;
+    };
+    let upto = min_acked.saturating_sub(retain);
+    if upto > v.truncated_to {
+        match v.store.truncate_log(upto) {
+            Ok(()) => v.truncated_to = upto,
+            Err(e) => warn!(view = %v.name, error = %e, "truncating the change log failed"),
         }
     }
 }
