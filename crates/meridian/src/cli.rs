@@ -33,6 +33,7 @@ pub enum Command {
     Region(RegionArgs),
     /// Send one DDL statement to the coordinator.
     Sql {
+        /// The coordinator's gRPC URL (the default is where `meridian dev` listens).
         #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
         /// For example: "CREATE MATERIALIZED VIEW v AS SELECT k, count() FROM s GROUP BY k"
@@ -40,15 +41,18 @@ pub enum Command {
     },
     /// Run a read-only query in a region (nodes found through the coordinator).
     Query {
+        /// The coordinator's gRPC URL (the default is where `meridian dev` listens).
         #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
         /// Region to read from.
         #[arg(long)]
         region: String,
+        /// A read-only statement, such as "SELECT * FROM revenue_by_country LIMIT 5".
         sql: String,
     },
     /// Show regions, nodes, Raft roles, views, applied positions and freshness.
     Status {
+        /// The coordinator's gRPC URL (the default is where `meridian dev` listens).
         #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
         /// Machine-readable output.
@@ -91,16 +95,20 @@ pub struct DevArgs {
 
 #[derive(clap::Args)]
 pub struct CoordinatorArgs {
+    /// gRPC listen address.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
+    /// Where the catalog (RocksDB) lives.
     #[arg(long, default_value = "./meridian-data/coordinator")]
     pub data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
 pub struct CentralArgs {
+    /// The coordinator to take the catalog from and report to.
     #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub coordinator: String,
+    /// Where view state, offsets and change logs (RocksDB) live.
     #[arg(long, default_value = "./meridian-data/central")]
     pub data_dir: PathBuf,
     /// Name in status reports.
@@ -114,8 +122,10 @@ pub struct CentralArgs {
 
 #[derive(clap::Args)]
 pub struct RegionArgs {
+    /// Region name (letters, digits, '-' and '_'), such as eu-west.
     #[arg(long)]
     pub region: String,
+    /// This node's Raft id within the region (1, 2, 3...).
     #[arg(long)]
     pub node_id: u64,
     /// Every node of the region as id=url, this one included:
@@ -125,13 +135,16 @@ pub struct RegionArgs {
     /// gRPC listen address (default: the port of this node's --peers entry on 127.0.0.1).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address of the chDB-style HTTP SQL endpoint, such as 127.0.0.1:8101.
     #[arg(long)]
     pub http_listen: SocketAddr,
     /// URL other processes use for this node's HTTP endpoint (default: from --http-listen).
     #[arg(long)]
     pub http_advertise: Option<String>,
+    /// Where the node keeps its Raft log (RocksDB) and DuckDB replica.
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// The coordinator this node reports to.
     #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub coordinator: String,
     /// Raft log entries kept behind the replica; older ones are compacted away, and a node that
