@@ -399,4 +399,36 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         .expect("a live node answers");
     assert_ne!(r.node_id, 1);
     assert_eq!(r.rows.len(), 1);
+
+    // DROP removes the view's table from every live replica.
+    cluster
+        .sql("DROP MATERIALIZED VIEW page_hits")
+        .expect("drop");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for node in cluster
+        .nodes()
+        .filter(|n| !(n.region == "eu-west" && n.id == 1))
+    {
+        loop {
+            let sql =
+                urlencode("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'page_hits'");
+            let (_, body) = http(
+                "GET",
+                &node.http,
+                &format!("/?query={sql}&default_format=CSV"),
+                "",
+            )
+            .expect("GET");
+            if body.trim() == "0" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}/{} still has the dropped view's table",
+                node.region,
+                node.id
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

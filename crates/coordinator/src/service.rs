@@ -251,7 +251,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     async fn report_node(
         &self,
         req: Request<pb::NodeStatusResponse>,
-    ) -> Result<Response<pb::ReportAck>, Status> {
+    ) -> Result<Response<pb::NodeReportAck>, Status> {
         let status = req.into_inner();
         if !catalog::valid_region_name(&status.region) || status.node_id == 0 {
             return Err(Status::invalid_argument(format!(
@@ -259,15 +259,33 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 status.region, status.node_id
             )));
         }
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.insert(
-            (status.region.clone(), status.node_id),
-            NodeSeen {
-                status,
-                at: Instant::now(),
-            },
-        );
-        Ok(Response::new(pb::ReportAck {}))
+        let region = status.region.clone();
+        {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            nodes.insert(
+                (status.region.clone(), status.node_id),
+                NodeSeen {
+                    status,
+                    at: Instant::now(),
+                },
+            );
+        }
+        let catalog = self.catalog.lock().await;
+        let live_views = catalog
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.object {
+                Object::View(v) if v.assigned_to(&region) => Some(pb::LiveView {
+                    name: v.name.clone(),
+                    view_id: e.id,
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(Response::new(pb::NodeReportAck {
+            live_views,
+            next_view_id: catalog.next_id(),
+        }))
     }
 
     async fn report_central(

@@ -184,8 +184,21 @@ async fn report_loop(coordinator: String, shared: Shared, mut shutdown: watch::R
     );
     loop {
         if let Ok(status) = shared.status().await {
-            if let Err(e) = client.report_node(status).await {
-                debug!(error = %e.message(), "report to the coordinator failed");
+            match client.report_node(status).await {
+                Ok(ack) => {
+                    let ack = ack.into_inner();
+                    let live = ack
+                        .live_views
+                        .into_iter()
+                        .map(|v| (v.name, v.view_id))
+                        .collect();
+                    let next_view_id = ack.next_view_id;
+                    let _ = shared
+                        .node
+                        .send(node::Request::Prune { live, next_view_id })
+                        .await;
+                }
+                Err(e) => debug!(error = %e.message(), "report to the coordinator failed"),
             }
         }
         tokio::select! {

@@ -44,6 +44,12 @@ pub enum Request {
     Status {
         reply: oneshot::Sender<NodeState>,
     },
+    /// The views the region should hold (name, view id), from the coordinator; the leader
+    /// proposes to drop the others.
+    Prune {
+        live: Vec<(String, u64)>,
+        next_view_id: u64,
+    },
     /// From a peer sender: messages to `peer` could not be delivered, or a snapshot was.
     Delivery {
         peer: u64,
@@ -131,6 +137,8 @@ struct Node {
     /// Highest sequence proposed per view in this leadership, not yet applied.
     proposed_seq: HashMap<String, (u64, u64)>,
     next_proposal: u64,
+    /// Table drops proposed in this leadership, not to propose twice.
+    drops_proposed: std::collections::HashSet<(String, u64)>,
     /// Distinguishes this process's proposal ids from a previous run's.
     incarnation: u64,
     /// Index of the first entry of this node's current leadership; until it is applied the
@@ -178,6 +186,7 @@ pub fn start(
         pending: HashMap::new(),
         proposed_seq: HashMap::new(),
         next_proposal: 1,
+        drops_proposed: Default::default(),
         incarnation,
         leader_start_index: u64::MAX,
         role: StateRole::Follower,
@@ -239,6 +248,7 @@ impl Node {
             Request::Status { reply } => {
                 let _ = reply.send(self.state());
             }
+            Request::Prune { live, next_view_id } => self.prune(&live, next_view_id),
             Request::Delivery {
                 peer,
                 delivered,
@@ -327,6 +337,8 @@ impl Node {
             schema: push.schema,
             batches,
             trace_context: push.trace_context,
+            // Only the leader itself proposes drops (see `prune`), never a sender.
+            drop_view: false,
         }
         .encode_to_vec();
         let id = self.next_proposal;
@@ -348,6 +360,40 @@ impl Node {
             }
             Err(e) => {
                 let _ = reply.send(PushOutcome::Retry(format!("propose failed: {e}")));
+            }
+        }
+    }
+
+    fn prune(&mut self, live: &[(String, u64)], next_view_id: u64) {
+        if self.raw.raft.state != StateRole::Leader
+            || self.raw.raft.raft_log.applied < self.leader_start_index
+        {
+            return;
+        }
+        let stale: Vec<pb::ViewSchema> = self
+            .replica
+            .schemas()
+            .filter(|s| {
+                s.view_id < next_view_id
+                    && !live
+                        .iter()
+                        .any(|(name, id)| *name == s.view && *id == s.view_id)
+            })
+            .filter(|s| !self.drops_proposed.contains(&(s.view.clone(), s.view_id)))
+            .cloned()
+            .collect();
+        for schema in stale {
+            info!(view = %schema.view, view_id = schema.view_id, "view is no longer assigned here; dropping its table");
+            self.drops_proposed
+                .insert((schema.view.clone(), schema.view_id));
+            let data = pb::PushRequest {
+                schema: Some(schema),
+                drop_view: true,
+                ..Default::default()
+            }
+            .encode_to_vec();
+            if let Err(e) = self.raw.propose(Vec::new(), data) {
+                warn!(error = %e, "proposing a table drop failed");
             }
         }
     }
@@ -430,6 +476,7 @@ impl Node {
                 } else {
                     self.leader_start_index = u64::MAX;
                     self.proposed_seq.clear();
+                    self.drops_proposed.clear();
                     for (_, p) in self.pending.drain() {
                         for r in p.reply {
                             let _ = r.send(PushOutcome::Retry(

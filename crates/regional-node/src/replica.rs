@@ -10,7 +10,7 @@ use catalog::ColumnType;
 use duckdb::types::Value as DValue;
 use duckdb::{params_from_iter, Connection};
 use meridian_proto::v1 as pb;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Rows staged by one multi-row INSERT: bounds the statement's size.
 const STAGE_ROWS_PER_STATEMENT: usize = 256;
@@ -174,6 +174,40 @@ impl Replica {
         Ok(())
     }
 
+    /// Schemas of the views this replica holds.
+    pub fn schemas(&self) -> impl Iterator<Item = &pb::ViewSchema> {
+        self.tables.values()
+    }
+
+    /// Drops the table of this incarnation of the view (a newer one is left alone).
+    fn drop_view(&mut self, raft_index: u64, schema: &pb::ViewSchema) -> Result<u64, ReplicaError> {
+        let view = schema.view.clone();
+        if self
+            .tables
+            .get(&view)
+            .is_none_or(|t| t.view_id != schema.view_id)
+        {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(&format!(
+            "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
+            quote(&view),
+            quote(&format!("_meridian_stage_{view}"))
+        ))?;
+        tx.execute("DELETE FROM _meridian_applied WHERE view = ?", [&view])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)",
+            [raft_index],
+        )?;
+        tx.commit()?;
+        self.tables.remove(&view);
+        self.positions.remove(&view);
+        self.applied_index = raft_index;
+        info!(view = %view, "view table dropped");
+        Ok(0)
+    }
+
     /// The applied sequence of this incarnation of the view (0 when the replica holds none, or
     /// an older one).
     pub fn applied_seq(&self, schema: &pb::ViewSchema) -> u64 {
@@ -202,6 +236,9 @@ impl Replica {
             detail: "push without a schema".into(),
         })?;
         let view = schema.view.clone();
+        if push.drop_view {
+            return self.drop_view(raft_index, schema);
+        }
         let recreate = match self.tables.get(&view) {
             // A push from a dropped incarnation of the view: nothing to do.
             Some(t) if t.view_id > schema.view_id => return Ok(0),
@@ -730,6 +767,26 @@ mod recreate_tests {
             .collect::<Result<_, _>>()
             .expect("rows");
         assert_eq!(rows, vec![("k1".to_string(), 1), ("k2".to_string(), 2)]);
+
+        // Dropping the old incarnation leaves the new one; dropping the new one removes it.
+        let mut r = r;
+        let drop_of = |id| pb::PushRequest {
+            schema: Some(schema(id, "n")),
+            drop_view: true,
+            ..Default::default()
+        };
+        r.apply(4, &drop_of(3), 0).expect("drop old");
+        assert_eq!(r.applied_seq(&schema(8, "total")), 2);
+        r.apply(5, &drop_of(8), 0).expect("drop");
+        assert_eq!(r.schemas().count(), 0);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'v'",
+                [],
+                |x| x.get(0),
+            )
+            .expect("count");
+        assert_eq!(tables, 0);
     }
 }
 

@@ -153,6 +153,7 @@ impl Shipper {
                     schema: Some(self.schema.clone()),
                     batches,
                     trace_context: trace_context(&push_span),
+                    drop_view: false,
                 };
                 let mut client = client;
                 let result = tokio::time::timeout(PUSH_TIMEOUT, client.push(request)).instrument(push_span).await;
