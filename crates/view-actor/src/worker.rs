@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::{Catalog, Object};
+use futures::FutureExt;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::coordinator_client::CoordinatorClient;
 use tokio::sync::watch;
@@ -278,17 +279,29 @@ fn truncate_log(v: &mut RunningView, retain: u64) {
 async fn supervise(actor: ViewActor, stop: watch::Receiver<bool>, seed: u64) {
     let mut backoff = Backoff::new(seed);
     loop {
-        match actor.run(stop.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                warn!(view = %actor.def.name, error = %e, "view actor failed; restarting from its stored state");
-                actor.status.lock().unwrap_or_else(|p| p.into_inner()).error = e.to_string();
-                let mut stop = stop.clone();
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = tokio::time::sleep(backoff.next_delay().max(Duration::from_millis(500))) => {}
-                }
+        // A panic (a broken invariant) is reported like an error: the actor restarts from the
+        // last committed batch instead of leaving the view silently stopped.
+        let outcome = std::panic::AssertUnwindSafe(actor.run(stop.clone()))
+            .catch_unwind()
+            .await;
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                format!("view actor panicked: {what}")
             }
+        };
+        warn!(view = %actor.def.name, error = %error, "view actor failed; restarting from its stored state");
+        actor.status.lock().unwrap_or_else(|p| p.into_inner()).error = error;
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(backoff.next_delay().max(Duration::from_millis(500))) => {}
         }
     }
 }
