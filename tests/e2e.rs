@@ -228,6 +228,10 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
 
     // HTTP, chDB style.
     let node = cluster.nodes().next().expect("a node").http.clone();
+    let (code, metrics) = http("GET", &node, "/metrics", "").expect("metrics");
+    assert_eq!(code, 200);
+    let applied = format!("meridian_view_applied_seq{{region=\"eu-west\",node=\"1\",view=\"page_hits\"}} {seq}");
+    assert!(metrics.lines().any(|l| l == applied), "{applied} not in:\n{metrics}");
     let q = urlencode("SELECT page, hits FROM page_hits ORDER BY page");
     let (code, body) = http(
         "GET",

@@ -18,7 +18,27 @@ pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/", get(get_query).post(post_query))
         .route("/ping", get(|| async { "Ok.\n" }))
+        .route("/metrics", get(metrics))
         .with_state(shared)
+}
+
+/// Prometheus text exposition of the node's Raft and replica state and its query counters.
+async fn metrics(State(s): State<Shared>) -> Response {
+    match s.status().await {
+        Ok(st) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let body = crate::metrics::render(&st, &s.metrics, now_ms);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.message().to_string()).into_response(),
+    }
 }
 
 async fn get_query(

@@ -7,6 +7,7 @@
 
 pub mod formats;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod query;
 pub mod replica;
@@ -121,6 +122,7 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
         grpc_addr: cfg.grpc_advertise.clone(),
         http_addr: cfg.http_advertise.clone(),
         reader: Arc::new(Mutex::new(reader)),
+        metrics: Arc::default(),
         started_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),

@@ -42,6 +42,7 @@ pub struct Shared {
     pub reader: Arc<Mutex<Connection>>,
     /// When this process started, so that status can tell a restarted node's reports apart.
     pub started_at_ms: i64,
+    pub metrics: Arc<crate::metrics::QueryMetrics>,
     pub queries: Arc<Semaphore>,
 }
 
@@ -96,7 +97,8 @@ impl Shared {
             .map_err(|_| QueryError::Empty)?;
         let reader = self.reader.clone();
         let span = info_span!("query", sql = %truncate(&sql, 200));
-        tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
             let _e = span.enter();
             let conn = reader
                 .lock()
@@ -105,7 +107,9 @@ impl Shared {
             query::run(&conn, &sql)
         })
         .await
-        .unwrap_or_else(|e| Err(QueryError::NotReadOnly(format!("query panicked: {e}"))))
+        .unwrap_or_else(|e| Err(QueryError::NotReadOnly(format!("query panicked: {e}"))));
+        self.metrics.record_query(started.elapsed(), result.is_ok());
+        result
     }
 }
 
