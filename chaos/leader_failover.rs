@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use meridian::sample::OrdersGenerator;
 use meridian_tests::{
-    changes, check_replicas, orders_cluster, orders_oracle, produce, runtime, Cluster, Workdir,
-    CONVERGE_TIMEOUT, VIEW,
+    changes, converge_to_oracle, orders_cluster, produce, runtime, Cluster, Workdir,
 };
 
 fn leader_of(cluster: &Cluster<'_>, region: &str) -> Option<u64> {
@@ -71,15 +70,11 @@ fn killing_a_region_leader_mid_stream_loses_nothing() {
     }
     producer.join().expect("producer");
     cluster.restart_node("eu-west", leader);
-    let seq = cluster
-        .wait_converged(VIEW, events.len() as u64, CONVERGE_TIMEOUT)
-        .expect("converges after the failover");
-    check_replicas(
+    converge_to_oracle(
         &rt,
         &cluster,
-        VIEW,
-        "country, status, orders, revenue, with_quantity",
-        &orders_oracle(&g),
-        seq,
+        &g,
+        events.len() as u64,
+        "converges after the failover",
     );
 }

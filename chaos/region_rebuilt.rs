@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use meridian::sample::OrdersGenerator;
 use meridian_tests::{
-    changes, check_replicas, orders_cluster_with, orders_oracle, produce, runtime, Workdir,
-    CONVERGE_TIMEOUT, VIEW,
+    changes, converge_to_oracle, orders_cluster_with, produce, runtime, Workdir, CONVERGE_TIMEOUT,
+    VIEW,
 };
 
 #[test]
@@ -36,17 +36,7 @@ fn a_region_rebuilt_from_scratch_is_resynchronised_with_a_full_batch() {
     cluster
         .wait_ready(Duration::from_secs(60))
         .expect("the rebuilt region elects a leader");
-    let seq = cluster
-        .wait_converged(VIEW, total, CONVERGE_TIMEOUT)
-        .expect("the rebuilt region catches up");
-    check_replicas(
-        &rt,
-        &cluster,
-        VIEW,
-        "country, status, orders, revenue, with_quantity",
-        &orders_oracle(&g),
-        seq,
-    );
+    converge_to_oracle(&rt, &cluster, &g, total, "the rebuilt region catches up");
 
     assert!(
         work.log_text("central-1").contains("sending a full batch"),
@@ -57,15 +47,5 @@ fn a_region_rebuilt_from_scratch_is_resynchronised_with_a_full_batch() {
     let burst = changes(&mut g, 2_000);
     total += burst.len() as u64;
     produce(&rt, &broker.addr, "orders", &burst);
-    let seq = cluster
-        .wait_converged(VIEW, total, CONVERGE_TIMEOUT)
-        .expect("converges again");
-    check_replicas(
-        &rt,
-        &cluster,
-        VIEW,
-        "country, status, orders, revenue, with_quantity",
-        &orders_oracle(&g),
-        seq,
-    );
+    converge_to_oracle(&rt, &cluster, &g, total, "converges again");
 }

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use meridian::sample::OrdersGenerator;
 use meridian_tests::{
-    changes, check_replicas, orders_cluster_with, orders_oracle, produce, runtime, Cluster,
-    Workdir, CONVERGE_TIMEOUT, VIEW,
+    changes, converge_to_oracle, orders_cluster_with, produce, runtime, Cluster, Workdir,
 };
 
 fn region_nodes(cluster: &Cluster<'_>, region: &str) -> Vec<serde_json::Value> {
@@ -67,17 +66,7 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
         std::thread::sleep(Duration::from_millis(200));
     }
     cluster.restart_node("eu-west", follower);
-    let seq = cluster
-        .wait_converged(VIEW, total, CONVERGE_TIMEOUT)
-        .expect("the follower catches up");
-    check_replicas(
-        &rt,
-        &cluster,
-        VIEW,
-        "country, status, orders, revenue, with_quantity",
-        &orders_oracle(&g),
-        seq,
-    );
+    converge_to_oracle(&rt, &cluster, &g, total, "the follower catches up");
     let log = work.log_text(&format!("eu-west-{follower}"));
     assert!(
         log.contains("replica restored from a leader's snapshot"),

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use meridian::sample::{self, OrdersGenerator};
 use meridian_tests::{
-    changes, check_replicas, create_topic, http, oracle, orders_cluster, orders_oracle, produce,
-    runtime, urlencode, Broker, Cluster, Workdir, CONVERGE_TIMEOUT, VIEW,
+    changes, check_replicas, converge_to_oracle, create_topic, http, oracle, orders_cluster,
+    orders_oracle, produce, runtime, urlencode, Broker, Cluster, Workdir, CONVERGE_TIMEOUT, VIEW,
 };
 
 #[test]
@@ -77,17 +77,7 @@ fn replicas_equal_the_oracle_through_a_central_worker_crash() {
     cluster.start_central();
     producer_thread.join().expect("producer thread");
     total += more.len() as u64;
-    let seq = cluster
-        .wait_converged(VIEW, total, CONVERGE_TIMEOUT)
-        .expect("converges after the crash");
-    check_replicas(
-        &rt,
-        &cluster,
-        VIEW,
-        "country, status, orders, revenue, with_quantity",
-        &orders_oracle(&g),
-        seq,
-    );
+    converge_to_oracle(&rt, &cluster, &g, total, "converges after the crash");
     let status = cluster.status().expect("status");
     assert_eq!(
         status["views"][0]["events"].as_u64(),
@@ -230,8 +220,13 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
     let node = cluster.nodes().next().expect("a node").http.clone();
     let (code, metrics) = http("GET", &node, "/metrics", "").expect("metrics");
     assert_eq!(code, 200);
-    let applied = format!("meridian_view_applied_seq{{region=\"eu-west\",node=\"1\",view=\"page_hits\"}} {seq}");
-    assert!(metrics.lines().any(|l| l == applied), "{applied} not in:\n{metrics}");
+    let applied = format!(
+        "meridian_view_applied_seq{{region=\"eu-west\",node=\"1\",view=\"page_hits\"}} {seq}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == applied),
+        "{applied} not in:\n{metrics}"
+    );
     let q = urlencode("SELECT page, hits FROM page_hits ORDER BY page");
     let (code, body) = http(
         "GET",

@@ -777,3 +777,22 @@ pub fn changes(g: &mut OrdersGenerator, n: usize) -> Vec<sample::Event> {
     }
     events
 }
+
+/// The columns of the sample view, in its SELECT order.
+pub const ORDERS_COLUMNS: &str = "country, status, orders, revenue, with_quantity";
+
+/// Waits for every replica to apply all `messages`, then checks each against the oracle over
+/// the generator's rows. Returns the view's sequence.
+pub fn converge_to_oracle(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster<'_>,
+    g: &OrdersGenerator,
+    messages: u64,
+    what: &str,
+) -> u64 {
+    let seq = cluster
+        .wait_converged(VIEW, messages, CONVERGE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    check_replicas(rt, cluster, VIEW, ORDERS_COLUMNS, &orders_oracle(g), seq);
+    seq
+}

@@ -72,8 +72,7 @@ impl ViewActor {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), ActorError> {
         let span = info_span!("view", view = %self.def.name);
         async {
-            let meta = self.store.load_meta()?;
-            let groups = self.store.load_groups()?;
+            let (meta, groups) = self.store.consistent_state()?;
             let mut offsets = self.store.load_offsets()?;
             info!(seq = meta.seq, groups = groups.len(), "view state loaded");
             self.latest.send_replace(meta.seq);

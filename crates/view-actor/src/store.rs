@@ -95,13 +95,7 @@ impl ViewStore {
     }
 
     pub fn load_meta(&self) -> Result<Meta, StoreError> {
-        match self.db.get(self.key(b"meta"))? {
-            None => Ok(Meta::default()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                what: "meta",
-                detail: e.to_string(),
-            }),
-        }
+        parse_meta(self.db.get(self.key(b"meta"))?)
     }
 
     pub fn load_offsets(&self) -> Result<HashMap<i32, i64>, StoreError> {
@@ -119,24 +113,6 @@ impl ViewStore {
                     detail: format!("{v:?}"),
                 })?);
             out.insert(partition, offset);
-        }
-        Ok(out)
-    }
-
-    pub fn load_groups(&self) -> Result<HashMap<Key, GroupState>, StoreError> {
-        let mut out = HashMap::new();
-        for item in self.scan(b"grp/") {
-            let (k, v) = item?;
-            let key: Key = serde_json::from_slice(&k).map_err(|e| StoreError::Corrupt {
-                what: "group key",
-                detail: e.to_string(),
-            })?;
-            let state: GroupState =
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                    what: "group state",
-                    detail: e.to_string(),
-                })?;
-            out.insert(key, state);
         }
         Ok(out)
     }
@@ -238,13 +214,7 @@ impl ViewStore {
     /// The view's state read at one instant: the last sequence and every group's accumulators.
     pub fn consistent_state(&self) -> Result<(Meta, HashMap<Key, GroupState>), StoreError> {
         let snapshot = self.db.snapshot();
-        let meta = match snapshot.get(self.key(b"meta"))? {
-            None => Meta::default(),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                what: "meta",
-                detail: e.to_string(),
-            })?,
-        };
+        let meta = parse_meta(snapshot.get(self.key(b"meta"))?)?;
         let prefix = self.key(b"grp/");
         let mut groups = HashMap::new();
         for item in snapshot.iterator(IteratorMode::From(&prefix, Direction::Forward)) {
@@ -323,6 +293,16 @@ mod erased {
     }
 }
 
+fn parse_meta(bytes: Option<Vec<u8>>) -> Result<Meta, StoreError> {
+    match bytes {
+        None => Ok(Meta::default()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            what: "meta",
+            detail: e.to_string(),
+        }),
+    }
+}
+
 /// Opens (or creates) the central worker's RocksDB.
 pub fn open_db(path: &std::path::Path) -> Result<Arc<DB>, StoreError> {
     let mut opts = rocksdb::Options::default();
@@ -378,7 +358,7 @@ mod tests {
             store.load_offsets().expect("offsets"),
             HashMap::from([(0, 10), (1, 4)])
         );
-        assert_eq!(store.load_groups().expect("groups").len(), 1);
+        assert_eq!(store.consistent_state().expect("groups").1.len(), 1);
         assert_eq!(
             store.get_row(&vec![Value::Int(1)]),
             Ok(Some(vec![Value::Int(1)]))
