@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in libclang-dev clang cmake pkg-config g++ make; do
+for pkg in libclang-dev clang cmake pkg-config g++ make zlib1g-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -14,7 +14,19 @@ fn a_push_joins_the_shippers_trace() {
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     tracing::subscriber::with_default(subscriber, || {
-        let ship = tracing::info_span!("ship_batches");
+        // The central worker's batch span travels inside the change batch...
+        let batch = tracing::info_span!("batch");
+        let change_batch = meridian_proto::v1::ChangeBatch {
+            seq: 1,
+            trace_context: view_actor::ship::trace_context(&batch),
+            ..Default::default()
+        };
+        // ...and the push continues it.
+        let ship = view_actor::ship::ship_span("http://node", &[change_batch]);
+        assert_eq!(
+            ship.context().span().span_context().trace_id(),
+            batch.context().span().span_context().trace_id()
+        );
         let carrier = view_actor::ship::trace_context(&ship);
         let traceparent = carrier
             .get("traceparent")

@@ -154,6 +154,7 @@ impl ViewActor {
                         produced_at_ms: now,
                         events: consumed,
                         full: false,
+                        trace_context: crate::ship::trace_context(&span),
                     });
                 }
                 commit.meta = meta.clone();

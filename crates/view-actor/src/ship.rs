@@ -147,8 +147,7 @@ impl Shipper {
                     },
                 };
                 let n_batches = batches.len();
-                let first_seq = batches.first().map_or(0, |b| b.seq);
-                let push_span = info_span!("ship_batches", node = %addr, batches = n_batches, first_seq);
+                let push_span = ship_span(&addr, &batches);
                 let request = pb::PushRequest {
                     schema: Some(self.schema.clone()),
                     batches,
@@ -217,6 +216,24 @@ impl Shipper {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
     }
+}
+
+/// The span of one push. It continues the trace of the first batch's consume-and-aggregate
+/// span, so that one trace runs from Kafka to every replica.
+pub fn ship_span(node: &str, batches: &[pb::ChangeBatch]) -> tracing::Span {
+    let first_seq = batches.first().map_or(0, |b| b.seq);
+    let span = info_span!("ship_batches", node = %node, batches = batches.len(), first_seq);
+    if let Some(parent) = batches
+        .first()
+        .map(|b| &b.trace_context)
+        .filter(|c| !c.is_empty())
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let _ = span.set_parent(opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(parent)
+        }));
+    }
+    span
 }
 
 /// Every row of the view at its last sequence, as one full batch.
