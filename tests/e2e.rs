@@ -124,6 +124,13 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         .sql("CREATE MATERIALIZED VIEW bad AS SELECT page, sum(page) FROM clicks GROUP BY page")
         .expect_err("type mismatch");
     assert!(err.contains("needs a number"), "{err}");
+    // A view without GROUP BY: one row, as SQL answers, even before any message.
+    let totals_select = "SELECT count() AS n, sum(ms) AS total_ms, count(ms) AS timed FROM clicks";
+    cluster
+        .sql(&format!(
+            "CREATE MATERIALIZED VIEW totals AS {totals_select}"
+        ))
+        .expect("global aggregate view");
     let view_select =
         "SELECT page, count() AS hits, sum(ms) AS total_ms FROM clicks WHERE ok GROUP BY page";
     cluster
@@ -178,6 +185,24 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         "page, hits, total_ms",
         &expected,
         seq,
+    );
+    let totals_seq = cluster
+        .wait_converged("totals", events.len() as u64, CONVERGE_TIMEOUT)
+        .expect("totals converge");
+    let expected_totals = oracle(
+        &[
+            "CREATE TABLE clicks(page VARCHAR, ms BIGINT, ok BOOLEAN)".into(),
+            format!("INSERT INTO clicks VALUES {}", rows.join(", ")),
+        ],
+        &format!("SELECT n, total_ms, timed FROM ({totals_select})"),
+    );
+    check_replicas(
+        &rt,
+        &cluster,
+        "totals",
+        "n, total_ms, timed",
+        &expected_totals,
+        totals_seq,
     );
 
     let status = cluster.status().expect("status");

@@ -97,12 +97,16 @@ impl ViewActor {
             self.set_status(|s| s.error.clear());
             loop {
                 let mut messages = Vec::new();
-                tokio::select! {
-                    _ = shutdown.changed() => return Ok(()),
-                    first = consumer.recv() => messages.push(received(first)?),
+                // A global aggregate's row exists before any message (as in SQL): its first
+                // batch is committed without waiting for one.
+                if !core.has_pending_changes() {
+                    tokio::select! {
+                        _ = shutdown.changed() => return Ok(()),
+                        first = consumer.recv() => messages.push(received(first)?),
+                    }
                 }
                 let deadline = tokio::time::Instant::now() + BATCH_LINGER;
-                while messages.len() < BATCH_EVENTS_MAX {
+                while !messages.is_empty() && messages.len() < BATCH_EVENTS_MAX {
                     match tokio::time::timeout_at(deadline, consumer.recv()).await {
                         Ok(m) => messages.push(received(m)?),
                         Err(_) => break,
@@ -133,7 +137,7 @@ impl ViewActor {
                     }
                     Ok(())
                 })?;
-                if consumed == 0 {
+                if consumed == 0 && !core.has_pending_changes() {
                     continue;
                 }
                 let out = core.finish_batch();

@@ -107,13 +107,24 @@ impl ViewCore {
     /// `pk_columns` are the stream's primary key columns (empty for append-only streams);
     /// `groups` is the persisted state.
     pub fn new(def: ViewDef, pk_columns: Vec<usize>, groups: HashMap<Key, GroupState>) -> ViewCore {
-        ViewCore {
+        let mut core = ViewCore {
             def,
             pk_columns,
             groups,
             pending_rows: HashMap::new(),
             touched: BTreeSet::new(),
+        };
+        if core.def.group_columns.is_empty() && !core.groups.contains_key(&Vec::new()) {
+            // Without GROUP BY, SQL answers one row even over no rows: count 0, sums NULL.
+            core.groups.insert(Vec::new(), new_group(&core.def));
+            core.touched.insert(KeyOrd(Vec::new()));
         }
+        core
+    }
+
+    /// Whether the next `finish_batch` has changes even without new events.
+    pub fn has_pending_changes(&self) -> bool {
+        !self.touched.is_empty()
     }
 
     pub fn def(&self) -> &ViewDef {
@@ -185,27 +196,7 @@ impl ViewCore {
         let group = self
             .groups
             .entry(key.clone())
-            .or_insert_with(|| GroupState {
-                rows: 0,
-                aggregates: outputs
-                    .iter()
-                    .filter_map(|o| match o.kind {
-                        OutputKind::Key(_) => None,
-                        OutputKind::Count => Some(Accumulator::Count),
-                        OutputKind::CountColumn(_) => Some(Accumulator::CountColumn(0)),
-                        OutputKind::Sum(_) if o.ty == catalog::ColumnType::Float64 => {
-                            Some(Accumulator::SumFloat {
-                                sum: 0.0,
-                                non_null: 0,
-                            })
-                        }
-                        OutputKind::Sum(_) => Some(Accumulator::SumInt {
-                            sum: 0,
-                            non_null: 0,
-                        }),
-                    })
-                    .collect(),
-            });
+            .or_insert_with(|| new_group(&self.def));
         group.rows += sign;
         let inputs = outputs.iter().filter_map(|o| match o.kind {
             OutputKind::Key(_) => None,
@@ -292,6 +283,32 @@ impl ViewCore {
         }
         out.rows = self.pending_rows.drain().collect();
         out
+    }
+}
+
+/// The accumulators of a group with no rows yet.
+fn new_group(def: &ViewDef) -> GroupState {
+    GroupState {
+        rows: 0,
+        aggregates: def
+            .outputs
+            .iter()
+            .filter_map(|o| match o.kind {
+                OutputKind::Key(_) => None,
+                OutputKind::Count => Some(Accumulator::Count),
+                OutputKind::CountColumn(_) => Some(Accumulator::CountColumn(0)),
+                OutputKind::Sum(_) if o.ty == catalog::ColumnType::Float64 => {
+                    Some(Accumulator::SumFloat {
+                        sum: 0.0,
+                        non_null: 0,
+                    })
+                }
+                OutputKind::Sum(_) => Some(Accumulator::SumInt {
+                    sum: 0,
+                    non_null: 0,
+                }),
+            })
+            .collect(),
     }
 }
 
@@ -430,6 +447,65 @@ mod tests {
                 key: vec![text("eu")],
                 row: None
             }]
+        );
+    }
+
+    #[test]
+    fn a_global_aggregate_has_its_row_before_any_event_and_keeps_it() {
+        let mut c =
+            core("CREATE MATERIALIZED VIEW v AS SELECT count() AS n, sum(amount) AS s FROM orders");
+        assert!(
+            c.has_pending_changes(),
+            "the row exists before any event, as in SQL"
+        );
+        let store = Rows::default();
+        let out = c.finish_batch();
+        store.persist(&out);
+        assert_eq!(
+            out.changes,
+            vec![RowChange {
+                key: vec![],
+                row: Some(vec![Value::Int(0), Value::Null])
+            }]
+        );
+        c.apply(SourceEvent::Upsert(order(1, "eu", Some(4))), &store)
+            .expect("apply");
+        let out = c.finish_batch();
+        store.persist(&out);
+        assert_eq!(out.changes[0].row, Some(vec![Value::Int(1), Value::Int(4)]));
+        c.apply(
+            SourceEvent::Delete {
+                key: vec![Value::Int(1)],
+            },
+            &store,
+        )
+        .expect("apply");
+        assert_eq!(
+            c.finish_batch().changes[0].row,
+            Some(vec![Value::Int(0), Value::Null]),
+            "back to no rows: still one row"
+        );
+        let reloaded = ViewCore::new(
+            c.def().clone(),
+            vec![0],
+            [(
+                vec![],
+                GroupState {
+                    rows: 0,
+                    aggregates: vec![
+                        Accumulator::Count,
+                        Accumulator::SumInt {
+                            sum: 0,
+                            non_null: 0,
+                        },
+                    ],
+                },
+            )]
+            .into(),
+        );
+        assert!(
+            !reloaded.has_pending_changes(),
+            "a restarted view does not emit its row again"
         );
     }
 
