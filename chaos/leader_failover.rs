@@ -48,7 +48,7 @@ fn killing_a_region_leader_mid_stream_loses_nothing() {
         .ok()
         .and_then(|s| s["views"][0]["seq"].as_u64())
         .unwrap_or(0)
-        < 5
+        < 2
     {
         assert!(
             Instant::now() < deadline,

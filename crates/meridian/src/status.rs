@@ -173,7 +173,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
         .iter()
         .map(|v| {
             json!({
-                "view": v.view, "view_id": v.view_id, "seq": v.seq, "events": v.events, "dead_letters": v.dead_letters, "error": v.error,
+                "view": v.view, "view_id": v.view_id, "seq": v.seq, "log_first_seq": v.log_first_seq, "events": v.events, "dead_letters": v.dead_letters, "error": v.error,
                 "last_batch_at_ms": v.last_batch_at_ms,
                 "recent_dead_letters": v.recent_dead_letters.iter().map(|d| json!({"topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": d.reason})).collect::<Vec<_>>(),
                 "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "acked_seq": sh.acked_seq, "error": sh.error})).collect::<Vec<_>>(),

@@ -340,5 +340,6 @@ fn report_view(view_id: u64, v: &RunningView) -> pb::ViewReport {
         shipping,
         last_batch_at_ms: s.last_batch_at_ms,
         view_id,
+        log_first_seq: v.truncated_to + 1,
     }
 }
