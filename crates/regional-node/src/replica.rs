@@ -75,19 +75,7 @@ impl Replica {
                 }
             }
         }
-        let applied_index: u64 = conn
-            .query_row(
-                "SELECT applied_index FROM _meridian_raft WHERE id = 0",
-                [],
-                |r| r.get(0),
-            )
-            .or_else(|e| {
-                if matches!(e, duckdb::Error::QueryReturnedNoRows) {
-                    Ok(0)
-                } else {
-                    Err(e)
-                }
-            })?;
+        let applied_index = recorded_raft_index(&conn)?;
         Ok(Replica {
             conn,
             positions,
@@ -442,21 +430,21 @@ pub fn snapshot(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
     result
 }
 
+/// The last Raft index recorded with a change of the replica (0 before any).
+fn recorded_raft_index(conn: &Connection) -> Result<u64, ReplicaError> {
+    match conn.query_row(
+        "SELECT applied_index FROM _meridian_raft WHERE id = 0",
+        [],
+        |r| r.get(0),
+    ) {
+        Err(duckdb::Error::QueryReturnedNoRows) => Ok(0),
+        other => Ok(other?),
+    }
+}
+
 fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
     use prost::Message as _;
-    let index: u64 = conn
-        .query_row(
-            "SELECT applied_index FROM _meridian_raft WHERE id = 0",
-            [],
-            |r| r.get(0),
-        )
-        .or_else(|e| {
-            if matches!(e, duckdb::Error::QueryReturnedNoRows) {
-                Ok(0)
-            } else {
-                Err(e)
-            }
-        })?;
+    let index = recorded_raft_index(conn)?;
     let mut views = Vec::new();
     let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json FROM _meridian_applied ORDER BY view")?;
     let mut rows = stmt.query([])?;
