@@ -1,7 +1,10 @@
 //! Compiles `proto/meridian/v1/*.proto` with protox, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // A canonical path, so that cargo's change tracking sees the same file it was told about.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../proto")
+        .canonicalize()?;
     let files = ["types.proto", "region.proto", "coordinator.proto"]
         .map(|f| root.join("meridian/v1").join(f));
     for f in &files {

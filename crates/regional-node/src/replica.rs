@@ -38,6 +38,9 @@ pub struct Replica {
     /// Views whose table exists, with the schema it was created with.
     tables: HashMap<String, pb::ViewSchema>,
     applied_index: u64,
+    /// Incarnations of views dropped here. A shipper that has not yet heard of the drop may
+    /// still push them; those pushes must not bring the table back.
+    dropped: std::collections::HashSet<(String, u64)>,
 }
 
 /// Quotes an identifier for DuckDB.
@@ -50,7 +53,8 @@ impl Replica {
         let conn = Connection::open(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS _meridian_applied (view VARCHAR PRIMARY KEY, seq UBIGINT NOT NULL, produced_at_ms BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL, schema_json VARCHAR NOT NULL, view_id UBIGINT NOT NULL);
-             CREATE TABLE IF NOT EXISTS _meridian_raft (id INTEGER PRIMARY KEY, applied_index UBIGINT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS _meridian_raft (id INTEGER PRIMARY KEY, applied_index UBIGINT NOT NULL);
+             CREATE TABLE IF NOT EXISTS _meridian_dropped (view VARCHAR NOT NULL, view_id UBIGINT NOT NULL, PRIMARY KEY (view, view_id));",
         )?;
         let mut positions = HashMap::new();
         let mut tables = HashMap::new();
@@ -76,11 +80,13 @@ impl Replica {
             }
         }
         let applied_index = recorded_raft_index(&conn)?;
+        let dropped = read_dropped(&conn)?;
         Ok(Replica {
             conn,
             positions,
             tables,
             applied_index,
+            dropped,
         })
     }
 
@@ -113,7 +119,15 @@ impl Replica {
                 quote(&format!("_meridian_stage_{view}"))
             ))?;
         }
-        tx.execute_batch("DELETE FROM _meridian_applied")?;
+        tx.execute_batch("DELETE FROM _meridian_applied; DELETE FROM _meridian_dropped;")?;
+        let mut dropped = std::collections::HashSet::new();
+        for d in &snap.dropped {
+            tx.execute(
+                "INSERT OR REPLACE INTO _meridian_dropped VALUES (?, ?)",
+                duckdb::params![d.view, d.view_id],
+            )?;
+            dropped.insert((d.view.clone(), d.view_id));
+        }
         let mut tables = HashMap::new();
         let mut positions = HashMap::new();
         for v in snap.views {
@@ -158,6 +172,7 @@ impl Replica {
         tx.commit()?;
         self.tables = tables;
         self.positions = positions;
+        self.dropped = dropped;
         self.applied_index = raft_index;
         Ok(())
     }
@@ -185,12 +200,17 @@ impl Replica {
         ))?;
         tx.execute("DELETE FROM _meridian_applied WHERE view = ?", [&view])?;
         tx.execute(
+            "INSERT OR REPLACE INTO _meridian_dropped VALUES (?, ?)",
+            duckdb::params![view, schema.view_id],
+        )?;
+        tx.execute(
             "INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)",
             [raft_index],
         )?;
         tx.commit()?;
         self.tables.remove(&view);
         self.positions.remove(&view);
+        self.dropped.insert((view.clone(), schema.view_id));
         self.applied_index = raft_index;
         info!(view = %view, "view table dropped");
         Ok(0)
@@ -226,6 +246,9 @@ impl Replica {
         let view = schema.view.clone();
         if push.drop_view {
             return self.drop_view(raft_index, schema);
+        }
+        if self.dropped.contains(&(view.clone(), schema.view_id)) {
+            return Ok(0);
         }
         let recreate = match self.tables.get(&view) {
             // A push from a dropped incarnation of the view: nothing to do.
@@ -430,6 +453,14 @@ pub fn snapshot(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
     result
 }
 
+fn read_dropped(
+    conn: &Connection,
+) -> Result<std::collections::HashSet<(String, u64)>, ReplicaError> {
+    let mut stmt = conn.prepare("SELECT view, view_id FROM _meridian_dropped")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The last Raft index recorded with a change of the replica (0 before any).
 fn recorded_raft_index(conn: &Connection) -> Result<u64, ReplicaError> {
     match conn.query_row(
@@ -478,7 +509,14 @@ fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
             rows: out,
         });
     }
-    Ok((index, pb::ReplicaSnapshot { views }.encode_to_vec()))
+    let dropped = read_dropped(conn)?
+        .into_iter()
+        .map(|(view, view_id)| pb::DroppedView { view, view_id })
+        .collect();
+    Ok((
+        index,
+        pb::ReplicaSnapshot { views, dropped }.encode_to_vec(),
+    ))
 }
 
 /// A hashable form of a wire value, for reducing a batch by key.
@@ -767,6 +805,22 @@ mod recreate_tests {
         assert_eq!(r.applied_seq(&schema(8, "total")), 2);
         r.apply(5, &drop_of(8), 0).expect("drop");
         assert_eq!(r.schemas().count(), 0);
+        // A shipper that has not heard of the drop yet pushes again: the table stays gone,
+        // across a restart too.
+        assert_eq!(
+            r.apply(6, &push(8, "total", 1..=3), 0).expect("late push"),
+            0
+        );
+        assert_eq!(r.schemas().count(), 0);
+        drop(conn);
+        drop(r);
+        let mut r = Replica::open(&path).expect("reopen");
+        assert_eq!(
+            r.apply(7, &push(8, "total", 1..=3), 0).expect("late push"),
+            0
+        );
+        assert_eq!(r.schemas().count(), 0);
+        let conn = r.reader().expect("reader");
         let tables: i64 = conn
             .query_row(
                 "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'v'",
