@@ -113,11 +113,7 @@ impl Replica {
         })?;
         let tx = self.conn.transaction()?;
         for view in self.tables.keys() {
-            tx.execute_batch(&format!(
-                "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
-                quote(view),
-                quote(&format!("_meridian_stage_{view}"))
-            ))?;
+            drop_table(&tx, view)?;
         }
         tx.execute_batch("DELETE FROM _meridian_applied; DELETE FROM _meridian_dropped;")?;
         let mut dropped = std::collections::HashSet::new();
@@ -135,7 +131,7 @@ impl Replica {
                 view: "?".into(),
                 detail: "snapshot view without a schema".into(),
             })?;
-            tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&schema.view)))?;
+            drop_table(&tx, &schema.view)?;
             create_table(&tx, &schema)?;
             let rows = v
                 .rows
@@ -193,11 +189,7 @@ impl Replica {
             return Ok(0);
         }
         let tx = self.conn.transaction()?;
-        tx.execute_batch(&format!(
-            "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
-            quote(&view),
-            quote(&format!("_meridian_stage_{view}"))
-        ))?;
+        drop_table(&tx, &view)?;
         tx.execute("DELETE FROM _meridian_applied WHERE view = ?", [&view])?;
         tx.execute(
             "INSERT OR REPLACE INTO _meridian_dropped VALUES (?, ?)",
@@ -277,11 +269,7 @@ impl Replica {
         };
         let tx = self.conn.transaction()?;
         if recreate {
-            tx.execute_batch(&format!(
-                "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
-                quote(&view),
-                quote(&format!("_meridian_stage_{view}"))
-            ))?;
+            drop_table(&tx, &view)?;
             create_table(&tx, schema)?;
         }
         let mut applied_any = false;
@@ -330,6 +318,16 @@ impl Replica {
         self.positions.insert(view, pos.clone());
         Ok(pos.seq)
     }
+}
+
+/// Drops a view's table and the staging table the writer keeps for it.
+fn drop_table(conn: &Connection, view: &str) -> Result<(), ReplicaError> {
+    conn.execute_batch(&format!(
+        "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
+        quote(view),
+        quote(&format!("_meridian_stage_{view}"))
+    ))?;
+    Ok(())
 }
 
 fn create_table(conn: &Connection, schema: &pb::ViewSchema) -> Result<(), ReplicaError> {
