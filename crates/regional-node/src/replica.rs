@@ -161,10 +161,7 @@ impl Replica {
             );
             tables.insert(schema.view.clone(), schema);
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)",
-            [raft_index],
-        )?;
+        record_raft_index(&tx, raft_index)?;
         tx.commit()?;
         self.tables = tables;
         self.positions = positions;
@@ -195,10 +192,7 @@ impl Replica {
             "INSERT OR REPLACE INTO _meridian_dropped VALUES (?, ?)",
             duckdb::params![view, schema.view_id],
         )?;
-        tx.execute(
-            "INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)",
-            [raft_index],
-        )?;
+        record_raft_index(&tx, raft_index)?;
         tx.commit()?;
         self.tables.remove(&view);
         self.positions.remove(&view);
@@ -307,10 +301,7 @@ impl Replica {
                 ],
             )?;
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)",
-            [raft_index],
-        )?;
+        record_raft_index(&tx, raft_index)?;
         tx.commit()?;
         debug!(view = %view, seq = pos.seq, raft_index, "applied");
         self.applied_index = raft_index;
@@ -457,6 +448,15 @@ fn read_dropped(
     let mut stmt = conn.prepare("SELECT view, view_id FROM _meridian_dropped")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records, in the transaction that changes the replica, the Raft index the change came from.
+fn record_raft_index(conn: &Connection, raft_index: u64) -> Result<(), ReplicaError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)",
+        [raft_index],
+    )?;
+    Ok(())
 }
 
 /// The last Raft index recorded with a change of the replica (0 before any).
