@@ -79,13 +79,17 @@ impl Catalog {
         &self.entries
     }
 
+    /// An object by name. Names are case-insensitive, as DuckDB's identifiers are (a view's
+    /// replica table is named after it), so at most one object matches.
     pub fn get(&self, name: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.object.name() == name)
+        self.entries
+            .iter()
+            .find(|e| e.object.name().eq_ignore_ascii_case(name))
     }
 
     pub fn stream(&self, name: &str) -> Option<&StreamDef> {
         self.entries.iter().find_map(|e| match &e.object {
-            Object::Stream(s) if s.name == name => Some(s),
+            Object::Stream(s) if s.name.eq_ignore_ascii_case(name) => Some(s),
             _ => None,
         })
     }
@@ -119,7 +123,16 @@ impl Catalog {
         let Some(existing) = self.get(&name.value) else {
             return Ok(None);
         };
-        let message = format!("{} '{}' already exists", existing.object.kind(), name.value);
+        let message = if existing.object.name() == name.value {
+            format!("{} '{}' already exists", existing.object.kind(), name.value)
+        } else {
+            format!(
+                "{} '{}' already exists as '{}' (names are case-insensitive)",
+                existing.object.kind(),
+                name.value,
+                existing.object.name()
+            )
+        };
         if if_not_exists {
             Ok(Some(Change::Nothing(message)))
         } else {
@@ -134,6 +147,7 @@ impl Catalog {
                 if let Some(done) = self.already_exists(sql, &stmt.name, stmt.if_not_exists)? {
                     return Ok(done);
                 }
+                check_not_reserved(sql, &stmt.name)?;
                 Ok(Change::Create(Object::Stream(StreamDef::from_ast(
                     sql, &stmt,
                 )?)))
@@ -142,13 +156,7 @@ impl Catalog {
                 if let Some(done) = self.already_exists(sql, &stmt.name, stmt.if_not_exists)? {
                     return Ok(done);
                 }
-                if stmt.name.value.starts_with("_meridian") {
-                    return Err(SqlError::at(
-                        sql,
-                        stmt.name.offset,
-                        "names starting with '_meridian' are reserved".to_string(),
-                    ));
-                }
+                check_not_reserved(sql, &stmt.name)?;
                 let Some(stream) = self.stream(&stmt.from.value) else {
                     let what = if self.get(&stmt.from.value).is_some() {
                         "is a view, not a stream"
@@ -191,8 +199,18 @@ impl Catalog {
                         format!("{what} '{}' does not exist", name.value),
                     ));
                 }
+                let name = match found {
+                    Some(e) => crate::ast::Spanned {
+                        value: e.object.name().to_string(),
+                        offset: name.offset,
+                    },
+                    None => name,
+                };
                 if kind == ObjectKind::Stream {
-                    if let Some(v) = self.views().find(|v| v.stream == name.value) {
+                    if let Some(v) = self
+                        .views()
+                        .find(|v| v.stream.eq_ignore_ascii_case(&name.value))
+                    {
                         return Err(SqlError::at(
                             sql,
                             name.offset,
@@ -210,6 +228,7 @@ impl Catalog {
     }
 
     /// Applies a planned change. `Create` takes the id the caller persisted it under.
+    /// `Drop` names the object as the catalog spells it.
     pub fn apply(&mut self, id: u64, sql: &str, change: Change) {
         match change {
             Change::Create(object) => {
@@ -224,4 +243,26 @@ impl Catalog {
             Change::Show(_) | Change::Nothing(_) => {}
         }
     }
+}
+
+/// Names starting with `_meridian` (in any case) belong to Meridian's own tables and columns.
+pub fn is_reserved(name: &str) -> bool {
+    name.len() >= 9 && name[..9].eq_ignore_ascii_case("_meridian")
+}
+
+pub(crate) fn check_not_reserved(
+    sql: &str,
+    name: &crate::ast::Spanned<String>,
+) -> Result<(), SqlError> {
+    if is_reserved(&name.value) {
+        return Err(SqlError::at(
+            sql,
+            name.offset,
+            format!(
+                "'{}': names starting with '_meridian' are reserved",
+                name.value
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -14,6 +14,30 @@ pub struct Column {
     pub declared: String,
 }
 
+impl Column {
+    /// The values an integer column may hold, from its declared type (`int32`, `uint8`...);
+    /// `None` when any 64-bit integer fits.
+    pub fn int_range(&self) -> Option<(i64, i64)> {
+        let mut t = self.declared.as_str();
+        while let Some(inner) = t
+            .strip_prefix("nullable(")
+            .or_else(|| t.strip_prefix("low_cardinality("))
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            t = inner;
+        }
+        Some(match t {
+            "int8" => (i8::MIN.into(), i8::MAX.into()),
+            "int16" => (i16::MIN.into(), i16::MAX.into()),
+            "int32" | "int" | "integer" => (i32::MIN.into(), i32::MAX.into()),
+            "uint8" => (0, u8::MAX.into()),
+            "uint16" => (0, u16::MAX.into()),
+            "uint32" => (0, u32::MAX.into()),
+            _ => return None,
+        })
+    }
+}
+
 /// How a stream's Kafka message values are decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataFormat {
@@ -40,13 +64,25 @@ impl StreamDef {
     pub fn from_ast(sql: &str, stmt: &ast::CreateStream) -> Result<StreamDef, SqlError> {
         let mut columns: Vec<Column> = Vec::new();
         for (name, ty) in &stmt.columns {
-            if columns.iter().any(|c| c.name == name.value) {
+            // DuckDB folds identifiers' case: `Amount` and `amount` are one column there.
+            if let Some(c) = columns
+                .iter()
+                .find(|c| c.name.eq_ignore_ascii_case(&name.value))
+            {
                 return Err(SqlError::at(
                     sql,
                     name.offset,
-                    format!("column '{}' is declared twice", name.value),
+                    if c.name == name.value {
+                        format!("column '{}' is declared twice", name.value)
+                    } else {
+                        format!(
+                            "column '{}' is declared twice ('{}' differs only by case, and identifiers are case-insensitive)",
+                            name.value, c.name
+                        )
+                    },
                 ));
             }
+            crate::catalog::check_not_reserved(sql, name)?;
             let Some(parsed) = parse_type(&ty.value) else {
                 return Err(SqlError::at(
                     sql,
@@ -160,8 +196,16 @@ impl StreamDef {
         })
     }
 
+    /// A column by name, case-insensitively as in DuckDB (names are unique that way).
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name == name)
+        self.columns
+            .iter()
+            .position(|c| c.name == name)
+            .or_else(|| {
+                self.columns
+                    .iter()
+                    .position(|c| c.name.eq_ignore_ascii_case(name))
+            })
     }
 }
 
@@ -284,7 +328,14 @@ impl ViewDef {
                 }
             };
             let name = item.alias.clone().unwrap_or(default_name);
-            if outputs.iter().any(|o| o.name == name) {
+            if crate::catalog::is_reserved(&name) {
+                return Err(SqlError::at(
+                    sql,
+                    item.offset,
+                    format!("output column '{name}': names starting with '_meridian' are reserved"),
+                ));
+            }
+            if outputs.iter().any(|o| o.name.eq_ignore_ascii_case(&name)) {
                 return Err(SqlError::at(
                     sql,
                     item.offset,

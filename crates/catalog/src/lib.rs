@@ -11,7 +11,7 @@ mod lexer;
 mod parser;
 mod value;
 
-pub use catalog::{Catalog, Change, Entry, Object};
+pub use catalog::{is_reserved, Catalog, Change, Entry, Object};
 pub use defs::{
     valid_region_name, Column, DataFormat, Expr, Output, OutputKind, StreamDef, ViewDef,
 };

@@ -11,6 +11,8 @@ pub fn parse(sql: &str) -> Result<Statement, SqlError> {
         sql,
         tokens,
         idx: 0,
+        depth: 0,
+        nodes: 0,
     };
     let stmt = p.statement()?;
     p.eat_sym(";");
@@ -20,10 +22,18 @@ pub fn parse(sql: &str) -> Result<Statement, SqlError> {
     Ok(stmt)
 }
 
+/// Deepest nesting of parentheses and NOT in an expression: the parser, the resolver and the
+/// evaluator recurse on it, and a hostile statement must not exhaust their stack.
+const EXPR_DEPTH_MAX: usize = 64;
+/// Most terms in one statement's expressions (a long AND chain is a deep tree too).
+const EXPR_NODES_MAX: usize = 1_000;
+
 struct Parser<'a> {
     sql: &'a str,
     tokens: Vec<Token>,
     idx: usize,
+    depth: usize,
+    nodes: usize,
 }
 
 impl Parser<'_> {
@@ -387,6 +397,20 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self) -> Result<ExprAst, SqlError> {
+        self.depth += 1;
+        if self.depth > EXPR_DEPTH_MAX {
+            return Err(SqlError::at(
+                self.sql,
+                self.offset(),
+                format!("expression nested deeper than {EXPR_DEPTH_MAX} levels"),
+            ));
+        }
+        let e = self.or_expr();
+        self.depth -= 1;
+        e
+    }
+
+    fn or_expr(&mut self) -> Result<ExprAst, SqlError> {
         let mut left = self.and_expr()?;
         while self.eat_keyword("or") {
             let right = self.and_expr()?;
@@ -405,10 +429,26 @@ impl Parser<'_> {
     }
 
     fn not_expr(&mut self) -> Result<ExprAst, SqlError> {
-        if self.eat_keyword("not") {
-            return Ok(ExprAst::Not(Box::new(self.not_expr()?)));
+        if self.is_keyword("not") {
+            // NOT nests like a parenthesis.
+            self.bump();
+            return Ok(ExprAst::Not(Box::new(self.expr_not_operand()?)));
         }
         self.comparison()
+    }
+
+    fn expr_not_operand(&mut self) -> Result<ExprAst, SqlError> {
+        self.depth += 1;
+        if self.depth > EXPR_DEPTH_MAX {
+            return Err(SqlError::at(
+                self.sql,
+                self.offset(),
+                format!("expression nested deeper than {EXPR_DEPTH_MAX} levels"),
+            ));
+        }
+        let e = self.not_expr();
+        self.depth -= 1;
+        e
     }
 
     fn comparison(&mut self) -> Result<ExprAst, SqlError> {
@@ -458,6 +498,14 @@ impl Parser<'_> {
 
     fn primary(&mut self) -> Result<ExprAst, SqlError> {
         let offset = self.offset();
+        self.nodes += 1;
+        if self.nodes > EXPR_NODES_MAX {
+            return Err(SqlError::at(
+                self.sql,
+                offset,
+                format!("the statement has more than {EXPR_NODES_MAX} expression terms"),
+            ));
+        }
         let lit = |value| Ok(ExprAst::Literal(Spanned { value, offset }));
         match self.peek().clone() {
             Tok::Sym("(") => {

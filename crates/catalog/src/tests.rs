@@ -126,3 +126,80 @@ fn three_valued_in_list() {
         "x NOT IN (.., NULL) is unknown when x is not in the list"
     );
 }
+
+#[test]
+fn names_are_case_insensitive_and_reserved_prefixes_refused() {
+    let mut c = catalog_with_orders();
+    let view = "CREATE MATERIALIZED VIEW Revenue AS SELECT region, count() AS n FROM Orders GROUP BY Region";
+    let change = c.plan(view).expect("columns and streams resolve in any case");
+    c.apply(2, view, change);
+    for (sql, needle) in [
+        (
+            "CREATE MATERIALIZED VIEW revenue AS SELECT region, count() AS n FROM orders GROUP BY region",
+            "already exists as 'Revenue'",
+        ),
+        (
+            "CREATE EXTERNAL STREAM ORDERS(id int64) SETTINGS type='kafka', brokers='b:1', topic='t'",
+            "already exists as 'orders'",
+        ),
+        (
+            "CREATE EXTERNAL STREAM s(id int64, ID string) SETTINGS type='kafka', brokers='b:1', topic='t'",
+            "differs only by case",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v2 AS SELECT region, count() AS n, sum(amount) AS N FROM orders GROUP BY region",
+            "appears twice",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW _MERIDIAN_x AS SELECT region, count() AS n FROM orders GROUP BY region",
+            "reserved",
+        ),
+        (
+            "CREATE EXTERNAL STREAM _meridian_s(id int64) SETTINGS type='kafka', brokers='b:1', topic='t'",
+            "reserved",
+        ),
+        (
+            "CREATE EXTERNAL STREAM s(_Meridian_delete int64) SETTINGS type='kafka', brokers='b:1', topic='t'",
+            "reserved",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v3 AS SELECT region, count() AS _meridian_delete FROM orders GROUP BY region",
+            "reserved",
+        ),
+    ] {
+        let err = c.plan(sql).expect_err(sql).to_string();
+        assert!(err.contains(needle), "{sql}: {err}");
+    }
+    // DROP finds the object whatever the case, and removes it.
+    let change = c.plan("DROP MATERIALIZED VIEW REVENUE").expect("drop");
+    c.apply(0, "DROP MATERIALIZED VIEW REVENUE", change);
+    assert!(c.get("revenue").is_none());
+}
+
+#[test]
+fn deep_or_huge_expressions_are_refused_not_overflowed() {
+    let c = catalog_with_orders();
+    let deep = format!(
+        "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1{} GROUP BY region",
+        "(".repeat(100_000),
+        ")".repeat(100_000)
+    );
+    let err = c.plan(&deep).expect_err("too deep").to_string();
+    assert!(err.contains("nested deeper than"), "{err}");
+    let nots = format!(
+        "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1 GROUP BY region",
+        "NOT ".repeat(100_000)
+    );
+    assert!(c.plan(&nots).expect_err("too deep").to_string().contains("nested deeper than"));
+    let long = format!(
+        "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {} GROUP BY region",
+        vec!["amount > 1"; 50_000].join(" AND ")
+    );
+    assert!(c.plan(&long).expect_err("too long").to_string().contains("expression terms"));
+    let fine = format!(
+        "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1{} GROUP BY region",
+        "(".repeat(10),
+        ")".repeat(10)
+    );
+    c.plan(&fine).expect("modest nesting is fine");
+}
