@@ -303,7 +303,7 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
             "DELETE FROM page_hits",
             "read-only",
         ),
-        ("POST", "/".to_string(), "SELEC 1", "read-only"),
+        ("POST", "/".to_string(), "SELEC 1", "syntax error"),
         (
             "POST",
             "/".to_string(),
@@ -376,11 +376,34 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
             let mut c = meridian_proto::v1::region_client::RegionClient::connect(url.clone())
                 .await
                 .expect("connect");
+            let column = |name: &str, ty: &str| meridian_proto::v1::ColumnSchema {
+                name: name.into(),
+                r#type: ty.into(),
+            };
             let schema = meridian_proto::v1::ViewSchema {
                 view: "page_hits".into(),
                 view_id,
-                ..Default::default()
+                // As the re-created view defines it.
+                columns: vec![column("page", "string"), column("hits", "int64")],
+                key_indexes: vec![0],
             };
+            // A push whose schema is not the catalog's is refused, not applied.
+            let wrong = meridian_proto::v1::ViewSchema {
+                columns: vec![column("page", "string"), column("hits", "string")],
+                ..schema.clone()
+            };
+            match c
+                .push(meridian_proto::v1::PushRequest {
+                    schema: Some(wrong),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(r) => assert!(r.into_inner().not_leader.is_some(), "{url} took a wrong schema"),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}")
+                }
+            }
             let resp = c
                 .push(meridian_proto::v1::PushRequest {
                     schema: Some(schema),

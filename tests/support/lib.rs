@@ -266,6 +266,10 @@ impl<'w> Cluster<'w> {
     }
 
     fn start_node(&mut self, idx: usize, peers: &str) {
+        self.start_node_env(idx, peers, &[]);
+    }
+
+    fn start_node_env(&mut self, idx: usize, peers: &str, env: &[(&str, &str)]) {
         let (a, _) = &self.nodes[idx];
         let http = a.http.trim_start_matches("http://").to_string();
         let name = format!("{}-{}", a.region, a.id);
@@ -288,7 +292,8 @@ impl<'w> Cluster<'w> {
                     "--data-dir",
                 ])
                 .arg(self.work.path.join(&name))
-                .args(&self.region_args),
+                .args(&self.region_args)
+                .envs(env.iter().copied()),
         );
         self.nodes[idx].1 = Some(proc);
     }
@@ -315,13 +320,39 @@ impl<'w> Cluster<'w> {
     }
 
     pub fn restart_node(&mut self, region: &str, id: u64) {
+        self.restart_node_env(region, id, &[]);
+    }
+
+    /// Starts a node (again) with extra environment variables, such as `MERIDIAN_FAILPOINTS`.
+    pub fn restart_node_env(&mut self, region: &str, id: u64, env: &[(&str, &str)]) {
         let peers = self.node_peers(region);
         let idx = self
             .nodes
             .iter()
             .position(|(a, _)| a.region == region && a.id == id)
             .expect("node exists");
-        self.start_node(idx, &peers);
+        self.start_node_env(idx, &peers, env);
+    }
+
+    /// Whether the node's process is still running (false once it exited or was killed).
+    pub fn node_running(&mut self, region: &str, id: u64) -> bool {
+        self.nodes
+            .iter_mut()
+            .find(|(a, _)| a.region == region && a.id == id)
+            .and_then(|(_, p)| p.as_mut())
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    /// Where the central worker keeps its state.
+    pub fn central_dir(&self) -> PathBuf {
+        self.work.path.join("central")
+    }
+
+    /// The address of one node.
+    pub fn node_of(&self, region: &str, id: u64) -> &NodeAddr {
+        self.nodes()
+            .find(|a| a.region == region && a.id == id)
+            .expect("node exists")
     }
 
     pub fn start_central(&mut self) {
@@ -437,6 +468,20 @@ impl<'w> Cluster<'w> {
             .cli(&["status", "--json"])
             .map_err(|e| anyhow::anyhow!(e))?;
         serde_json::from_str(&out).context("status --json is JSON")
+    }
+
+    /// The id of a node of `region` that reports itself a follower.
+    pub fn follower(&self, region: &str) -> anyhow::Result<u64> {
+        let s = self.status()?;
+        s["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["region"] == region)
+            .flat_map(|r| r["nodes"].as_array().cloned().unwrap_or_default())
+            .find(|n| n["role"] == "follower")
+            .and_then(|n| n["node_id"].as_u64())
+            .context("no follower reported")
     }
 
     /// Waits until every region has a leader and all six nodes report.

@@ -278,6 +278,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 Object::View(v) if v.assigned_to(&region) => Some(pb::LiveView {
                     name: v.name.clone(),
                     view_id: e.id,
+                    schema: Some(meridian_proto::view_schema(v, e.id)),
                 }),
                 _ => None,
             })

@@ -151,6 +151,15 @@ pub struct RegionArgs {
     /// needs them gets a snapshot of the replica instead.
     #[arg(long, default_value_t = 10_000)]
     pub raft_log_retain: u64,
+    /// A read that runs longer is interrupted and answers with an error (milliseconds).
+    #[arg(long, env = "MERIDIAN_QUERY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub query_timeout_ms: u64,
+    /// Most rows one read may return; a larger result is refused with an error.
+    #[arg(long, env = "MERIDIAN_QUERY_ROWS_MAX", default_value_t = 100_000)]
+    pub query_rows_max: usize,
+    /// Most bytes of values one read may return; a larger result is refused with an error.
+    #[arg(long, env = "MERIDIAN_QUERY_BYTES_MAX", default_value_t = 64 << 20)]
+    pub query_bytes_max: usize,
 }
 
 /// Parses `1=http://a:1,2=http://b:2`.

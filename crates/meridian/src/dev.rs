@@ -137,6 +137,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                     data_dir: args.data_dir.join(region).join(format!("node-{n}")),
                     coordinator: coordinator_url.clone(),
                     raft_log_retain: 10_000,
+                    query_timeout_ms: 30_000,
+                    query_rows_max: regional_node::query::QUERY_ROWS_MAX,
+                    query_bytes_max: regional_node::query::QUERY_BYTES_MAX,
                 },
                 shutdown.clone(),
             )));

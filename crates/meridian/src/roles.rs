@@ -101,6 +101,7 @@ pub async fn region(args: RegionArgs, shutdown: watch::Receiver<bool>) -> anyhow
             SocketAddr::from(([127, 0, 0, 1], port))
         }
     };
+    regional_node::failpoints_from_env()?;
     let cfg = regional_node::RegionConfig {
         region: args.region,
         node_id: args.node_id,
@@ -114,6 +115,11 @@ pub async fn region(args: RegionArgs, shutdown: watch::Receiver<bool>) -> anyhow
         data_dir: args.data_dir,
         coordinator: Some(args.coordinator),
         log_retain: args.raft_log_retain,
+        query_limits: regional_node::query::QueryLimits {
+            timeout: std::time::Duration::from_millis(args.query_timeout_ms),
+            rows_max: args.query_rows_max,
+            bytes_max: args.query_bytes_max,
+        },
     };
     regional_node::run(cfg, shutdown).await
 }

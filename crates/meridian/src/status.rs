@@ -160,6 +160,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                     json!({
                         "node_id": st.node_id, "role": st.role, "term": st.term, "leader_id": st.leader_id,
                         "commit_index": st.commit_index, "applied_index": st.applied_index, "log_first_index": st.log_first_index, "started_at_ms": st.started_at_ms,
+                        "apply_error": st.apply_error, "serving": st.apply_error.is_empty(),
                         "grpc_addr": st.grpc_addr, "http_addr": st.http_addr,
                         "report_age_ms": n.report_age_ms, "views": views,
                     })
@@ -176,7 +177,8 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                 "view": v.view, "view_id": v.view_id, "seq": v.seq, "log_first_seq": v.log_first_seq, "events": v.events, "dead_letters": v.dead_letters, "error": v.error,
                 "last_batch_at_ms": v.last_batch_at_ms,
                 "recent_dead_letters": v.recent_dead_letters.iter().map(|d| json!({"topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": d.reason})).collect::<Vec<_>>(),
-                "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "acked_seq": sh.acked_seq, "error": sh.error})).collect::<Vec<_>>(),
+                "stalled": v.stalled.iter().map(|st| json!({"partition": st.partition, "offset": st.offset, "high_watermark": st.high_watermark, "since_ms": st.since_ms})).collect::<Vec<_>>(),
+                "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "acked_seq": sh.acked_seq, "central_seq": v.seq, "epoch": sh.epoch, "error": sh.error, "last_reseed": sh.last_reseed})).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -207,6 +209,11 @@ pub fn render(s: &pb::ClusterStatus) -> String {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
+            let views = if st.apply_error.is_empty() {
+                views
+            } else {
+                format!("NOT SERVING: {}; {views}", st.apply_error)
+            };
             rows.push(vec![
                 r.region.clone(),
                 st.node_id.to_string(),
@@ -243,11 +250,14 @@ pub fn render(s: &pb::ClusterStatus) -> String {
             .shipping
             .iter()
             .map(|sh| {
-                if sh.error.is_empty() {
-                    format!("{}@{}", sh.region, sh.acked_seq)
-                } else {
-                    format!("{}@{} ({})", sh.region, sh.acked_seq, sh.error)
+                let mut out = format!("{}@{}/{} epoch {}", sh.region, sh.acked_seq, v.seq, sh.epoch);
+                if !sh.error.is_empty() {
+                    out.push_str(&format!(" ({})", sh.error));
                 }
+                if !sh.last_reseed.is_empty() {
+                    out.push_str(&format!(" [re-seeded: {}]", sh.last_reseed));
+                }
+                out
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -263,7 +273,25 @@ pub fn render(s: &pb::ClusterStatus) -> String {
             v.dead_letters.to_string(),
             age,
             ship,
-            v.error.clone(),
+            {
+                let mut problems: Vec<String> = v
+                    .stalled
+                    .iter()
+                    .map(|st| {
+                        format!(
+                            "STALLED: partition {} at offset {} of {} for {} s",
+                            st.partition,
+                            st.offset,
+                            st.high_watermark,
+                            (s.now_ms - st.since_ms).max(0) / 1000
+                        )
+                    })
+                    .collect();
+                if !v.error.is_empty() {
+                    problems.push(v.error.clone());
+                }
+                problems.join("; ")
+            },
         ]);
     }
     if rows.is_empty() {
@@ -276,7 +304,7 @@ pub fn render(s: &pb::ClusterStatus) -> String {
                 "EVENTS",
                 "DEAD_LETTERS",
                 "LAST_BATCH",
-                "SHIPPED (region@acked seq)",
+                "SHIPPED (region@acked/central seq, epoch)",
                 "ERROR",
             ],
             &rows,

@@ -78,6 +78,11 @@ fn batches(groups: u64, n_batches: u64, per_batch: u64) -> Vec<pb::ChangeBatch> 
                 .collect(),
             ..Default::default()
         })
+        .scan(0u64, |prev, mut b| {
+            b.checksum = meridian_proto::chain_checksum(*prev, &b);
+            *prev = b.checksum;
+            Some(b)
+        })
         .collect()
 }
 

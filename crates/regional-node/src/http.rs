@@ -63,8 +63,12 @@ async fn post_query(
 }
 
 fn bad_request(msg: String) -> Response {
+    error_response(StatusCode::BAD_REQUEST, msg)
+}
+
+fn error_response(status: StatusCode, msg: String) -> Response {
     (
-        StatusCode::BAD_REQUEST,
+        status,
         [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
         format!("{msg}\n"),
     )
@@ -97,6 +101,15 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
             )
                 .into_response()
         }
-        Err(e) => bad_request(e.to_string()),
+        Err(e) => {
+            use crate::query::QueryError as E;
+            let status = match &e {
+                E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                E::TooManyRows(_) | E::TooManyBytes(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            error_response(status, e.to_string())
+        }
     }
 }

@@ -42,6 +42,23 @@ pub fn join_trace(span: &tracing::Span, trace_context: &std::collections::HashMa
     let _ = span.set_parent(parent);
 }
 
+/// Sets failpoints from `MERIDIAN_FAILPOINTS` (`name=action;name=action`, actions as the `fail`
+/// crate takes them, such as `1*return` or `panic`), for the fault tests. Unset: nothing.
+pub fn failpoints_from_env() -> anyhow::Result<()> {
+    let Ok(spec) = std::env::var("MERIDIAN_FAILPOINTS") else {
+        return Ok(());
+    };
+    for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, action) = part
+            .split_once('=')
+            .with_context(|| format!("MERIDIAN_FAILPOINTS entry '{part}' is not name=action"))?;
+        fail::cfg(name.trim(), action.trim())
+            .map_err(|e| anyhow::anyhow!("MERIDIAN_FAILPOINTS entry '{part}': {e}"))?;
+        tracing::warn!(failpoint = name.trim(), action = action.trim(), "failpoint set");
+    }
+    Ok(())
+}
+
 /// How often a node reports itself to the coordinator.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -59,6 +76,8 @@ pub struct RegionConfig {
     pub coordinator: Option<String>,
     /// Raft log entries kept behind the replica's applied index; older ones are compacted.
     pub log_retain: u64,
+    /// Bounds on every read.
+    pub query_limits: query::QueryLimits,
 }
 
 impl RegionConfig {
@@ -70,6 +89,14 @@ impl RegionConfig {
         );
         anyhow::ensure!(self.node_id > 0, "--node-id must be above 0");
         anyhow::ensure!(self.log_retain > 0, "--raft-log-retain must be above 0");
+        anyhow::ensure!(
+            !self.query_limits.timeout.is_zero(),
+            "--query-timeout-ms must be above 0"
+        );
+        anyhow::ensure!(
+            self.query_limits.rows_max > 0 && self.query_limits.bytes_max > 0,
+            "--query-rows-max and --query-bytes-max must be above 0"
+        );
         anyhow::ensure!(
             self.peers.contains_key(&self.node_id),
             "--peers must include this node's id {}",
@@ -127,6 +154,7 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
         queries: Arc::new(Semaphore::new(service::QUERIES_MAX)),
+        limits: cfg.query_limits,
     };
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
@@ -144,7 +172,7 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
                 .max_decoding_message_size(service::MESSAGE_BYTES_MAX),
         )
         .add_service(
-            pb::raft_transport_server::RaftTransportServer::new(TransportService(handle.clone()))
+            pb::raft_transport_server::RaftTransportServer::new(TransportService(shared.clone()))
                 .max_decoding_message_size(service::MESSAGE_BYTES_MAX),
         )
         .serve_with_incoming_shutdown(
@@ -162,6 +190,7 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
     if let Some(coordinator) = cfg.coordinator.clone() {
         tokio::spawn(report_loop(coordinator, shared.clone(), shutdown.clone()));
     }
+    tokio::spawn(repair_loop(shared.clone(), shutdown.clone()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     let _ = shutdown.changed().await;
@@ -172,6 +201,71 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     info!("regional node stopped");
     Ok(())
+}
+
+/// A node that has not served reads for this long (its replica cannot apply a committed
+/// entry) fetches a peer's replica to replace its own.
+const REPAIR_AFTER: Duration = Duration::from_secs(5);
+/// A snapshot fetch from a peer that takes longer is abandoned (the next peer is tried).
+const REPAIR_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Repairs a stalled replica from a peer's snapshot: the peer's replica at its applied index
+/// is what applying the same committed entries gives, so it may replace this node's.
+async fn repair_loop(shared: Shared, mut shutdown: watch::Receiver<bool>) {
+    use meridian_proto::v1::raft_transport_client::RaftTransportClient;
+    let mut stalled_since: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if shared.node.unavailable().is_none() {
+            stalled_since = None;
+            continue;
+        }
+        let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < REPAIR_AFTER {
+            continue;
+        }
+        for (&id, addr) in shared.peers.iter().filter(|(&id, _)| id != shared.node_id) {
+            let Ok(endpoint) = Endpoint::from_shared(addr.clone()) else {
+                continue;
+            };
+            let mut client = RaftTransportClient::new(
+                endpoint
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect_lazy(),
+            )
+            .max_decoding_message_size(service::MESSAGE_BYTES_MAX);
+            let fetched = tokio::time::timeout(
+                REPAIR_FETCH_TIMEOUT,
+                client.fetch_snapshot(pb::FetchSnapshotRequest {}),
+            )
+            .await;
+            let snap = match fetched {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(e)) => {
+                    debug!(peer = id, error = %e.message(), "peer has no snapshot for repair");
+                    continue;
+                }
+                Err(_) => {
+                    debug!(peer = id, "snapshot fetch for repair timed out");
+                    continue;
+                }
+            };
+            info!(peer = id, index = snap.index, bytes = snap.data.len(), "fetched a peer's replica to repair this node's");
+            let _ = shared
+                .node
+                .send(node::Request::Repair {
+                    index: snap.index,
+                    data: snap.data,
+                })
+                .await;
+            break;
+        }
+        // One attempt per REPAIR_AFTER, not one per second.
+        stalled_since = Some(std::time::Instant::now());
+    }
 }
 
 async fn report_loop(coordinator: String, shared: Shared, mut shutdown: watch::Receiver<bool>) {
@@ -189,11 +283,7 @@ async fn report_loop(coordinator: String, shared: Shared, mut shutdown: watch::R
             match client.report_node(status).await {
                 Ok(ack) => {
                     let ack = ack.into_inner();
-                    let live = ack
-                        .live_views
-                        .into_iter()
-                        .map(|v| (v.name, v.view_id))
-                        .collect();
+                    let live = ack.live_views;
                     let next_view_id = ack.next_view_id;
                     let _ = shared
                         .node

@@ -54,6 +54,12 @@ pub fn render(st: &pb::NodeStatusResponse, q: &QueryMetrics, now_ms: i64) -> Str
         vec![(node.clone(), u8::from(st.role == "leader").to_string())],
     );
     gauge(
+        "meridian_node_serving",
+        "1 when the node answers reads; 0 while its replica cannot apply a committed entry.",
+        "gauge",
+        vec![(node.clone(), u8::from(st.apply_error.is_empty()).to_string())],
+    );
+    gauge(
         "meridian_raft_commit_index",
         "Highest committed Raft index.",
         "gauge",
@@ -136,6 +142,7 @@ mod tests {
                 produced_at_ms: 100,
                 applied_at_ms: 130,
                 view_id: 4,
+                epoch: 1,
             }],
             ..Default::default()
         };

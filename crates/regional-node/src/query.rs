@@ -1,25 +1,73 @@
-//! Read-only SQL against a replica. A statement must start with a reading keyword, and it runs
-//! inside a transaction that is always rolled back, so nothing a reader sends can change the
-//! replica.
+//! Read-only SQL against a replica, safe against a hostile caller by construction:
+//!
+//! - DuckDB's own parser decides what the text is: it must be exactly one query statement,
+//!   checked by binding it inside DuckDB's `query()` table function, which refuses anything but a
+//!   single SELECT (SHOW, DESCRIBE, SUMMARIZE, FROM-first and VALUES are SELECTs to DuckDB).
+//!   Only then is the text prepared, so duckdb-rs's `prepare` has no earlier statements to run.
+//! - It runs in a `READ ONLY` transaction that is always rolled back.
+//! - The database instance is opened with external access, extension loading and configuration
+//!   changes off (`replica::open_config`), so no statement reaches the file system or network.
+//! - Meridian's own `_meridian_*` tables are not readable; each answer carries the positions.
+//! - Every read is bounded in time (interrupted at its deadline), rows and bytes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use duckdb::arrow::datatypes::DataType;
 use duckdb::types::Value as DValue;
 use duckdb::Connection;
 use meridian_proto::v1 as pb;
 
-/// Most rows one query may return: bounds the response's memory.
+/// Most rows one query may return by default: bounds the response's memory.
 pub const QUERY_ROWS_MAX: usize = 100_000;
+/// Most bytes of values one query may return by default (estimated: text length, 8 per other value).
+pub const QUERY_BYTES_MAX: usize = 64 << 20;
+/// Default time a query may run before it is interrupted.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Rows fetched between two checks of the deadline and the cancel flag.
+const ROWS_PER_CHECK: usize = 1024;
+
+/// Table functions that are not reads although DuckDB runs them inside a SELECT.
+const REFUSED_FUNCTIONS: &[&str] = &["checkpoint", "force_checkpoint"];
+
+/// Bounds on one read.
+#[derive(Clone, Copy, Debug)]
+pub struct QueryLimits {
+    pub timeout: Duration,
+    pub rows_max: usize,
+    pub bytes_max: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: QUERY_TIMEOUT,
+            rows_max: QUERY_ROWS_MAX,
+            bytes_max: QUERY_BYTES_MAX,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("empty query")]
     Empty,
-    #[error("only read-only statements are allowed (SELECT, WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN); got '{0}'")]
+    #[error("only one read-only query statement is allowed (SELECT, WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE, or EXPLAIN of one): {0}")]
     NotReadOnly(String),
+    #[error("'{0}' is internal to Meridian and cannot be read; every answer carries the view positions, and `meridian status` and /metrics show the rest")]
+    Internal(String),
     #[error("{0}")]
     DuckDb(#[from] duckdb::Error),
-    #[error("the result has more than {QUERY_ROWS_MAX} rows; add a LIMIT")]
-    TooManyRows,
+    #[error("the result has more than {0} rows; add a LIMIT")]
+    TooManyRows(usize),
+    #[error("the result has more than {0} bytes; select fewer columns or add a LIMIT")]
+    TooManyBytes(usize),
+    #[error("the query ran longer than {0:?} and was stopped")]
+    Timeout(Duration),
+    #[error("the query was cancelled")]
+    Cancelled,
+    #[error("this node does not serve reads now: {0}")]
+    Unavailable(String),
 }
 
 pub struct QueryResult {
@@ -30,54 +78,163 @@ pub struct QueryResult {
     pub positions: Vec<pb::ViewPosition>,
 }
 
-/// The first keyword of a statement, skipping white space, comments and parentheses.
-fn first_keyword(sql: &str) -> String {
-    let mut s = sql;
+/// Skips white space and comments at the start of `sql`.
+fn skip_blank(mut s: &str) -> &str {
     loop {
-        let t = s.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        let t = s.trim_start();
         if let Some(rest) = t.strip_prefix("--") {
             s = rest.split_once('\n').map_or("", |(_, r)| r);
         } else if let Some(rest) = t.strip_prefix("/*") {
             s = rest.split_once("*/").map_or("", |(_, r)| r);
         } else {
-            s = t;
-            break;
+            return t;
         }
     }
-    s.chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase()
 }
 
-pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
-    if sql.trim().is_empty() {
+/// Strips a leading keyword (case-insensitive) preceded and followed by plain white space
+/// only. No comment may come before or after it: DuckDB's tokenizer and ours could disagree on
+/// where a comment ends, and then the text checked would not be the text run.
+fn strip_keyword<'a>(sql: &'a str, kw: &str) -> Option<&'a str> {
+    let s = sql.trim_start();
+    let head = s.get(..kw.len())?;
+    let rest = &s[kw.len()..];
+    (head.eq_ignore_ascii_case(kw) && rest.starts_with(|c: char| c.is_whitespace()))
+        .then_some(rest)
+}
+
+/// A SQL string literal holding `text`.
+fn string_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Identifier-like words of `sql` that are directly followed by `(`, lowercased.
+fn called_names(sql: &str) -> Vec<String> {
+    let lower = sql.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_alphabetic() || bytes[i] == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let word = &lower[start..i];
+            let next = lower[i..].trim_start();
+            if next.starts_with('(') {
+                names.push(word.to_string());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// Checks that `sql` is one read-only query, using DuckDB's parser and binder on `conn`
+/// (nothing is executed).
+pub fn check_read_only(conn: &Connection, sql: &str) -> Result<(), QueryError> {
+    if skip_blank(sql).trim_end_matches(|c: char| c == ';' || c.is_whitespace()).is_empty() {
         return Err(QueryError::Empty);
     }
-    let kw = first_keyword(sql);
-    match kw.as_str() {
-        "SELECT" | "WITH" | "FROM" | "VALUES" | "SHOW" | "DESCRIBE" | "DESC" | "SUMMARIZE"
-        | "EXPLAIN" | "TABLE" => Ok(()),
-        _ => Err(QueryError::NotReadOnly(if kw.is_empty() {
-            sql.chars().take(20).collect()
-        } else {
-            kw
-        })),
+    if sql.contains('\0') {
+        return Err(QueryError::NotReadOnly("the text contains a NUL character".into()));
+    }
+    let lower = sql.to_ascii_lowercase();
+    if let Some(i) = lower.find("_meridian") {
+        let name: String = sql[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        return Err(QueryError::Internal(name));
+    }
+    if let Some(f) = called_names(sql)
+        .into_iter()
+        .find(|n| REFUSED_FUNCTIONS.contains(&n.as_str()))
+    {
+        return Err(QueryError::NotReadOnly(format!("{f}() changes the database")));
+    }
+    // EXPLAIN [ANALYZE] of a query is a read; of anything else it is not. What follows the
+    // keywords is checked as a whole, so `EXPLAIN` + that text is one statement too.
+    let inner = match strip_keyword(sql, "explain") {
+        Some(rest) => strip_keyword(rest, "analyze").unwrap_or(rest),
+        None => sql,
+    };
+    let probe = format!("SELECT * FROM query({})", string_literal(inner));
+    match conn.prepare(&probe) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.contains("Expected a single SELECT statement") {
+                Err(QueryError::NotReadOnly(format!(
+                    "got '{}'",
+                    first_words(inner)
+                )))
+            } else {
+                // The text parsed as one SELECT (or not at all): preparing it as written runs
+                // nothing and gives DuckDB's error about the caller's own text, not the probe's.
+                match conn.prepare(sql) {
+                    Err(own) => Err(QueryError::DuckDb(own)),
+                    Ok(_) => Err(QueryError::DuckDb(e)),
+                }
+            }
+        }
     }
 }
 
-pub fn run(conn: &Connection, sql: &str) -> Result<QueryResult, QueryError> {
-    check_read_only(sql)?;
-    conn.execute_batch("BEGIN TRANSACTION")?;
-    let result = run_inside(conn, sql);
+/// The first few words of a statement, for an error message.
+fn first_words(sql: &str) -> String {
+    let s = skip_blank(sql);
+    let words: Vec<&str> = s.split_whitespace().take(3).collect();
+    let mut out = words.join(" ");
+    if out.len() > 60 {
+        out = out.chars().take(60).collect();
+    }
+    out
+}
+
+/// Runs one read-only query. `cancel` stops it between batches of rows; the caller interrupts
+/// DuckDB itself through the connection's interrupt handle.
+pub fn run(
+    conn: &Connection,
+    sql: &str,
+    limits: &QueryLimits,
+    cancel: &AtomicBool,
+) -> Result<QueryResult, QueryError> {
+    let deadline = Instant::now() + limits.timeout;
+    conn.execute_batch("BEGIN TRANSACTION READ ONLY")?;
+    let result = check_read_only(conn, sql)
+        .and_then(|()| run_inside(conn, sql, limits, deadline, cancel));
     // Always roll back: a reader never changes the replica, whatever it sent.
     let rollback = conn.execute_batch("ROLLBACK");
-    let result = result?;
+    let result = match result {
+        // An interrupted query surfaces as a DuckDB error; name the real reason.
+        Err(QueryError::DuckDb(e)) if Instant::now() >= deadline => {
+            tracing::debug!(error = %e, "query interrupted at its deadline");
+            Err(QueryError::Timeout(limits.timeout))
+        }
+        Err(QueryError::DuckDb(_)) if cancel.load(Ordering::Relaxed) => Err(QueryError::Cancelled),
+        other => other,
+    }?;
     rollback?;
     Ok(result)
 }
 
-fn run_inside(conn: &Connection, sql: &str) -> Result<QueryResult, QueryError> {
+fn value_bytes(v: &pb::Value) -> usize {
+    match &v.kind {
+        Some(pb::value::Kind::Text(s)) => s.len() + 8,
+        _ => 8,
+    }
+}
+
+fn run_inside(
+    conn: &Connection,
+    sql: &str,
+    limits: &QueryLimits,
+    deadline: Instant,
+    cancel: &AtomicBool,
+) -> Result<QueryResult, QueryError> {
     let mut stmt = conn.prepare(sql)?;
     let mut rows_out = Vec::new();
     let mut rows = stmt.query([])?;
@@ -94,18 +251,43 @@ fn run_inside(conn: &Connection, sql: &str) -> Result<QueryResult, QueryError> {
             })
             .collect();
     }
+    let mut bytes = 0usize;
     while let Some(row) = rows.next()? {
-        if rows_out.len() >= QUERY_ROWS_MAX {
-            return Err(QueryError::TooManyRows);
+        if rows_out.len() >= limits.rows_max {
+            return Err(QueryError::TooManyRows(limits.rows_max));
+        }
+        if rows_out.len() % ROWS_PER_CHECK == 0 {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(QueryError::Cancelled);
+            }
+            if Instant::now() >= deadline {
+                return Err(QueryError::Timeout(limits.timeout));
+            }
         }
         let mut values = Vec::with_capacity(n_cols);
         for i in 0..n_cols {
             let v: DValue = row.get(i)?;
-            values.push(from_duck(v));
+            let v = from_duck(v);
+            bytes += value_bytes(&v);
+            values.push(v);
+        }
+        if bytes > limits.bytes_max {
+            return Err(QueryError::TooManyBytes(limits.bytes_max));
         }
         rows_out.push(pb::Row { values });
     }
     drop(rows);
+    let positions = read_positions(conn)?;
+    Ok(QueryResult {
+        columns,
+        rows: rows_out,
+        positions,
+    })
+}
+
+/// The applied position of every view, read by Meridian (not the caller) in the caller's
+/// transaction.
+fn read_positions(conn: &Connection) -> Result<Vec<pb::ViewPosition>, QueryError> {
     let mut positions = Vec::new();
     let has_positions: bool = conn.query_row(
         "SELECT count(*) > 0 FROM duckdb_tables() WHERE table_name = '_meridian_applied'",
@@ -114,7 +296,7 @@ fn run_inside(conn: &Connection, sql: &str) -> Result<QueryResult, QueryError> {
     )?;
     if has_positions {
         let mut stmt = conn.prepare(
-            "SELECT view, seq, produced_at_ms, applied_at_ms, view_id FROM _meridian_applied ORDER BY view",
+            "SELECT view, seq, produced_at_ms, applied_at_ms, view_id, epoch FROM _meridian_applied ORDER BY view",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
@@ -124,14 +306,11 @@ fn run_inside(conn: &Connection, sql: &str) -> Result<QueryResult, QueryError> {
                 produced_at_ms: r.get(2)?,
                 applied_at_ms: r.get(3)?,
                 view_id: r.get(4)?,
+                epoch: r.get(5)?,
             });
         }
     }
-    Ok(QueryResult {
-        columns,
-        rows: rows_out,
-        positions,
-    })
+    Ok(positions)
 }
 
 /// DuckDB's name for a result column's type.
@@ -189,29 +368,102 @@ pub(crate) fn from_duck(v: DValue) -> pb::Value {
 mod tests {
     use super::*;
 
-    #[test]
-    fn writes_are_refused_and_reads_answer() {
-        let conn = Connection::open_in_memory().expect("open");
+    fn locked_db() -> Connection {
+        let conn = Connection::open_in_memory_with_flags(crate::replica::open_config().expect("config"))
+            .expect("open");
         conn.execute_batch(
-            "CREATE TABLE t (a BIGINT, b VARCHAR); INSERT INTO t VALUES (1, 'x'), (2, NULL)",
+            "CREATE TABLE t (a BIGINT, b VARCHAR); INSERT INTO t VALUES (1, 'x'), (2, NULL);
+             CREATE TABLE _meridian_applied (view VARCHAR, seq UBIGINT, produced_at_ms BIGINT, applied_at_ms BIGINT, view_id UBIGINT, epoch UBIGINT);",
         )
         .expect("setup");
+        conn
+    }
+
+    fn query(conn: &Connection, sql: &str) -> Result<QueryResult, QueryError> {
+        run(conn, sql, &QueryLimits::default(), &AtomicBool::new(false))
+    }
+
+    fn count(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn writes_chains_and_side_effects_are_refused() {
+        let conn = locked_db();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f.csv");
+        let file = file.display();
         for sql in [
             "DELETE FROM t",
             "  insert into t values (3, 'y')",
             "/* hi */ DROP TABLE t",
-            "COPY t TO 'x.csv'",
-            "ATTACH 'x.db'",
+            "SELECT 1; COMMIT; DELETE FROM t; BEGIN; SELECT 1",
+            "SELECT 1; DELETE FROM t; SELECT 1",
+            "SELECT 1; DELETE FROM t",
+            "COMMIT; DELETE FROM t",
+            "SELECT 1; COPY (SELECT 'x') TO 'f.csv'; SELECT 1",
+            &format!("COPY t TO '{file}'"),
+            &format!("SELECT 1; COPY (SELECT 'x') TO '{file}'; SELECT 1"),
+            &format!("ATTACH '{file}.db' AS other"),
+            "INSTALL httpfs",
+            "LOAD httpfs",
+            "SET threads = 1",
+            "SELECT 1; SET enable_external_access = true; SELECT 1",
+            "PRAGMA enable_profiling",
+            &format!("EXPORT DATABASE '{}'", dir.path().display()),
+            "SELECT content FROM read_text('/etc/passwd')",
+            "SELECT * FROM read_csv_auto('/etc/passwd')",
+            "SELECT * FROM read_csv('/etc/passwd')",
+            "SELECT * FROM read_blob('/etc/hostname')",
+            "SELECT * FROM glob('/etc/*')",
+            "SELECT * FROM checkpoint()",
+            "select * from FORCE_CHECKPOINT ( )",
+            "CHECKPOINT",
+            "EXPLAIN ANALYZE DELETE FROM t",
+            "EXPLAIN DELETE FROM t",
+            "EXPLAIN ANALYZE SELECT 1; DELETE FROM t",
+            "SELECT * FROM _meridian_applied",
+            "SELECT * FROM \"_MERIDIAN_APPLIED\"",
+            "SELECT * FROM query('DELETE FROM t')",
+            "SELECT * FROM query('SELECT 1; DELETE FROM t')",
+            "/* /* */ EXPLAIN SELECT '*/ COMMIT; DELETE FROM t; SELECT 1 --'",
+            "--\rCOMMIT; DELETE FROM t; --\nEXPLAIN SELECT 1",
+            "/* /* */ SELECT '*/ COMMIT; DELETE FROM t; SELECT 1 --'",
+            "EXPLAIN /* x */ SELECT 1; DELETE FROM t",
+            "SELECT '\\'; DELETE FROM t; --'",
+            "SELECT $$x$$; DELETE FROM t",
             "",
             "   ",
+            "-- only a comment",
+            ";",
         ] {
-            assert!(run(&conn, sql).is_err(), "{sql} must be refused");
+            let r = query(&conn, sql);
+            assert!(r.is_err(), "{sql:?} must be refused");
+            assert_eq!(count(&conn), 2, "{sql:?} changed the table");
         }
-        let r = run(
-            &conn,
-            "-- comment\nSELECT a, b, sum(a) OVER () AS s FROM t ORDER BY a",
-        )
-        .expect("select");
+        assert!(!dir.path().join("f.csv").exists(), "a file was written");
+        assert!(!std::path::Path::new("f.csv").exists(), "a file was written");
+        let setting: String = conn
+            .query_row(
+                "SELECT value FROM duckdb_settings() WHERE name = 'enable_external_access'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("setting");
+        assert_eq!(setting, "false");
+        // The messages say what was wrong.
+        let msg = query(&conn, "SELECT 1; DELETE FROM t").err().map(|e| e.to_string());
+        assert!(msg.is_some_and(|m| m.contains("only one read-only query statement")));
+        let msg = query(&conn, "SELECT * FROM _meridian_applied").err().map(|e| e.to_string());
+        assert!(msg.is_some_and(|m| m.contains("'_meridian_applied' is internal")));
+    }
+
+    #[test]
+    fn reads_answer() {
+        let conn = locked_db();
+        let r = query(&conn, "-- comment\nSELECT a, b, sum(a) OVER () AS s FROM t ORDER BY a DESC")
+            .expect("select");
         assert_eq!(
             r.columns
                 .iter()
@@ -220,10 +472,68 @@ mod tests {
             vec![("a", "BIGINT"), ("b", "VARCHAR"), ("s", "HUGEINT")]
         );
         assert_eq!(r.rows.len(), 2);
-        assert_eq!(r.rows[1].values[1].kind, None);
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .expect("count");
-        assert_eq!(n, 2);
+        assert_eq!(r.rows[0].values[0].kind, Some(pb::value::Kind::Int(2)));
+        assert_eq!(r.rows[0].values[1].kind, None);
+        for sql in [
+            "SELECT 1;",
+            "WITH x AS (SELECT a FROM t) SELECT * FROM x",
+            "FROM t",
+            "VALUES (1), (2)",
+            "SHOW TABLES",
+            "DESCRIBE t",
+            "SUMMARIZE t",
+            "EXPLAIN SELECT * FROM t",
+            "EXPLAIN ANALYZE SELECT * FROM t",
+            "SELECT 'it''s; DELETE FROM t' AS s",
+            "SELECT count(*) AS checkpoints FROM t",
+        ] {
+            if let Err(e) = query(&conn, sql) {
+                panic!("{sql:?} must answer: {e}");
+            }
+        }
+        assert_eq!(count(&conn), 2);
+    }
+
+    #[test]
+    fn limits_stop_large_and_long_reads() {
+        let conn = locked_db();
+        let limits = QueryLimits {
+            timeout: Duration::from_millis(300),
+            rows_max: 10,
+            bytes_max: 1000,
+        };
+        let no = AtomicBool::new(false);
+        assert!(matches!(
+            run(&conn, "SELECT * FROM range(11)", &limits, &no),
+            Err(QueryError::TooManyRows(10))
+        ));
+        assert!(matches!(
+            run(&conn, "SELECT repeat('x', 2000)", &limits, &no),
+            Err(QueryError::TooManyBytes(1000))
+        ));
+        // A runaway cross join is interrupted by the caller's watchdog at the deadline.
+        let handle = conn.interrupt_handle();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                while !done.load(Ordering::Relaxed) {
+                    handle.interrupt();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let r = run(
+            &conn,
+            "SELECT count(*) FROM range(100000000) a, range(100000000) b",
+            &limits,
+            &no,
+        );
+        done.store(true, Ordering::Relaxed);
+        let _ = watchdog.join();
+        assert!(matches!(r, Err(QueryError::Timeout(_))), "got {:?}", r.err());
+        // The connection still answers afterwards.
+        assert!(run(&conn, "SELECT 1", &limits, &no).is_ok());
     }
 }

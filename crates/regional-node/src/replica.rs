@@ -30,6 +30,130 @@ pub struct Position {
     pub seq: u64,
     pub produced_at_ms: i64,
     pub applied_at_ms: i64,
+    /// Epoch of the change log applied (0 before the first batch).
+    pub epoch: u64,
+    /// Running checksum of the change log at `seq` ([`meridian_proto::chain_checksum`]).
+    pub checksum: u64,
+}
+
+/// What a replica at a position does with a change batch. The leader asks before it
+/// proposes and every node asks again when it applies, so all nodes decide alike.
+#[derive(Debug, PartialEq)]
+pub enum Admit {
+    /// Already applied, or from an older epoch: never applied.
+    Skip,
+    Apply,
+    /// Does not follow the applied seq: the sender resends from the position.
+    Gap,
+    /// Cannot continue from this batch (a newer epoch, or a history that differs): only a full
+    /// batch can re-seed the view.
+    NeedFull(String),
+}
+
+/// Whether a batch fits its view's schema: key and row widths, and every value of the kind its
+/// column holds. A batch that does not would fail alike on every node, so the leader refuses
+/// it before proposing and every node skips it if one is in the log.
+pub fn validate_batch(schema: &pb::ViewSchema, b: &pb::ChangeBatch) -> Result<(), String> {
+    use pb::value::Kind;
+    let n_cols = schema.columns.len();
+    let mut types = Vec::with_capacity(n_cols);
+    for c in &schema.columns {
+        types.push(ColumnType::from_name(&c.r#type).ok_or_else(|| {
+            format!("view '{}': unknown column type '{}'", schema.view, c.r#type)
+        })?);
+    }
+    if schema.key_indexes.iter().any(|&i| i as usize >= n_cols) {
+        return Err(format!("view '{}': a key index is out of range", schema.view));
+    }
+    for (i, c) in schema.columns.iter().enumerate() {
+        if catalog::is_reserved(&c.name)
+            || schema.columns[..i]
+                .iter()
+                .any(|d| d.name.eq_ignore_ascii_case(&c.name))
+        {
+            return Err(format!(
+                "view '{}': column name '{}' is reserved or repeated",
+                schema.view, c.name
+            ));
+        }
+    }
+    let fits = |ty: ColumnType, v: &pb::Value| match (&v.kind, ty) {
+        (None, _) => true,
+        (Some(Kind::Int(_)), ColumnType::Int64 | ColumnType::Float64) => true,
+        (Some(Kind::Float(_)), ColumnType::Float64) => true,
+        (Some(Kind::Text(_)), ColumnType::String) => true,
+        (Some(Kind::Boolean(_)), ColumnType::Bool) => true,
+        _ => false,
+    };
+    for (i, c) in b.changes.iter().enumerate() {
+        if c.key.len() != schema.key_indexes.len() {
+            return Err(format!(
+                "view '{}' batch {}: change {i} has {} key values, the view has {} key columns",
+                schema.view,
+                b.seq,
+                c.key.len(),
+                schema.key_indexes.len()
+            ));
+        }
+        for (k, &idx) in c.key.iter().zip(&schema.key_indexes) {
+            if !fits(types[idx as usize], k) {
+                return Err(format!(
+                    "view '{}' batch {}: change {i} has a key value of the wrong type for column '{}'",
+                    schema.view, b.seq, schema.columns[idx as usize].name
+                ));
+            }
+        }
+        if let Some(row) = &c.row {
+            if row.values.len() != n_cols {
+                return Err(format!(
+                    "view '{}' batch {}: change {i} has {} values, the view has {n_cols} columns",
+                    schema.view,
+                    b.seq,
+                    row.values.len()
+                ));
+            }
+            if let Some(j) = (0..n_cols).find(|&j| !fits(types[j], &row.values[j])) {
+                return Err(format!(
+                    "view '{}' batch {}: change {i} has a value of the wrong type for column '{}'",
+                    schema.view, b.seq, schema.columns[j].name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn admit(pos: &Position, b: &pb::ChangeBatch) -> Admit {
+    if b.epoch < pos.epoch {
+        return Admit::Skip;
+    }
+    if b.full {
+        if b.epoch == pos.epoch && b.seq <= pos.seq {
+            return Admit::Skip;
+        }
+        return Admit::Apply;
+    }
+    if b.epoch > pos.epoch {
+        let fresh = pos.seq == 0 && pos.checksum == 0 && b.seq == 1;
+        if !fresh {
+            return Admit::NeedFull(format!(
+                "change log epoch {} replaces the applied epoch {}",
+                b.epoch, pos.epoch
+            ));
+        }
+    } else if b.seq <= pos.seq {
+        return Admit::Skip;
+    }
+    if b.seq != pos.seq + 1 {
+        return Admit::Gap;
+    }
+    if meridian_proto::chain_checksum(pos.checksum, b) != b.checksum {
+        return Admit::NeedFull(format!(
+            "diverged: batch {} of epoch {} does not continue the applied change log (checksum mismatch)",
+            b.seq, b.epoch
+        ));
+    }
+    Admit::Apply
 }
 
 pub struct Replica {
@@ -48,18 +172,31 @@ pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// The configuration every replica database is opened with. Readers share the instance (DuckDB
+/// opens a file once per process), so it is locked down for them: no statement may reach the
+/// file system or the network (`COPY`, `ATTACH`, `read_*`, `EXPORT`), install or load an
+/// extension, or change a setting.
+pub fn open_config() -> Result<duckdb::Config, duckdb::Error> {
+    duckdb::Config::default()
+        .enable_external_access(false)?
+        .enable_autoload_extension(false)?
+        .with("lock_configuration", "true")
+}
+
 impl Replica {
     pub fn open(path: &Path) -> Result<Replica, ReplicaError> {
-        let conn = Connection::open(path)?;
+        let conn = Connection::open_with_flags(path, open_config()?)?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS _meridian_applied (view VARCHAR PRIMARY KEY, seq UBIGINT NOT NULL, produced_at_ms BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL, schema_json VARCHAR NOT NULL, view_id UBIGINT NOT NULL);
+            "CREATE TABLE IF NOT EXISTS _meridian_applied (view VARCHAR PRIMARY KEY, seq UBIGINT NOT NULL, produced_at_ms BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL, schema_json VARCHAR NOT NULL, view_id UBIGINT NOT NULL, epoch UBIGINT NOT NULL DEFAULT 0, checksum UBIGINT NOT NULL DEFAULT 0);
+             ALTER TABLE _meridian_applied ADD COLUMN IF NOT EXISTS epoch UBIGINT DEFAULT 0;
+             ALTER TABLE _meridian_applied ADD COLUMN IF NOT EXISTS checksum UBIGINT DEFAULT 0;
              CREATE TABLE IF NOT EXISTS _meridian_raft (id INTEGER PRIMARY KEY, applied_index UBIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS _meridian_dropped (view VARCHAR NOT NULL, view_id UBIGINT NOT NULL, PRIMARY KEY (view, view_id));",
         )?;
         let mut positions = HashMap::new();
         let mut tables = HashMap::new();
         {
-            let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, view_id FROM _meridian_applied")?;
+            let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, view_id, epoch, checksum FROM _meridian_applied")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let view: String = row.get(0)?;
@@ -71,6 +208,8 @@ impl Replica {
                         seq,
                         produced_at_ms: row.get(2)?,
                         applied_at_ms: row.get(3)?,
+                        epoch: row.get(6)?,
+                        checksum: row.get(7)?,
                     },
                 );
                 let json: String = row.get(4)?;
@@ -139,26 +278,16 @@ impl Replica {
                 .map(|r| r.values.iter().map(to_duck).collect())
                 .collect();
             insert_rows(&tx, &quote(&schema.view), schema.columns.len(), rows)?;
-            tx.execute(
-                "INSERT INTO _meridian_applied VALUES (?, ?, ?, ?, ?, ?)",
-                duckdb::params![
-                    schema.view,
-                    v.seq,
-                    v.produced_at_ms,
-                    v.applied_at_ms,
-                    schema_to_json(&schema),
-                    schema.view_id
-                ],
-            )?;
-            positions.insert(
-                schema.view.clone(),
-                Position {
-                    view_id: schema.view_id,
-                    seq: v.seq,
-                    produced_at_ms: v.produced_at_ms,
-                    applied_at_ms: v.applied_at_ms,
-                },
-            );
+            let pos = Position {
+                view_id: schema.view_id,
+                seq: v.seq,
+                produced_at_ms: v.produced_at_ms,
+                applied_at_ms: v.applied_at_ms,
+                epoch: v.epoch,
+                checksum: v.checksum,
+            };
+            record_position(&tx, &schema, &pos)?;
+            positions.insert(schema.view.clone(), pos);
             tables.insert(schema.view.clone(), schema);
         }
         record_raft_index(&tx, raft_index)?;
@@ -211,6 +340,41 @@ impl Replica {
         }
     }
 
+    /// Why a push for this incarnation of the view must be refused for good, if it must: its id
+    /// was dropped here or replaced by a newer one, or its schema differs from the table's.
+    /// These checks would fail alike on every node, so the leader makes them before proposing.
+    pub fn refuses(&self, schema: &pb::ViewSchema) -> Option<String> {
+        if self.dropped.contains(&(schema.view.clone(), schema.view_id)) {
+            return Some(format!(
+                "view '{}' with id {} was dropped in this region",
+                schema.view, schema.view_id
+            ));
+        }
+        match self.tables.get(&schema.view) {
+            Some(t) if t.view_id > schema.view_id => Some(format!(
+                "view '{}' with id {} was replaced by id {} in this region",
+                schema.view, schema.view_id, t.view_id
+            )),
+            Some(t) if t.view_id == schema.view_id && t != schema => Some(format!(
+                "view '{}': the pushed schema differs from the replica table's",
+                schema.view
+            )),
+            _ => None,
+        }
+    }
+
+    /// The applied position of this incarnation of the view (the default when the replica
+    /// holds none, or an older one).
+    pub fn applied_position(&self, schema: &pb::ViewSchema) -> Position {
+        match self.tables.get(&schema.view) {
+            Some(t) if t.view_id == schema.view_id => self.position(&schema.view),
+            _ => Position {
+                view_id: schema.view_id,
+                ..Position::default()
+            },
+        }
+    }
+
     pub fn positions(&self) -> &HashMap<String, Position> {
         &self.positions
     }
@@ -241,10 +405,10 @@ impl Replica {
             Some(t) if t.view_id > schema.view_id => return Ok(0),
             Some(t) if t.view_id < schema.view_id => true,
             Some(t) if t != schema => {
-                return Err(ReplicaError::Schema {
-                    view,
-                    detail: "schema differs from the replica table's".into(),
-                })
+                // Deterministic on every node (the leader refuses such pushes before
+                // proposing): skipped alike everywhere rather than stalling the region.
+                warn!(view = %view, raft_index, "entry's schema differs from the replica table's; skipped");
+                return Ok(self.position(&view).seq);
             }
             Some(_) => false,
             None => {
@@ -253,6 +417,14 @@ impl Replica {
                 true
             }
         };
+        if let Some(why) = push
+            .batches
+            .iter()
+            .find_map(|b| validate_batch(schema, b).err())
+        {
+            warn!(raft_index, reason = %why, "entry does not fit its view's schema; skipped");
+            return Ok(self.applied_position(schema).seq);
+        }
         let mut pos = if recreate {
             Position {
                 view_id: schema.view_id,
@@ -268,15 +440,21 @@ impl Replica {
         }
         let mut applied_any = false;
         for batch in &push.batches {
-            if batch.seq <= pos.seq {
-                continue;
+            match admit(&pos, batch) {
+                Admit::Skip => continue,
+                Admit::Apply => {}
+                Admit::Gap => {
+                    warn!(view = %view, seq = batch.seq, applied_seq = pos.seq, "batch would leave a gap; not applied");
+                    break;
+                }
+                Admit::NeedFull(why) => {
+                    warn!(view = %view, seq = batch.seq, epoch = batch.epoch, applied_seq = pos.seq, applied_epoch = pos.epoch, reason = %why, "batch not applied; the view needs a full batch");
+                    break;
+                }
             }
             if batch.full {
                 // Every row of the view at `batch.seq`: what is not in it is gone.
                 tx.execute_batch(&format!("DELETE FROM {}", quote(&view)))?;
-            } else if batch.seq != pos.seq + 1 {
-                warn!(view = %view, seq = batch.seq, applied_seq = pos.seq, "batch would leave a gap; skipped");
-                break;
             }
             apply_changes(&tx, schema, &batch.changes)?;
             pos = Position {
@@ -284,22 +462,13 @@ impl Replica {
                 seq: batch.seq,
                 produced_at_ms: batch.produced_at_ms,
                 applied_at_ms: now_ms,
+                epoch: batch.epoch,
+                checksum: batch.checksum,
             };
             applied_any = true;
         }
         if applied_any || recreate {
-            let schema_json = schema_to_json(schema);
-            tx.execute(
-                "INSERT OR REPLACE INTO _meridian_applied VALUES (?, ?, ?, ?, ?, ?)",
-                duckdb::params![
-                    view,
-                    pos.seq,
-                    pos.produced_at_ms,
-                    pos.applied_at_ms,
-                    schema_json,
-                    schema.view_id
-                ],
-            )?;
+            record_position(&tx, schema, &pos)?;
         }
         record_raft_index(&tx, raft_index)?;
         tx.commit()?;
@@ -450,6 +619,28 @@ fn read_dropped(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Records a view's applied position (and the schema its table has) in `_meridian_applied`.
+fn record_position(
+    conn: &Connection,
+    schema: &pb::ViewSchema,
+    pos: &Position,
+) -> Result<(), ReplicaError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO _meridian_applied (view, seq, produced_at_ms, applied_at_ms, schema_json, view_id, epoch, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        duckdb::params![
+            schema.view,
+            pos.seq,
+            pos.produced_at_ms,
+            pos.applied_at_ms,
+            schema_to_json(schema),
+            schema.view_id,
+            pos.epoch,
+            pos.checksum
+        ],
+    )?;
+    Ok(())
+}
+
 /// Records, in the transaction that changes the replica, the Raft index the change came from.
 fn record_raft_index(conn: &Connection, raft_index: u64) -> Result<(), ReplicaError> {
     conn.execute(
@@ -475,7 +666,7 @@ fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
     use prost::Message as _;
     let index = recorded_raft_index(conn)?;
     let mut views = Vec::new();
-    let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json FROM _meridian_applied ORDER BY view")?;
+    let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, epoch, checksum FROM _meridian_applied ORDER BY view")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let view: String = r.get(0)?;
@@ -505,6 +696,8 @@ fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
             produced_at_ms: r.get(2)?,
             applied_at_ms: r.get(3)?,
             rows: out,
+            epoch: r.get(5)?,
+            checksum: r.get(6)?,
         });
     }
     let dropped = read_dropped(conn)?
@@ -634,6 +827,16 @@ mod tests {
         }
     }
 
+    /// Stamps the running checksum on consecutive batches starting at seq 1.
+    pub(super) fn chain(mut batches: Vec<pb::ChangeBatch>) -> Vec<pb::ChangeBatch> {
+        let mut prev = 0;
+        for b in &mut batches {
+            b.checksum = meridian_proto::chain_checksum(prev, b);
+            prev = b.checksum;
+        }
+        batches
+    }
+
     fn rows(r: &Replica) -> Vec<(Option<String>, i64)> {
         let conn = r.reader().expect("reader");
         let mut stmt = conn
@@ -654,7 +857,7 @@ mod tests {
         let mut r = Replica::open(&path).expect("open");
         let push = pb::PushRequest {
             schema: Some(schema()),
-            batches: vec![
+            batches: chain(vec![
                 batch(
                     1,
                     vec![
@@ -673,7 +876,7 @@ mod tests {
                         },
                     ],
                 ),
-            ],
+            ]),
             ..Default::default()
         };
         assert_eq!(r.apply(5, &push, 20).expect("apply"), 2);
@@ -704,10 +907,132 @@ mod tests {
                 view_id: 1,
                 seq: 2,
                 produced_at_ms: 10,
-                applied_at_ms: 20
+                applied_at_ms: 20,
+                epoch: 0,
+                checksum: r.position("by_region").checksum,
             }
         );
         assert_eq!(rows(&r).len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    fn batch(seq: u64, epoch: u64, key: &str) -> pb::ChangeBatch {
+        let text = |s: &str| pb::Value {
+            kind: Some(pb::value::Kind::Text(s.into())),
+        };
+        pb::ChangeBatch {
+            view: "v".into(),
+            seq,
+            epoch,
+            changes: vec![pb::RowChange {
+                key: vec![text(key)],
+                row: Some(pb::Row {
+                    values: vec![text(key)],
+                }),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn chained(prev: u64, mut b: pb::ChangeBatch) -> pb::ChangeBatch {
+        b.checksum = meridian_proto::chain_checksum(prev, &b);
+        b
+    }
+
+    #[test]
+    fn admit_follows_epochs_and_checksums() {
+        let fresh = Position::default();
+        let b1 = chained(0, batch(1, 10, "a"));
+        assert_eq!(admit(&fresh, &b1), Admit::Apply);
+        let at1 = Position {
+            seq: 1,
+            epoch: 10,
+            checksum: b1.checksum,
+            ..Position::default()
+        };
+        assert_eq!(admit(&at1, &b1), Admit::Skip, "applied already");
+        let b2 = chained(b1.checksum, batch(2, 10, "b"));
+        assert_eq!(admit(&at1, &b2), Admit::Apply);
+        let b3 = chained(0, batch(3, 10, "c"));
+        assert_eq!(admit(&at1, &b3), Admit::Gap);
+        // Batch 2 of another history: same seq and epoch, other predecessor.
+        let other = chained(12345, batch(2, 10, "b"));
+        assert!(matches!(admit(&at1, &other), Admit::NeedFull(w) if w.contains("diverged")));
+        // Older epochs never apply, not even full batches.
+        let mut old_full = batch(9, 9, "z");
+        old_full.full = true;
+        assert_eq!(admit(&at1, &chained(0, batch(2, 9, "b"))), Admit::Skip);
+        assert_eq!(admit(&at1, &old_full), Admit::Skip);
+        // A newer epoch starts from a full batch, even at a lower seq.
+        assert!(matches!(admit(&at1, &chained(b1.checksum, batch(2, 11, "b"))), Admit::NeedFull(_)));
+        let mut reseed = batch(1, 11, "q");
+        reseed.full = true;
+        assert_eq!(admit(&at1, &reseed), Admit::Apply);
+    }
+
+    #[test]
+    fn a_replica_reseeds_on_a_new_epoch_and_refuses_another_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Replica::open(&dir.path().join("r.duckdb")).expect("open");
+        let schema = pb::ViewSchema {
+            view: "v".into(),
+            columns: vec![pb::ColumnSchema {
+                name: "k".into(),
+                r#type: "string".into(),
+            }],
+            key_indexes: vec![0],
+            view_id: 1,
+        };
+        let push = |batches: Vec<pb::ChangeBatch>| pb::PushRequest {
+            schema: Some(schema.clone()),
+            batches,
+            ..Default::default()
+        };
+        let keys = |r: &Replica| -> Vec<String> {
+            r.reader()
+                .expect("reader")
+                .prepare("SELECT k FROM v ORDER BY k")
+                .expect("prepare")
+                .query_map([], |x| x.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        let b1 = chained(0, batch(1, 10, "a"));
+        let b2 = chained(b1.checksum, batch(2, 10, "b"));
+        assert_eq!(r.apply(1, &push(vec![b1.clone(), b2.clone()]), 0).expect("apply"), 2);
+        // Batch 3 of a history that differs at 2 is not applied.
+        let b2x = chained(b1.checksum, batch(2, 10, "x"));
+        let b3x = chained(b2x.checksum, batch(3, 10, "y"));
+        assert_eq!(r.apply(2, &push(vec![b3x]), 0).expect("apply"), 2);
+        assert_eq!(keys(&r), vec!["a", "b"]);
+        // A new epoch re-seeds from a full batch; the old epoch is then refused.
+        let mut full = batch(2, 11, "x");
+        full.full = true;
+        full.checksum = b2x.checksum;
+        assert_eq!(r.apply(3, &push(vec![full]), 0).expect("apply"), 2);
+        assert_eq!(keys(&r), vec!["x"]);
+        let pos = r.position("v");
+        assert_eq!((pos.seq, pos.epoch, pos.checksum), (2, 11, b2x.checksum));
+        let stale = chained(b2.checksum, batch(3, 10, "old"));
+        assert_eq!(r.apply(4, &push(vec![stale]), 0).expect("apply"), 2);
+        let mut next = chained(b2x.checksum, batch(3, 11, "z"));
+        next.epoch = 11;
+        assert_eq!(r.apply(5, &push(vec![next]), 0).expect("apply"), 3);
+        assert_eq!(keys(&r), vec!["x", "z"]);
+        // The position survives a reopen and a snapshot round trip.
+        drop(r);
+        let r = Replica::open(&dir.path().join("r.duckdb")).expect("reopen");
+        assert_eq!(r.position("v").epoch, 11);
+        let (index, data) = snapshot(&r.reader().expect("reader")).expect("snapshot");
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let mut r2 = Replica::open(&dir2.path().join("r.duckdb")).expect("open");
+        r2.restore(index, &data).expect("restore");
+        assert_eq!(r2.position("v"), r.position("v"));
     }
 }
 
@@ -734,7 +1059,8 @@ mod recreate_tests {
     }
 
     fn push(view_id: u64, column: &str, seqs: std::ops::RangeInclusive<u64>) -> pb::PushRequest {
-        let batches = seqs
+        let first = *seqs.start();
+        let batches = (1..=*seqs.end())
             .map(|seq| pb::ChangeBatch {
                 view: "v".into(),
                 seq,
@@ -755,6 +1081,10 @@ mod recreate_tests {
                 }],
                 ..Default::default()
             })
+            .collect();
+        let batches = super::tests::chain(batches)
+            .into_iter()
+            .filter(|b| b.seq >= first)
             .collect();
         pb::PushRequest {
             schema: Some(schema(view_id, column)),
@@ -868,8 +1198,9 @@ mod full_batch_tests {
             batches: vec![b],
             ..Default::default()
         };
-        r.apply(1, &push(batch(1, false, &["old", "kept"])), 0)
-            .expect("apply");
+        let mut first = batch(1, false, &["old", "kept"]);
+        first.checksum = meridian_proto::chain_checksum(0, &first);
+        r.apply(1, &push(first), 0).expect("apply");
         // The region missed batches 2..=40, which the central worker no longer keeps.
         assert_eq!(
             r.apply(2, &push(batch(41, true, &["kept", "new"])), 0)

@@ -2,6 +2,7 @@
 //! that tells the coordinator about this node.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tonic::{Request as TRequest, Response, Status};
 use tracing::{debug, info_span, Instrument};
 
 use crate::node::{NodeHandle, NodeState, Outgoing, PushOutcome, Request};
-use crate::query::{self, QueryError, QueryResult};
+use crate::query::{self, QueryError, QueryLimits, QueryResult};
 
 /// Queries running at once on one node: each holds a DuckDB connection and a blocking thread.
 pub const QUERIES_MAX: usize = 16;
@@ -44,6 +45,7 @@ pub struct Shared {
     pub started_at_ms: i64,
     pub metrics: Arc<crate::metrics::QueryMetrics>,
     pub queries: Arc<Semaphore>,
+    pub limits: QueryLimits,
 }
 
 impl Shared {
@@ -68,6 +70,7 @@ impl Shared {
                 produced_at_ms: p.produced_at_ms,
                 applied_at_ms: p.applied_at_ms,
                 view_id: p.view_id,
+                epoch: p.epoch,
             })
             .collect();
         positions.sort_by(|a, b| a.view.cmp(&b.view));
@@ -84,32 +87,102 @@ impl Shared {
             http_addr: self.http_addr.clone(),
             log_first_index: st.log_first_index,
             started_at_ms: self.started_at_ms,
+            apply_error: st.apply_error.unwrap_or_default(),
         })
     }
 
-    /// Runs a read-only query on a blocking thread.
+    /// Runs a read-only query on a blocking thread, within `self.limits`. DuckDB is interrupted
+    /// when the deadline passes or when the caller goes away (this future is dropped).
     pub async fn query(&self, sql: String) -> Result<QueryResult, QueryError> {
-        let _permit = self
+        // A replica that could not apply a committed entry holds a state no other node had:
+        // answering from it would serve rows that skipped a change.
+        if let Some(why) = self.node.unavailable() {
+            return Err(QueryError::Unavailable(why));
+        }
+        let permit = self
             .queries
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| QueryError::Empty)?;
-        let reader = self.reader.clone();
+            .map_err(|_| QueryError::Unavailable("the node is shutting down".into()))?;
+        let conn = self
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_clone()?;
+        let stop = StopOnDrop {
+            interrupt: conn.interrupt_handle(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            done: Arc::new(AtomicBool::new(false)),
+        };
+        let limits = self.limits;
         let span = info_span!("query", sql = %truncate(&sql, 200));
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
+        let (cancel, done) = (stop.cancel.clone(), stop.done.clone());
+        let mut task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let _e = span.enter();
-            let conn = reader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .try_clone()?;
-            query::run(&conn, &sql)
-        })
-        .await
-        .unwrap_or_else(|e| Err(QueryError::NotReadOnly(format!("query panicked: {e}"))));
+            let r = query::run(&conn, &sql, &limits, &cancel);
+            done.store(true, Ordering::Relaxed);
+            r
+        });
+        let result = tokio::select! {
+            joined = &mut task => joined
+                .unwrap_or_else(|e| Err(QueryError::NotReadOnly(format!("query panicked: {e}")))),
+            _ = tokio::time::sleep(limits.timeout) => Err(QueryError::Timeout(limits.timeout)),
+        };
         self.metrics.record_query(started.elapsed(), result.is_ok());
         result
+    }
+}
+
+/// Stops a running query when dropped: sets its cancel flag and keeps interrupting DuckDB until
+/// the query's thread is done (an interrupt that lands between two statements is discarded by
+/// DuckDB, so one is not enough).
+struct StopOnDrop {
+    interrupt: Arc<duckdb::InterruptHandle>,
+    cancel: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+}
+
+/// Interrupts sent to a query that must stop, one every `INTERRUPT_EVERY`, before giving up.
+const INTERRUPTS_MAX: u32 = 500;
+const INTERRUPT_EVERY: Duration = Duration::from_millis(20);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.done.load(Ordering::Relaxed) {
+            return;
+        }
+        self.cancel.store(true, Ordering::Relaxed);
+        let (interrupt, done) = (self.interrupt.clone(), self.done.clone());
+        std::thread::spawn(move || {
+            for _ in 0..INTERRUPTS_MAX {
+                if done.load(Ordering::Relaxed) {
+                    return;
+                }
+                interrupt.interrupt();
+                std::thread::sleep(INTERRUPT_EVERY);
+            }
+            tracing::warn!("a query did not stop after repeated interrupts");
+        });
+    }
+}
+
+/// The gRPC status of a failed query.
+pub fn query_status(e: &QueryError) -> Status {
+    let msg = e.to_string();
+    match e {
+        QueryError::Empty
+        | QueryError::NotReadOnly(_)
+        | QueryError::Internal(_)
+        | QueryError::DuckDb(_) => Status::invalid_argument(msg),
+        QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => {
+            Status::resource_exhausted(msg)
+        }
+        QueryError::Timeout(_) => Status::deadline_exceeded(msg),
+        QueryError::Cancelled => Status::cancelled(msg),
+        QueryError::Unavailable(_) => Status::unavailable(msg),
     }
 }
 
@@ -148,17 +221,21 @@ impl pb::region_server::Region for RegionService {
                 .map_err(|_| Status::unavailable("change batch not committed in time"))?
                 .map_err(|_| Status::unavailable("raft thread dropped the push"))?;
             match outcome {
-                PushOutcome::Applied(seq) => Ok(Response::new(pb::PushResponse {
-                    applied_seq: seq,
+                PushOutcome::Applied(ack) => Ok(Response::new(pb::PushResponse {
+                    applied_seq: ack.seq,
                     not_leader: None,
+                    applied_epoch: ack.epoch,
+                    applied_checksum: ack.checksum,
+                    need_full: ack.need_full,
                 })),
                 PushOutcome::NotLeader { leader_id } => Ok(Response::new(pb::PushResponse {
-                    applied_seq: 0,
                     not_leader: Some(pb::NotLeader {
                         leader_id,
                         leader_addr: self.0.peers.get(&leader_id).cloned().unwrap_or_default(),
                     }),
+                    ..Default::default()
                 })),
+                PushOutcome::Refused(why) => Err(Status::failed_precondition(why)),
                 PushOutcome::Retry(why) => Err(Status::unavailable(why)),
             }
         }
@@ -179,10 +256,7 @@ impl pb::region_server::Region for RegionService {
                 region: self.0.region.clone(),
                 node_id: self.0.node_id,
             })),
-            Err(e @ (QueryError::Empty | QueryError::NotReadOnly(_) | QueryError::DuckDb(_))) => {
-                Err(Status::invalid_argument(e.to_string()))
-            }
-            Err(e @ QueryError::TooManyRows) => Err(Status::resource_exhausted(e.to_string())),
+            Err(e) => Err(query_status(&e)),
         }
     }
 
@@ -194,7 +268,7 @@ impl pb::region_server::Region for RegionService {
     }
 }
 
-pub struct TransportService(pub NodeHandle);
+pub struct TransportService(pub Shared);
 
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for TransportService {
@@ -203,11 +277,33 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             let msg = RaftMessage::parse_from_bytes(&bytes)
                 .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
             self.0
+                .node
                 .send(Request::Step(msg))
                 .await
                 .map_err(Status::unavailable)?;
         }
         Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn fetch_snapshot(
+        &self,
+        _req: TRequest<pb::FetchSnapshotRequest>,
+    ) -> Result<Response<pb::FetchSnapshotResponse>, Status> {
+        if let Some(why) = self.0.node.unavailable() {
+            return Err(Status::unavailable(format!("no snapshot here: {why}")));
+        }
+        let conn = self
+            .0
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_clone()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (index, data) = tokio::task::spawn_blocking(move || crate::replica::snapshot(&conn))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::FetchSnapshotResponse { index, data }))
     }
 }
 

@@ -200,12 +200,21 @@ impl RaftStore {
         Ok(())
     }
 
-    /// Records a new commit index (from a LightReady); not synced, it is re-derived on restart.
+    /// Records a new commit index (from a LightReady) with a synced write: the node applies
+    /// entries up to it right after, and a replica must never be ahead of the durable commit
+    /// index (raft-rs refuses to start with `applied` above `commit`).
     pub fn set_commit(&mut self, commit: u64) -> Result<(), raft::Error> {
         self.hard_state.commit = commit;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
         self.db
-            .put(b"hs", self.hard_state.write_to_bytes().map_err(other)?)
+            .put_opt(b"hs", self.hard_state.write_to_bytes().map_err(other)?, &opts)
             .map_err(other)
+    }
+
+    /// The durable commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.hard_state.commit
     }
 
     fn entry(&self, index: u64) -> Result<Entry, raft::Error> {
@@ -386,7 +395,18 @@ mod compaction_tests {
         }
     }
 
+    /// The push of batch `seq` of a deterministic change log, its checksum chained from 1.
     fn push(seq: u64) -> pb::PushRequest {
+        let mut p = push_unchained(seq);
+        let mut prev = 0;
+        for s in 1..seq {
+            prev = meridian_proto::chain_checksum(prev, &push_unchained(s).batches[0]);
+        }
+        p.batches[0].checksum = meridian_proto::chain_checksum(prev, &p.batches[0]);
+        p
+    }
+
+    fn push_unchained(seq: u64) -> pb::PushRequest {
         let text = |s: &str| pb::Value {
             kind: Some(pb::value::Kind::Text(s.into())),
         };

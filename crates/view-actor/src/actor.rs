@@ -25,6 +25,9 @@ pub const BATCH_EVENTS_MAX: usize = 2_000;
 pub const BATCH_LINGER: Duration = Duration::from_millis(50);
 /// How long a metadata request to the brokers may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a running view looks for new partitions of its topic and checks its progress
+/// against the partitions' high watermarks.
+pub const PARTITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Dead letters kept in the status report.
 pub const RECENT_DEAD_LETTERS_MAX: usize = 5;
 
@@ -53,6 +56,8 @@ pub struct ActorStatus {
     pub recent_dead_letters: Vec<DeadLetter>,
     pub error: String,
     pub last_batch_at_ms: i64,
+    /// Partitions behind their high watermark that made no progress between two checks.
+    pub stalled: Vec<crate::progress::Stalled>,
 }
 
 pub struct ViewActor {
@@ -64,6 +69,9 @@ pub struct ViewActor {
     /// Latest committed sequence, for the shippers.
     pub latest: watch::Sender<u64>,
     pub status: Arc<Mutex<ActorStatus>>,
+    /// How often to look for new partitions and check progress
+    /// ([`PARTITION_CHECK_INTERVAL`]; shorter in tests).
+    pub check_interval: Duration,
 }
 
 impl ViewActor {
@@ -85,7 +93,9 @@ impl ViewActor {
             let mut core = ViewCore::new(self.def.clone(), self.stream.primary_key.clone(), groups);
             let mut meta = meta;
 
-            let (consumer, started) = self.subscribe(&offsets).await?;
+            let (mut consumer, started, mut assigned) = self.subscribe(&offsets).await?;
+            let mut watch = crate::progress::ProgressWatch::default();
+            let mut next_check = tokio::time::Instant::now() + self.check_interval;
             if !started.is_empty() {
                 // Record where a new partition starts, so that messages the brokers delete
                 // before the first batch are detected like any later gap.
@@ -96,6 +106,43 @@ impl ViewActor {
             }
             self.set_status(|s| s.error.clear());
             loop {
+                if tokio::time::Instant::now() >= next_check {
+                    next_check = tokio::time::Instant::now() + self.check_interval;
+                    let (brokers, topic) = (self.stream.brokers.clone(), self.stream.topic.clone());
+                    let marks = tokio::task::spawn_blocking(move || partition_marks(&brokers, &topic))
+                        .await
+                        .map_err(|e| ActorError::Join(e.to_string()))?;
+                    match marks {
+                        Ok(marks) => {
+                            let mut added: Vec<i32> = marks.keys().filter(|p| !assigned.contains(p)).copied().collect();
+                            if !added.is_empty() {
+                                added.sort_unstable();
+                                info!(partitions = ?added, "the topic has new partitions; consuming them too");
+                                let (c, started, now_assigned) = self.subscribe(&offsets).await?;
+                                if !started.is_empty() {
+                                    let store = self.store.clone();
+                                    let commit = Commit { meta: meta.clone(), offsets: started.clone(), ..Commit::default() };
+                                    tokio::task::spawn_blocking(move || store.commit(commit)).await.map_err(|e| ActorError::Join(e.to_string()))??;
+                                    offsets.extend(started);
+                                }
+                                consumer = c;
+                                assigned = now_assigned;
+                            }
+                            let rewinds = watch.check(&offsets, &marks, self.clock.now_ms()).map_err(|l| {
+                                ActorError::DataLost(format!("partition {} is at offset {}, but its oldest message is {}", l.partition, l.offset, l.low_watermark))
+                            })?;
+                            for r in rewinds {
+                                warn!(partition = r.partition, offset = offsets.get(&r.partition).copied().unwrap_or(0), rewind_to = r.to, "view is behind the partition and made no progress; fetching again from an earlier offset");
+                                if let Err(e) = consumer.seek(&self.stream.topic, r.partition, Offset::Offset(r.to), METADATA_TIMEOUT) {
+                                    warn!(partition = r.partition, error = %e, "rewinding a stalled partition failed");
+                                }
+                            }
+                            let stalled = watch.stalled();
+                            self.set_status(|s| s.stalled = stalled);
+                        }
+                        Err(e) => warn!(error = %e, "checking the topic's partitions failed"),
+                    }
+                }
                 let mut messages = Vec::new();
                 // A global aggregate's row exists before any message (as in SQL): its first
                 // batch is committed without waiting for one.
@@ -103,6 +150,7 @@ impl ViewActor {
                     tokio::select! {
                         _ = shutdown.changed() => return Ok(()),
                         first = consumer.recv() => messages.push(received(first)?),
+                        _ = tokio::time::sleep_until(next_check) => continue,
                     }
                 }
                 let deadline = tokio::time::Instant::now() + BATCH_LINGER;
@@ -147,7 +195,7 @@ impl ViewActor {
                 if !out.changes.is_empty() {
                     meta.seq += 1;
                     meta.last_batch_at_ms = now;
-                    commit.log = Some(pb::ChangeBatch {
+                    let mut batch = pb::ChangeBatch {
                         view: self.def.name.clone(),
                         seq: meta.seq,
                         changes: out.changes.iter().map(change_to_wire).collect(),
@@ -159,12 +207,17 @@ impl ViewActor {
                         events: consumed,
                         full: false,
                         trace_context: crate::ship::trace_context(&span),
-                    });
+                        ..Default::default()
+                    };
+                    batch.checksum = meridian_proto::chain_checksum(meta.checksum, &batch);
+                    meta.checksum = batch.checksum;
+                    commit.log = Some(batch);
                 }
                 commit.meta = meta.clone();
                 commit.offsets = new_offsets.into_iter().collect();
                 commit.groups = out.groups;
                 commit.rows = out.rows;
+                commit.truncate_rows = out.truncate_rows;
                 let n_dead = commit.dead_letters.len();
                 let store = self.store.clone();
                 tokio::task::spawn_blocking(move || store.commit(commit)).instrument(span.clone()).await.map_err(|e| ActorError::Join(e.to_string()))??;
@@ -197,7 +250,7 @@ impl ViewActor {
     async fn subscribe(
         &self,
         offsets: &HashMap<i32, i64>,
-    ) -> Result<(StreamConsumer, Vec<(i32, i64)>), ActorError> {
+    ) -> Result<(StreamConsumer, Vec<(i32, i64)>, Vec<i32>), ActorError> {
         let brokers = self.stream.brokers.clone();
         let topic = self.stream.topic.clone();
         let (partitions, started) = tokio::task::spawn_blocking({
@@ -230,7 +283,7 @@ impl ViewActor {
         }
         consumer.assign(&tpl)?;
         info!(topic = %topic, partitions = partitions.len(), "consuming");
-        Ok((consumer, started))
+        Ok((consumer, started, partitions))
     }
 }
 
@@ -258,6 +311,17 @@ fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "false");
     c
+}
+
+/// Every partition of `topic` with its (low, high) watermarks.
+fn partition_marks(brokers: &str, topic: &str) -> Result<HashMap<i32, (i64, i64)>, ActorError> {
+    let partitions = topic_partitions(brokers, topic)?;
+    let consumer: BaseConsumer = consumer_config(brokers, "meridian-metadata").create()?;
+    let mut marks = HashMap::with_capacity(partitions.len());
+    for p in partitions {
+        marks.insert(p, consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT)?);
+    }
+    Ok(marks)
 }
 
 /// The partitions of `topic`, or [`ActorError::NoTopic`].

@@ -62,6 +62,9 @@ pub struct BatchOutput {
     pub groups: Vec<(Key, Option<GroupState>)>,
     /// Source rows written (`None`: deleted), to persist.
     pub rows: Vec<(Key, Option<Row>)>,
+    /// The source was truncated in this batch: every stored source row is deleted before
+    /// `rows` are written.
+    pub truncate_rows: bool,
 }
 
 pub struct ViewCore {
@@ -71,6 +74,8 @@ pub struct ViewCore {
     /// Source rows changed in the current batch; they shadow the store.
     pending_rows: HashMap<Key, Option<Row>>,
     touched: BTreeSet<KeyOrd>,
+    /// A truncate happened in this batch: the stored source rows are gone.
+    truncated: bool,
 }
 
 /// A key with a total order, so that a batch's changes come out in a deterministic order.
@@ -113,6 +118,7 @@ impl ViewCore {
             groups,
             pending_rows: HashMap::new(),
             touched: BTreeSet::new(),
+            truncated: false,
         };
         if core.def.group_columns.is_empty() && !core.groups.contains_key(&Vec::new()) {
             // Without GROUP BY, SQL answers one row even over no rows: count 0, sums NULL.
@@ -168,6 +174,22 @@ impl ViewCore {
                     self.pending_rows.insert(key, None);
                 }
             }
+            SourceEvent::Move { old_key, row } => {
+                self.apply(SourceEvent::Delete { key: old_key }, store)?;
+                self.apply(SourceEvent::Upsert(row), store)?;
+            }
+            SourceEvent::Truncate => {
+                // Every group goes; a view without GROUP BY keeps its one row, at zero.
+                for key in self.groups.keys() {
+                    self.touched.insert(KeyOrd(key.clone()));
+                }
+                self.groups.clear();
+                if self.def.group_columns.is_empty() {
+                    self.groups.insert(Vec::new(), new_group(&self.def));
+                }
+                self.pending_rows.clear();
+                self.truncated = true;
+            }
         }
         Ok(())
     }
@@ -175,6 +197,7 @@ impl ViewCore {
     fn lookup(&self, pk: &Key, store: &dyn RowLookup) -> Result<Option<Row>, String> {
         match self.pending_rows.get(pk) {
             Some(row) => Ok(row.clone()),
+            None if self.truncated => Ok(None),
             None => store.get_row(pk),
         }
     }
@@ -282,6 +305,7 @@ impl ViewCore {
             out.changes.push(RowChange { key, row });
         }
         out.rows = self.pending_rows.drain().collect();
+        out.truncate_rows = std::mem::take(&mut self.truncated);
         out
     }
 }
@@ -330,6 +354,9 @@ mod tests {
 
     impl Rows {
         fn persist(&self, out: &BatchOutput) {
+            if out.truncate_rows {
+                self.0.borrow_mut().clear();
+            }
             for (k, r) in &out.rows {
                 match r {
                     Some(r) => self.0.borrow_mut().insert(k.clone(), r.clone()),
@@ -541,5 +568,74 @@ mod tests {
             ]
         );
         assert_eq!(out.rows.len(), 1, "one stored version per source row");
+    }
+
+    #[test]
+    fn a_key_change_retracts_the_old_key_and_truncate_clears_everything() {
+        let mut c = core("CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n, sum(amount) AS total FROM orders GROUP BY region");
+        let store = Rows::default();
+        c.apply(SourceEvent::Upsert(order(1, "eu", Some(10))), &store)
+            .expect("apply");
+        c.apply(SourceEvent::Upsert(order(2, "us", Some(5))), &store)
+            .expect("apply");
+        let out = c.finish_batch();
+        store.persist(&out);
+        // Row 1 becomes row 3 in another group: counted once, in its new group only.
+        c.apply(
+            SourceEvent::Move {
+                old_key: vec![Value::Int(1)],
+                row: order(3, "us", Some(1)),
+            },
+            &store,
+        )
+        .expect("apply");
+        let out = c.finish_batch();
+        store.persist(&out);
+        assert_eq!(
+            out.changes,
+            vec![
+                RowChange {
+                    key: vec![text("eu")],
+                    row: None
+                },
+                RowChange {
+                    key: vec![text("us")],
+                    row: Some(vec![text("us"), Value::Int(2), Value::Int(6)])
+                },
+            ]
+        );
+        assert_eq!(store.0.borrow().len(), 2, "rows 2 and 3 remain");
+
+        // A truncate, then a row in the same batch: only that row counts afterwards.
+        c.apply(SourceEvent::Truncate, &store).expect("truncate");
+        c.apply(SourceEvent::Upsert(order(2, "jp", Some(4))), &store)
+            .expect("apply");
+        let out = c.finish_batch();
+        store.persist(&out);
+        assert!(out.truncate_rows);
+        assert_eq!(
+            out.changes,
+            vec![
+                RowChange {
+                    key: vec![text("jp")],
+                    row: Some(vec![text("jp"), Value::Int(1), Value::Int(4)])
+                },
+                RowChange {
+                    key: vec![text("us")],
+                    row: None
+                },
+            ]
+        );
+        assert_eq!(store.0.borrow().len(), 1);
+        // Row 3 was truncated away: deleting it retracts nothing.
+        c.apply(
+            SourceEvent::Delete {
+                key: vec![Value::Int(3)],
+            },
+            &store,
+        )
+        .expect("apply");
+        assert!(c.finish_batch().changes.is_empty());
+        assert_eq!(c.n_groups(), 1);
     }
 }

@@ -12,6 +12,11 @@ pub enum SourceEvent {
     Upsert(Vec<Value>),
     /// The row with this primary key is gone.
     Delete { key: Vec<Value> },
+    /// An update that changed the primary key: the row under `old_key` is gone and `row` is
+    /// the new version under its own key.
+    Move { old_key: Vec<Value>, row: Vec<Value> },
+    /// Every row of the stream is gone (a Debezium truncate).
+    Truncate,
 }
 
 /// Decodes one message. `Ok(None)` is a message to skip (a Debezium tombstone).
@@ -79,6 +84,18 @@ fn decode_debezium(
                 .ok_or_else(|| format!("op '{op}' needs an 'after' object"))?;
             let row = decode_row(stream, after).map_err(|e| format!("after: {e}"))?;
             check_key(stream, &row)?;
+            // An update may change the primary key; the old key's row must be retracted.
+            if op == "u" {
+                if let Some(before) = fields.get("before").filter(|b| b.is_object()) {
+                    if let Some(old_key) = key_of(stream, before)? {
+                        let new_key: Vec<Value> =
+                            stream.primary_key.iter().map(|&i| row[i].clone()).collect();
+                        if old_key != new_key {
+                            return Ok(Some(SourceEvent::Move { old_key, row }));
+                        }
+                    }
+                }
+            }
             Ok(Some(SourceEvent::Upsert(row)))
         }
         "d" => {
@@ -97,7 +114,7 @@ fn decode_debezium(
             let mut pk = Vec::with_capacity(stream.primary_key.len());
             for &idx in &stream.primary_key {
                 let col = &stream.columns[idx];
-                let v = decode_value(col.ty, source.get(&col.name).unwrap_or(&Json::Null))
+                let v = decode_column(col, source.get(&col.name).unwrap_or(&Json::Null))
                     .map_err(|e| format!("column '{}': {e}", col.name))?;
                 if v.is_null() {
                     return Err(format!(
@@ -109,9 +126,25 @@ fn decode_debezium(
             }
             Ok(Some(SourceEvent::Delete { key: pk }))
         }
-        "t" => Err("truncate events are not supported".to_string()),
+        "t" => Ok(Some(SourceEvent::Truncate)),
         other => Err(format!("unknown Debezium op '{other}'")),
     }
+}
+
+/// The primary key in a `before` object, when it has every key column (with REPLICA IDENTITY
+/// DEFAULT an update's `before` may be absent or partial).
+fn key_of(stream: &StreamDef, before: &Json) -> Result<Option<Vec<Value>>, String> {
+    let mut key = Vec::with_capacity(stream.primary_key.len());
+    for &idx in &stream.primary_key {
+        let col = &stream.columns[idx];
+        let v = decode_column(col, before.get(&col.name).unwrap_or(&Json::Null))
+            .map_err(|e| format!("before: column '{}': {e}", col.name))?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        key.push(v);
+    }
+    Ok(Some(key))
 }
 
 /// Debezium's JSON converter with schemas enabled wraps the event as `{schema, payload}`.
@@ -140,10 +173,25 @@ pub fn decode_row(stream: &StreamDef, json: &Json) -> Result<Vec<Value>, String>
         .columns
         .iter()
         .map(|col| {
-            decode_value(col.ty, json.get(&col.name).unwrap_or(&Json::Null))
+            decode_column(col, json.get(&col.name).unwrap_or(&Json::Null))
                 .map_err(|e| format!("column '{}': {e}", col.name))
         })
         .collect()
+}
+
+/// Decodes one value of a column, refusing integers outside the declared type's range (an
+/// `int32` column never holds 2^40, as it would not in the source database or in DuckDB).
+fn decode_column(col: &catalog::Column, json: &Json) -> Result<Value, String> {
+    let v = decode_value(col.ty, json)?;
+    if let (Value::Int(i), Some((lo, hi))) = (&v, col.int_range()) {
+        if *i < lo || *i > hi {
+            return Err(format!(
+                "{i} is out of range for {} [{lo}, {hi}]",
+                col.declared
+            ));
+        }
+    }
+    Ok(v)
 }
 
 fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
@@ -189,7 +237,7 @@ mod tests {
     use catalog::{Catalog, Change, Object};
 
     fn orders() -> StreamDef {
-        let sql = "CREATE EXTERNAL STREAM orders(id int64, region string, amount int64, paid bool) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
+        let sql = "CREATE EXTERNAL STREAM orders(id int64, region string, amount int64, paid bool, qty nullable(int32), small uint8) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
         match Catalog::default().plan(sql) {
             Ok(Change::Create(Object::Stream(s))) => s,
             other => panic!("{other:?}"),
@@ -201,6 +249,8 @@ mod tests {
             Value::Int(id),
             Value::Text(region.into()),
             Value::Int(amount),
+            Value::Null,
+            Value::Null,
             Value::Null,
         ]
     }
@@ -232,7 +282,32 @@ mod tests {
                 Some(SourceEvent::Upsert(row(2, "eu", 1))),
             ),
         ];
-        for (json, expected) in cases {
+        let more: Vec<(&str, Option<SourceEvent>)> = vec![
+            (
+                r#"{"op":"u","before":{"id":1,"region":"eu"},"after":{"id":2,"region":"us","amount":7}}"#,
+                Some(SourceEvent::Move {
+                    old_key: vec![Value::Int(1)],
+                    row: row(2, "us", 7),
+                }),
+            ),
+            (
+                r#"{"op":"u","before":{"region":"eu"},"after":{"id":2,"region":"us","amount":7}}"#,
+                Some(SourceEvent::Upsert(row(2, "us", 7))),
+            ),
+            (r#"{"op":"t","before":null,"after":null}"#, Some(SourceEvent::Truncate)),
+            (
+                r#"{"op":"c","after":{"id":3,"region":"eu","amount":1,"qty":2147483647,"small":255}}"#,
+                Some(SourceEvent::Upsert(vec![
+                    Value::Int(3),
+                    Value::Text("eu".into()),
+                    Value::Int(1),
+                    Value::Null,
+                    Value::Int(2147483647),
+                    Value::Int(255),
+                ])),
+            ),
+        ];
+        for (json, expected) in cases.into_iter().chain(more) {
             assert_eq!(
                 decode(&s, None, Some(json.as_bytes())),
                 Ok(expected),
@@ -277,6 +352,18 @@ mod tests {
                 "column 'id': expected int64",
             ),
             (r#"[1,2]"#, "expected a Debezium envelope object, got array"),
+            (
+                r#"{"op":"c","after":{"id":1,"qty":2147483648}}"#,
+                "column 'qty': 2147483648 is out of range for nullable(int32) [-2147483648, 2147483647]",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1,"qty":-2147483649}}"#,
+                "out of range for nullable(int32)",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1,"small":-1}}"#,
+                "out of range for uint8 [0, 255]",
+            ),
         ];
         for (json, words) in cases {
             let err = decode(&s, None, Some(json.as_bytes())).expect_err(json);

@@ -7,6 +7,7 @@
 pub mod actor;
 pub mod core;
 pub mod decode;
+pub mod progress;
 pub mod ship;
 pub mod store;
 pub mod wire;

@@ -59,8 +59,94 @@ impl Backoff {
 
 #[derive(Clone, Debug, Default)]
 pub struct ShipState {
+    /// The region's applied seq in this change log's epoch (0 while it holds another epoch).
     pub acked_seq: u64,
     pub error: String,
+    /// The change log's epoch as this shipper last used it.
+    pub epoch: u64,
+    /// Why the region was last re-seeded with a full batch or a new epoch began (empty: never).
+    pub last_reseed: String,
+}
+
+/// A region's applied position of a view, as its leader answered a push.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RegionPosition {
+    pub seq: u64,
+    pub epoch: u64,
+    pub checksum: u64,
+}
+
+/// What the shipper does next, given the region's answer.
+#[derive(Debug, PartialEq)]
+pub enum Plan {
+    /// Ship the change log from the region's seq.
+    Continue,
+    /// Send a full batch: the region holds an older epoch.
+    Full(String),
+    /// The central state was rolled back or diverged from what the region applied: start a new
+    /// epoch above `above`, then send a full batch.
+    NewEpoch { above: u64, why: String },
+}
+
+/// Decides how to continue with a region (sans IO). `central_seq` and `central_checksum` are
+/// the change log's last seq and its checksum, read at one instant.
+pub fn plan(
+    epoch: u64,
+    central_seq: u64,
+    central_checksum: u64,
+    region: &RegionPosition,
+    need_full: &str,
+) -> Plan {
+    let fresh = region.epoch == 0 && region.seq == 0 && region.checksum == 0;
+    if region.epoch > epoch {
+        return Plan::NewEpoch {
+            above: region.epoch,
+            why: format!(
+                "the region holds epoch {}, newer than this central state's {epoch}",
+                region.epoch
+            ),
+        };
+    }
+    if region.epoch < epoch {
+        if fresh && need_full.is_empty() {
+            return Plan::Continue;
+        }
+        return Plan::Full(format!(
+            "the region holds epoch {}, older than {epoch}",
+            region.epoch
+        ));
+    }
+    if region.seq > central_seq {
+        return Plan::NewEpoch {
+            above: epoch,
+            why: format!(
+                "the region applied seq {} but the central change log ends at {central_seq}: the central state was rolled back",
+                region.seq
+            ),
+        };
+    }
+    if region.seq == central_seq && region.checksum != central_checksum {
+        return Plan::NewEpoch {
+            above: epoch,
+            why: format!(
+                "the region's checksum at seq {} differs from the central change log's",
+                region.seq
+            ),
+        };
+    }
+    if !need_full.is_empty() {
+        return Plan::NewEpoch {
+            above: epoch,
+            why: need_full.to_string(),
+        };
+    }
+    Plan::Continue
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub struct Shipper {
@@ -83,7 +169,21 @@ impl Shipper {
             let mut backoff = Backoff::new(self.seed);
             let mut leader: Option<String> = None;
             let mut next_node = 0usize;
-            let mut acked: Option<u64> = None;
+            let mut acked: Option<RegionPosition> = None;
+            let mut want_full = false;
+            let mut epoch = loop {
+                let store = self.store.clone();
+                match tokio::task::spawn_blocking(move || store.epoch(now_ms())).await {
+                    Ok(Ok(e)) => break e,
+                    Ok(Err(e)) => self.set(|s| s.error = e.to_string()),
+                    Err(e) => self.set(|s| s.error = e.to_string()),
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            };
+            self.set(|s| s.epoch = epoch);
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -97,22 +197,34 @@ impl Shipper {
                         _ = tokio::time::sleep(IDLE_POLL) => continue,
                     }
                 };
-                let batches = match acked {
-                    Some(a) if a < *self.latest.borrow() => {
+                let from = match &acked {
+                    Some(a) if want_full => Some(a.seq),
+                    Some(a) if a.seq < *self.latest.borrow() => Some(a.seq),
+                    _ => None,
+                };
+                let batches = match from {
+                    Some(a) => {
                         let store = self.store.clone();
                         let def = self.def.clone();
+                        let full = want_full;
                         let read = move || -> Result<Vec<pb::ChangeBatch>, StoreError> {
-                            let batches = store.read_log(a + 1, PUSH_BATCHES_MAX)?;
-                            if batches.is_empty() {
-                                // The region is behind the change log we still keep.
-                                return Ok(vec![full_batch(&store, &def)?]);
+                            if !full {
+                                let batches = store.read_log(a + 1, PUSH_BATCHES_MAX)?;
+                                if !batches.is_empty() {
+                                    return Ok(batches);
+                                }
                             }
-                            Ok(batches)
+                            // A full batch was asked for, or the region is behind the change
+                            // log we still keep.
+                            Ok(vec![full_batch(&store, &def)?])
                         };
                         match tokio::task::spawn_blocking(read).await {
-                            Ok(Ok(b)) => {
-                                if b.first().is_some_and(|b| b.full) {
+                            Ok(Ok(mut b)) => {
+                                if b.first().is_some_and(|b| b.full) && !want_full {
                                     info!(applied_seq = a, seq = b[0].seq, rows = b[0].changes.len(), "region is behind the kept change log; sending a full batch");
+                                }
+                                for batch in &mut b {
+                                    batch.epoch = epoch;
                                 }
                                 b
                             }
@@ -123,11 +235,12 @@ impl Shipper {
                             }
                             Err(e) => {
                                 warn!(error = %e, "reading the change log panicked");
+                                tokio::time::sleep(backoff.next_delay()).await;
                                 continue;
                             }
                         }
                     }
-                    _ => Vec::new(),
+                    None => Vec::new(),
                 };
                 let client = match clients.get(&addr) {
                     Some(c) => c.clone(),
@@ -146,7 +259,6 @@ impl Shipper {
                         }
                     },
                 };
-                let n_batches = batches.len();
                 let push_span = ship_span(&addr, &batches);
                 let request = pb::PushRequest {
                     schema: Some(self.schema.clone()),
@@ -170,25 +282,86 @@ impl Shipper {
                             }
                             continue;
                         }
-                        if acked != Some(resp.applied_seq) {
-                            debug!(applied_seq = resp.applied_seq, batches = n_batches, "region acknowledged");
-                        }
+                        let region = RegionPosition {
+                            seq: resp.applied_seq,
+                            epoch: resp.applied_epoch,
+                            checksum: resp.applied_checksum,
+                        };
                         if acked.is_none() {
-                            info!(node = %addr, applied_seq = resp.applied_seq, "shipping from the region's position");
+                            info!(node = %addr, applied_seq = region.seq, applied_epoch = region.epoch, "shipping from the region's position");
                         }
-                        acked = Some(resp.applied_seq);
                         leader = Some(addr);
                         backoff.reset();
+                        let store = self.store.clone();
+                        let meta = match tokio::task::spawn_blocking(move || store.load_meta()).await {
+                            Ok(Ok(m)) => m,
+                            Ok(Err(e)) => {
+                                self.set(|s| s.error = e.to_string());
+                                tokio::time::sleep(backoff.next_delay()).await;
+                                continue;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "reading the view's meta panicked");
+                                tokio::time::sleep(backoff.next_delay()).await;
+                                continue;
+                            }
+                        };
+                        want_full = false;
+                        match plan(epoch, meta.seq, meta.checksum, &region, &resp.need_full) {
+                            Plan::Continue => {}
+                            Plan::Full(why) => {
+                                info!(applied_seq = region.seq, applied_epoch = region.epoch, epoch, reason = %why, "re-seeding the region with a full batch");
+                                self.set(|s| s.last_reseed = why);
+                                want_full = true;
+                            }
+                            Plan::NewEpoch { above, why } => {
+                                let store = self.store.clone();
+                                match tokio::task::spawn_blocking(move || store.bump_epoch(now_ms(), above)).await {
+                                    Ok(Ok(e)) => {
+                                        warn!(applied_seq = region.seq, applied_epoch = region.epoch, old_epoch = epoch, new_epoch = e, reason = %why, "change log diverged from a region; starting a new epoch and re-seeding");
+                                        epoch = e;
+                                        self.set(|s| {
+                                            s.epoch = e;
+                                            s.last_reseed = why;
+                                        });
+                                        want_full = true;
+                                    }
+                                    Ok(Err(e)) => {
+                                        self.set(|s| s.error = e.to_string());
+                                        tokio::time::sleep(backoff.next_delay()).await;
+                                        continue;
+                                    }
+                                    Err(e) => {
+                                        warn!(error = %e, "starting a new epoch panicked");
+                                        tokio::time::sleep(backoff.next_delay()).await;
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
+                        let in_epoch = region.epoch == epoch;
+                        acked = Some(region.clone());
                         self.set(|s| {
-                            s.acked_seq = resp.applied_seq;
+                            s.acked_seq = if in_epoch { region.seq } else { 0 };
                             s.error.clear();
                         });
-                        if resp.applied_seq >= *self.latest.borrow() {
+                        // Nothing to send until the view commits a batch past the region's.
+                        if !want_full && region.seq >= *self.latest.borrow() {
                             tokio::select! {
                                 _ = shutdown.changed() => return,
                                 _ = self.latest.changed() => {}
                                 _ = tokio::time::sleep(IDLE_POLL) => {}
                             }
+                        }
+                    }
+                    Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                        // Refused for good as sent (a dropped or replaced view id, a schema
+                        // that differs): retrying at once would only repeat it.
+                        warn!(node = %addr, error = %status.message(), "push refused");
+                        self.set(|s| s.error = format!("{addr}: {}", status.message()));
+                        tokio::select! {
+                            _ = shutdown.changed() => return,
+                            _ = tokio::time::sleep(BACKOFF_MAX) => {}
                         }
                     }
                     Ok(Err(status)) => {
@@ -246,6 +419,7 @@ pub fn full_batch(store: &ViewStore, def: &ViewDef) -> Result<pb::ChangeBatch, S
         changes: core.all_rows().iter().map(change_to_wire).collect(),
         produced_at_ms: meta.last_batch_at_ms,
         full: true,
+        checksum: meta.checksum,
         ..Default::default()
     })
 }
@@ -279,5 +453,43 @@ mod tests {
             delays,
             "a seed replays"
         );
+    }
+
+    #[test]
+    fn plan_continues_reseeds_or_starts_a_new_epoch() {
+        let at = |seq, epoch, checksum| RegionPosition {
+            seq,
+            epoch,
+            checksum,
+        };
+        // A fresh region takes the change log from seq 1.
+        assert_eq!(plan(100, 5, 55, &at(0, 0, 0), ""), Plan::Continue);
+        // Same epoch, behind, or caught up with the same checksum.
+        assert_eq!(plan(100, 5, 55, &at(3, 100, 33), ""), Plan::Continue);
+        assert_eq!(plan(100, 5, 55, &at(5, 100, 55), ""), Plan::Continue);
+        // An older epoch is re-seeded without a new epoch.
+        assert!(matches!(plan(100, 5, 55, &at(9, 90, 1), ""), Plan::Full(_)));
+        // The region is ahead of the central change log: rolled back.
+        assert!(matches!(
+            plan(100, 5, 55, &at(9, 100, 1), ""),
+            Plan::NewEpoch { above: 100, .. }
+        ));
+        // Same seq, other contents.
+        assert!(matches!(
+            plan(100, 5, 55, &at(5, 100, 54), ""),
+            Plan::NewEpoch { above: 100, .. }
+        ));
+        // The region could not continue the history it was sent.
+        assert!(matches!(
+            plan(100, 5, 55, &at(3, 100, 33), "diverged"),
+            Plan::NewEpoch { above: 100, .. }
+        ));
+        // A region holding a newer epoch than this central state: go above it.
+        assert!(matches!(
+            plan(100, 5, 55, &at(1, 200, 7), ""),
+            Plan::NewEpoch { above: 200, .. }
+        ));
+        // A fresh region told to take a full batch gets one.
+        assert!(matches!(plan(100, 5, 55, &at(0, 0, 0), "x"), Plan::Full(_)));
     }
 }

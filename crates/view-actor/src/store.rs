@@ -32,7 +32,13 @@ pub struct Meta {
     pub events: u64,
     pub dead_letters: u64,
     pub last_batch_at_ms: i64,
+    /// Running checksum of the change log at `seq` (`meridian_proto::chain_checksum`).
+    #[serde(default)]
+    pub checksum: u64,
 }
+
+/// Serialises the read-modify-write of epochs (shippers of several regions may race on one).
+static EPOCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -51,6 +57,8 @@ pub struct Commit {
     pub rows: Vec<(Key, Option<Row>)>,
     pub log: Option<pb::ChangeBatch>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Delete every stored source row first (the source was truncated).
+    pub truncate_rows: bool,
 }
 
 /// A key (without the view's prefix) and its value.
@@ -120,6 +128,13 @@ impl ViewStore {
     pub fn commit(&self, c: Commit) -> Result<(), StoreError> {
         let mut wb = WriteBatch::default();
         let json = |v: &dyn erased::Ser| v.to_json();
+        if c.truncate_rows {
+            // Before the batch's own rows, which came after the truncate.
+            let start = self.key(b"row/");
+            let mut end = self.key(b"row/");
+            end.push(0xff);
+            wb.delete_range(start, end);
+        }
         wb.put(self.key(b"meta"), json(&c.meta));
         for (p, o) in &c.offsets {
             wb.put(self.tagged(b"off/", &p.to_be_bytes()), o.to_be_bytes());
@@ -163,8 +178,54 @@ impl ViewStore {
                 self.tagged(b"dlq/", &oldest_kept.to_be_bytes()),
             );
         }
-        self.db.write(wb)?;
+        // Durable before visible: a batch is shipped only after this returns, so a region can
+        // never hold a batch that a power loss takes from the central tier.
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(wb, &opts)?;
         Ok(())
+    }
+
+    /// The change log's epoch, created on first use: a view whose central state is new (or was
+    /// wiped) gets a new epoch, larger than any it had if the clock has not gone back.
+    pub fn epoch(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let _guard = EPOCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        match self.read_epoch()? {
+            Some(e) => Ok(e),
+            None => self.write_epoch(now_ms.max(1)),
+        }
+    }
+
+    /// Starts a new epoch above both the current one and `above` (an epoch a region holds), as
+    /// the central state was found rolled back or diverged. Synced before it is used.
+    pub fn bump_epoch(&self, now_ms: u64, above: u64) -> Result<u64, StoreError> {
+        let _guard = EPOCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.read_epoch()?.unwrap_or(0);
+        if current > above {
+            // Another shipper of this view bumped it already.
+            return Ok(current);
+        }
+        self.write_epoch(now_ms.max(current + 1).max(above + 1))
+    }
+
+    fn read_epoch(&self) -> Result<Option<u64>, StoreError> {
+        match self.db.get(self.key(b"epoch"))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(u64::from_be_bytes(v.as_slice().try_into().map_err(
+                |_| StoreError::Corrupt {
+                    what: "epoch",
+                    detail: format!("{v:?}"),
+                },
+            )?))),
+        }
+    }
+
+    fn write_epoch(&self, epoch: u64) -> Result<u64, StoreError> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .put_opt(self.key(b"epoch"), epoch.to_be_bytes(), &opts)?;
+        Ok(epoch)
     }
 
     /// Up to `max` consecutive change batches starting at `from_seq`.
@@ -327,6 +388,7 @@ mod tests {
             events: 2,
             dead_letters: 1,
             last_batch_at_ms: 5,
+            checksum: 9,
         };
         store
             .commit(Commit {
@@ -351,6 +413,7 @@ mod tests {
                     offset: 3,
                     reason: "bad".into(),
                 }],
+                truncate_rows: false,
             })
             .expect("commit");
         assert_eq!(store.load_meta().expect("meta"), meta);
@@ -451,5 +514,54 @@ mod truncation_tests {
         );
         let (meta, groups) = store.consistent_state().expect("state");
         assert_eq!((meta.seq, groups.len()), (5, 5));
+    }
+
+    #[test]
+    fn epochs_are_created_once_and_only_grow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_db(dir.path()).expect("open");
+        let store = ViewStore::new(db.clone(), 3);
+        let e1 = store.epoch(1_000).expect("epoch");
+        assert_eq!(e1, 1_000);
+        assert_eq!(store.epoch(5_000).expect("epoch"), 1_000, "kept, not re-created");
+        // Above a region's epoch even when the clock is behind it.
+        let e2 = store.bump_epoch(900, 7_000).expect("bump");
+        assert_eq!(e2, 7_001);
+        // A second shipper asking to go above the old epoch sees the new one.
+        assert_eq!(store.bump_epoch(900, 1_000).expect("bump"), 7_001);
+        assert_eq!(store.bump_epoch(9_000, 7_001).expect("bump"), 9_000);
+        drop(store);
+        let store = ViewStore::new(db, 3);
+        assert_eq!(store.epoch(1).expect("epoch"), 9_000, "persisted");
+        // A wiped store starts a new epoch from the clock.
+        store.destroy().expect("destroy");
+        assert_eq!(store.epoch(12_000).expect("epoch"), 12_000);
+    }
+
+    #[test]
+    fn a_truncate_deletes_stored_rows_before_the_batch_writes_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ViewStore::new(open_db(dir.path()).expect("open"), 3);
+        let row = |i: i64| (vec![catalog::Value::Int(i)], Some(vec![catalog::Value::Int(i)]));
+        store
+            .commit(Commit {
+                rows: vec![row(1), row(2)],
+                ..Commit::default()
+            })
+            .expect("commit");
+        store
+            .commit(Commit {
+                rows: vec![row(3)],
+                truncate_rows: true,
+                ..Commit::default()
+            })
+            .expect("commit");
+        for (i, kept) in [(1, false), (2, false), (3, true)] {
+            assert_eq!(
+                store.get_row(&vec![catalog::Value::Int(i)]).expect("get").is_some(),
+                kept,
+                "row {i}"
+            );
+        }
     }
 }

@@ -31,17 +31,5 @@ pub fn change_to_wire(c: &crate::core::RowChange) -> pb::RowChange {
 
 /// The replica table a region must hold for this view.
 pub fn schema(def: &ViewDef, view_id: u64) -> pb::ViewSchema {
-    pb::ViewSchema {
-        view: def.name.clone(),
-        columns: def
-            .outputs
-            .iter()
-            .map(|o| pb::ColumnSchema {
-                name: o.name.clone(),
-                r#type: o.ty.name().to_string(),
-            })
-            .collect(),
-        key_indexes: def.key_outputs.iter().map(|&i| i as u32).collect(),
-        view_id,
-    }
+    meridian_proto::view_schema(def, view_id)
 }

@@ -194,6 +194,7 @@ fn reconcile(
                 clock: clock.clone(),
                 latest: latest_tx,
                 status: status.clone(),
+                check_interval: crate::actor::PARTITION_CHECK_INTERVAL,
             };
             let handle = tokio::spawn(supervise(actor, stop_rx, entry.id));
             RunningView {
@@ -317,6 +318,8 @@ fn report_view(view_id: u64, v: &RunningView) -> pb::ViewReport {
                 region: region.clone(),
                 acked_seq: st.acked_seq,
                 error: st.error,
+                epoch: st.epoch,
+                last_reseed: st.last_reseed,
             }
         })
         .collect();
@@ -341,5 +344,15 @@ fn report_view(view_id: u64, v: &RunningView) -> pb::ViewReport {
         last_batch_at_ms: s.last_batch_at_ms,
         view_id,
         log_first_seq: v.truncated_to + 1,
+        stalled: s
+            .stalled
+            .iter()
+            .map(|st| pb::StalledPartition {
+                partition: st.partition,
+                offset: st.offset,
+                high_watermark: st.high_watermark,
+                since_ms: st.since_ms,
+            })
+            .collect(),
     }
 }

@@ -62,6 +62,7 @@ async fn messages_lost_to_retention_stop_the_view() {
         clock: Arc::new(SystemClock),
         latest,
         status: status.clone(),
+        check_interval: view_actor::actor::PARTITION_CHECK_INTERVAL,
     });
 
     produce(&brokers, 10, 10).await;
