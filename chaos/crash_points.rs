@@ -12,17 +12,7 @@ use meridian_tests::{
 
 fn first_log_index(cluster: &Cluster<'_>, region: &str, except: u64) -> u64 {
     cluster
-        .status()
-        .ok()
-        .and_then(|s| {
-            s["regions"]
-                .as_array()?
-                .iter()
-                .find(|r| r["region"] == region)?["nodes"]
-                .as_array()
-                .cloned()
-        })
-        .unwrap_or_default()
+        .region_nodes(region)
         .iter()
         .filter(|n| n["node_id"] != except)
         .map(|n| n["log_first_index"].as_u64().unwrap_or(0))
@@ -32,18 +22,10 @@ fn first_log_index(cluster: &Cluster<'_>, region: &str, except: u64) -> u64 {
 
 fn commit_index(cluster: &Cluster<'_>, region: &str, id: u64) -> u64 {
     cluster
-        .status()
-        .ok()
-        .and_then(|s| {
-            s["regions"]
-                .as_array()?
-                .iter()
-                .find(|r| r["region"] == region)?["nodes"]
-                .as_array()?
-                .iter()
-                .find(|n| n["node_id"] == id)?["commit_index"]
-                .as_u64()
-        })
+        .region_nodes(region)
+        .iter()
+        .find(|n| n["node_id"] == id)
+        .and_then(|n| n["commit_index"].as_u64())
         .unwrap_or(0)
 }
 

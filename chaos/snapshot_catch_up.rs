@@ -5,24 +5,7 @@
 use std::time::{Duration, Instant};
 
 use meridian::sample::OrdersGenerator;
-use meridian_tests::{
-    changes, converge_to_oracle, orders_cluster_with, produce, runtime, Cluster, Workdir,
-};
-
-fn region_nodes(cluster: &Cluster<'_>, region: &str) -> Vec<serde_json::Value> {
-    cluster
-        .status()
-        .ok()
-        .and_then(|s| {
-            s["regions"]
-                .as_array()?
-                .iter()
-                .find(|r| r["region"] == region)?["nodes"]
-                .as_array()
-                .cloned()
-        })
-        .unwrap_or_default()
-}
+use meridian_tests::{changes, converge_to_oracle, orders_cluster_with, produce, runtime, Workdir};
 
 #[test]
 fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
@@ -30,14 +13,14 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     let work = Workdir::new("chaos-snapshot");
     // Keep only two entries behind the replica, so that the log is compacted quickly.
     let (broker, mut cluster) = orders_cluster_with(&rt, &work, &["--raft-log-retain", "2"], &[]);
-    let leader = region_nodes(&cluster, "eu-west")
+    let leader = cluster.region_nodes("eu-west")
         .iter()
         .find(|n| n["role"] == "leader")
         .and_then(|n| n["node_id"].as_u64())
         .expect("eu-west has a leader");
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     // The last Raft index the follower has; the live nodes must compact their logs past it.
-    let follower_last = region_nodes(&cluster, "eu-west")
+    let follower_last = cluster.region_nodes("eu-west")
         .iter()
         .find(|n| n["node_id"] == follower)
         .and_then(|n| n["commit_index"].as_u64())
@@ -51,7 +34,7 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     let mut bursts = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let first = region_nodes(&cluster, "eu-west")
+        let first = cluster.region_nodes("eu-west")
             .iter()
             .filter(|n| n["node_id"] != follower)
             .map(|n| n["log_first_index"].as_u64().unwrap_or(0))

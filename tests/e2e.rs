@@ -54,22 +54,9 @@ fn replicas_equal_the_oracle_through_a_central_worker_crash() {
             }
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let events_now = cluster
-            .status()
-            .ok()
-            .and_then(|s| s["views"][0]["events"].as_u64())
-            .unwrap_or(0);
-        if events_now > total + 2_000 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the central worker never got 2000 messages into phase 2"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster
+        .wait_events(VIEW, total + 2_000, Duration::from_secs(120))
+        .expect("the central worker gets 2000 messages into phase 2");
     cluster.kill_central();
     // The catalog survives a coordinator restart too.
     cluster.restart_coordinator();

@@ -335,25 +335,9 @@ fn an_append_only_stream_counts_every_message_once_through_a_central_crash() {
         })
     };
     // SIGKILL the central worker once it is well into the stream.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let consumed = cluster
-            .status()
-            .ok()
-            .and_then(|s| {
-                s["views"]
-                    .as_array()?
-                    .iter()
-                    .find(|v| v["view"] == "page_hits")?["events"]
-                    .as_u64()
-            })
-            .unwrap_or(0);
-        if consumed > 5_000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the view never got 5000 messages");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster
+        .wait_events("page_hits", 5_000, Duration::from_secs(120))
+        .expect("the view gets 5000 messages");
     cluster.kill_central();
     std::thread::sleep(Duration::from_millis(300));
     cluster.start_central();

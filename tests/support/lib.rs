@@ -470,6 +470,47 @@ impl<'w> Cluster<'w> {
         serde_json::from_str(&out).context("status --json is JSON")
     }
 
+    /// The status of every node of `region`, as the coordinator last heard it.
+    pub fn region_nodes(&self, region: &str) -> Vec<Json> {
+        self.status()
+            .ok()
+            .and_then(|s| {
+                s["regions"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["region"] == region)?["nodes"]
+                    .as_array()
+                    .cloned()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Source messages `view` has consumed (0 before it reports).
+    pub fn view_events(&self, view: &str) -> u64 {
+        self.status()
+            .ok()
+            .and_then(|s| {
+                s["views"]
+                    .as_array()?
+                    .iter()
+                    .find(|v| v["view"] == view)?["events"]
+                    .as_u64()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until `view` has consumed more than `events` messages.
+    pub fn wait_events(&self, view: &str, events: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.view_events(view) <= events {
+            if Instant::now() > deadline {
+                bail!("view '{view}' did not get past {events} messages within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// The id of a node of `region` that reports itself a follower.
     pub fn follower(&self, region: &str) -> anyhow::Result<u64> {
         let s = self.status()?;

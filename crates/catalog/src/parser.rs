@@ -397,15 +397,23 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self) -> Result<ExprAst, SqlError> {
-        self.depth += 1;
-        if self.depth > EXPR_DEPTH_MAX {
+        self.nested(Self::or_expr)
+    }
+
+    /// Parses one level deeper, refusing to go past `EXPR_DEPTH_MAX`.
+    fn nested(
+        &mut self,
+        parse: fn(&mut Self) -> Result<ExprAst, SqlError>,
+    ) -> Result<ExprAst, SqlError> {
+        if self.depth >= EXPR_DEPTH_MAX {
             return Err(SqlError::at(
                 self.sql,
                 self.offset(),
                 format!("expression nested deeper than {EXPR_DEPTH_MAX} levels"),
             ));
         }
-        let e = self.or_expr();
+        self.depth += 1;
+        let e = parse(self);
         self.depth -= 1;
         e
     }
@@ -432,24 +440,12 @@ impl Parser<'_> {
         if self.is_keyword("not") {
             // NOT nests like a parenthesis.
             self.bump();
-            return Ok(ExprAst::Not(Box::new(self.expr_not_operand()?)));
+            return Ok(ExprAst::Not(Box::new(self.nested(Self::not_expr)?)));
         }
         self.comparison()
     }
 
-    fn expr_not_operand(&mut self) -> Result<ExprAst, SqlError> {
-        self.depth += 1;
-        if self.depth > EXPR_DEPTH_MAX {
-            return Err(SqlError::at(
-                self.sql,
-                self.offset(),
-                format!("expression nested deeper than {EXPR_DEPTH_MAX} levels"),
-            ));
-        }
-        let e = self.not_expr();
-        self.depth -= 1;
-        e
-    }
+
 
     fn comparison(&mut self) -> Result<ExprAst, SqlError> {
         let left = self.primary()?;

@@ -54,7 +54,7 @@ pub enum QueryError {
     Empty,
     #[error("only one read-only query statement is allowed (SELECT, WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE, or EXPLAIN of one): {0}")]
     NotReadOnly(String),
-    #[error("'{0}' is internal to Meridian and cannot be read; every answer carries the view positions, and `meridian status` and /metrics show the rest")]
+    #[error("'{0}' is internal to Meridian and cannot be read; read meridian.views for each view's applied position and lag")]
     Internal(String),
     #[error("{0}")]
     DuckDb(#[from] duckdb::Error),

@@ -193,6 +193,15 @@ impl Replica {
              CREATE TABLE IF NOT EXISTS _meridian_raft (id INTEGER PRIMARY KEY, applied_index UBIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS _meridian_dropped (view VARCHAR NOT NULL, view_id UBIGINT NOT NULL, PRIMARY KEY (view, view_id));",
         )?;
+        // What readers may know of Meridian's own state, in a schema of its own so that no
+        // view's table can collide with it.
+        conn.execute_batch(
+            "CREATE SCHEMA IF NOT EXISTS meridian;
+             CREATE OR REPLACE VIEW meridian.views AS
+               SELECT view, view_id, epoch, seq AS applied_seq, produced_at_ms, applied_at_ms,
+                      greatest(applied_at_ms - produced_at_ms, 0) AS lag_ms
+               FROM main._meridian_applied;",
+        )?;
         let mut positions = HashMap::new();
         let mut tables = HashMap::new();
         {
@@ -1028,6 +1037,24 @@ mod epoch_tests {
         drop(r);
         let r = Replica::open(&dir.path().join("r.duckdb")).expect("reopen");
         assert_eq!(r.position("v").epoch, 11);
+        // Readers see positions through the documented system view.
+        let got = crate::query::run(
+            &r.reader().expect("reader"),
+            "SELECT view, applied_seq, epoch FROM meridian.views",
+            &crate::query::QueryLimits::default(),
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .expect("meridian.views");
+        let cells: Vec<Option<pb::value::Kind>> =
+            got.rows[0].values.iter().map(|v| v.kind.clone()).collect();
+        assert_eq!(
+            cells,
+            vec![
+                Some(pb::value::Kind::Text("v".into())),
+                Some(pb::value::Kind::Int(3)),
+                Some(pb::value::Kind::Int(11)),
+            ]
+        );
         let (index, data) = snapshot(&r.reader().expect("reader")).expect("snapshot");
         let dir2 = tempfile::tempdir().expect("tempdir");
         let mut r2 = Replica::open(&dir2.path().join("r.duckdb")).expect("open");
