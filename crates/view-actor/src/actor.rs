@@ -14,6 +14,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::core::ViewCore;
 use crate::decode::decode;
+use crate::progress::Verdict;
 use crate::store::{Commit, DeadLetter, StoreError, ViewStore};
 use crate::wire::change_to_wire;
 use crate::Clock;
@@ -95,6 +96,10 @@ impl ViewActor {
 
             let (mut consumer, started, mut assigned) = self.subscribe(&offsets).await?;
             let mut watch = crate::progress::ProgressWatch::default();
+            let mut fresh = crate::progress::FirstFetch::default();
+            for &p in &assigned {
+                fresh.positioned(p);
+            }
             let mut next_check = tokio::time::Instant::now() + self.check_interval;
             if !started.is_empty() {
                 // Record where a new partition starts, so that messages the brokers delete
@@ -127,14 +132,18 @@ impl ViewActor {
                                 }
                                 consumer = c;
                                 assigned = now_assigned;
+                                for &p in &assigned {
+                                    fresh.positioned(p);
+                                }
                             }
                             let rewinds = watch.check(&offsets, &marks, self.clock.now_ms()).map_err(|l| {
                                 ActorError::DataLost(format!("partition {} is at offset {}, but its oldest message is {}", l.partition, l.offset, l.low_watermark))
                             })?;
                             for r in rewinds {
                                 warn!(partition = r.partition, offset = offsets.get(&r.partition).copied().unwrap_or(0), rewind_to = r.to, "view is behind the partition and made no progress; fetching again from an earlier offset");
-                                if let Err(e) = consumer.seek(&self.stream.topic, r.partition, Offset::Offset(r.to), METADATA_TIMEOUT) {
-                                    warn!(partition = r.partition, error = %e, "rewinding a stalled partition failed");
+                                match consumer.seek(&self.stream.topic, r.partition, Offset::Offset(r.to), METADATA_TIMEOUT) {
+                                    Ok(()) => fresh.positioned(r.partition),
+                                    Err(e) => warn!(partition = r.partition, error = %e, "rewinding a stalled partition failed"),
                                 }
                             }
                             let stalled = watch.stalled();
@@ -164,12 +173,23 @@ impl ViewActor {
                 let mut commit = Commit::default();
                 let mut new_offsets: HashMap<i32, i64> = HashMap::new();
                 let mut consumed = 0u64;
+                let mut gap_rewinds: Vec<(i32, i64)> = Vec::new();
                 span.in_scope(|| -> Result<(), ActorError> {
                     for m in &messages {
-                        // After a restart librdkafka may hand back a message below the stored
-                        // position; it was counted already.
-                        if offsets.get(&m.partition()).is_some_and(|&next| m.offset() < next) {
-                            continue;
+                        let next = offsets.get(&m.partition()).copied().unwrap_or(m.offset());
+                        match fresh.verdict(m.partition(), m.offset(), next) {
+                            // After a restart librdkafka may hand back a message below the
+                            // stored position; it was counted already.
+                            Verdict::Skip | Verdict::Drop => continue,
+                            Verdict::RewindAndDrop => {
+                                gap_rewinds.push((m.partition(), next));
+                                continue;
+                            }
+                            Verdict::Take => {
+                                if m.offset() > next {
+                                    info!(partition = m.partition(), from = next, to = m.offset(), "offsets not in the partition (compaction or transaction markers); going on");
+                                }
+                            }
                         }
                         new_offsets.insert(m.partition(), m.offset() + 1);
                         offsets.insert(m.partition(), m.offset() + 1);
@@ -185,6 +205,18 @@ impl ViewActor {
                     }
                     Ok(())
                 })?;
+                for (partition, next) in gap_rewinds {
+                    let (brokers, topic) = (self.stream.brokers.clone(), self.stream.topic.clone());
+                    let low = tokio::task::spawn_blocking(move || partition_marks(&brokers, &topic))
+                        .await
+                        .map_err(|e| ActorError::Join(e.to_string()))??
+                        .get(&partition)
+                        .map_or(next, |&(low, _)| low);
+                    let to = (next - crate::progress::REWIND_MESSAGES).max(low).min(next);
+                    warn!(partition, offset = next, rewind_to = to, "the broker answered from past the view's position; fetching again from earlier");
+                    consumer.seek(&self.stream.topic, partition, Offset::Offset(to), METADATA_TIMEOUT)?;
+                    fresh.rewound(partition);
+                }
                 if consumed == 0 && !core.has_pending_changes() {
                     continue;
                 }

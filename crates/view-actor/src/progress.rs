@@ -114,6 +114,71 @@ impl ProgressWatch {
     }
 }
 
+/// What to do with a message, given where its partition was positioned.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verdict {
+    /// Consume it.
+    Take,
+    /// Below the stored position: consumed before.
+    Skip,
+    /// From a fetch that skipped ahead; a rewind is under way.
+    Drop,
+    /// The first message after positioning the partition is past the position: fetch again
+    /// from earlier (`REWIND_MESSAGES` back) and drop this one.
+    RewindAndDrop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fresh {
+    AwaitFirst,
+    Rewinding,
+    AwaitFirstAfterRewind,
+}
+
+/// Checks the first message of each partition after the consumer was positioned (assigned or
+/// sought) at the view's next offset. A broker that answers a fetch from inside a
+/// multi-record batch with the *next* batch (tansu 0.6 does) would make the view skip the rest
+/// of the batch silently; the offset that comes back says so, and the partition is fetched
+/// again from earlier. If the messages are still not there after that (a compacted topic,
+/// transaction markers), the gap is real and consumption goes on.
+#[derive(Default)]
+pub struct FirstFetch {
+    partitions: HashMap<i32, Fresh>,
+}
+
+impl FirstFetch {
+    /// The partition's fetch (re)starts at the view's next offset.
+    pub fn positioned(&mut self, partition: i32) {
+        self.partitions.insert(partition, Fresh::AwaitFirst);
+    }
+
+    /// The rewind asked for by `RewindAndDrop` was made.
+    pub fn rewound(&mut self, partition: i32) {
+        if self.partitions.get(&partition) == Some(&Fresh::Rewinding) {
+            self.partitions
+                .insert(partition, Fresh::AwaitFirstAfterRewind);
+        }
+    }
+
+    pub fn verdict(&mut self, partition: i32, offset: i64, next: i64) -> Verdict {
+        if offset < next {
+            return Verdict::Skip;
+        }
+        match self.partitions.get(&partition).copied() {
+            None => Verdict::Take,
+            Some(Fresh::AwaitFirst) if offset > next => {
+                self.partitions.insert(partition, Fresh::Rewinding);
+                Verdict::RewindAndDrop
+            }
+            Some(Fresh::Rewinding) => Verdict::Drop,
+            Some(_) => {
+                self.partitions.remove(&partition);
+                Verdict::Take
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +263,29 @@ mod tests {
                 low_watermark: 500
             })
         );
+    }
+
+    #[test]
+    fn a_fetch_that_skips_ahead_of_the_position_is_fetched_again() {
+        let mut f = FirstFetch::default();
+        f.positioned(0);
+        f.positioned(1);
+        // Partition 0 comes back from the batch after the position: drop and rewind.
+        assert_eq!(f.verdict(0, 100, 50), Verdict::RewindAndDrop);
+        assert_eq!(f.verdict(0, 101, 50), Verdict::Drop);
+        // Partition 1 starts where it should.
+        assert_eq!(f.verdict(1, 7, 7), Verdict::Take);
+        assert_eq!(f.verdict(1, 9, 8), Verdict::Take, "later gaps are the broker's business");
+        f.rewound(0);
+        assert_eq!(f.verdict(0, 0, 50), Verdict::Skip);
+        assert_eq!(f.verdict(0, 49, 50), Verdict::Skip);
+        assert_eq!(f.verdict(0, 50, 50), Verdict::Take);
+        assert_eq!(f.verdict(0, 51, 51), Verdict::Take);
+        // A real gap (compaction): taken after one rewind.
+        f.positioned(2);
+        assert_eq!(f.verdict(2, 20, 10), Verdict::RewindAndDrop);
+        f.rewound(2);
+        assert_eq!(f.verdict(2, 20, 10), Verdict::Take);
+        assert_eq!(f.verdict(2, 21, 21), Verdict::Take);
     }
 }
