@@ -289,13 +289,9 @@ fn run_inside(
 /// transaction.
 fn read_positions(conn: &Connection) -> Result<Vec<pb::ViewPosition>, QueryError> {
     let mut positions = Vec::new();
-    let has_positions: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM duckdb_tables() WHERE table_name = '_meridian_applied'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_positions {
-        let mut stmt = conn.prepare(
+    {
+        // Every replica has the table (`Replica::open` creates it).
+        let mut stmt = conn.prepare_cached(
             "SELECT view, seq, produced_at_ms, applied_at_ms, view_id, epoch FROM _meridian_applied ORDER BY view",
         )?;
         let mut rows = stmt.query([])?;
