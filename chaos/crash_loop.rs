@@ -90,5 +90,11 @@ fn regional_nodes_killed_fifty_times_under_a_stream_all_restart_and_equal_the_or
     eprintln!("{KILLS} kills in {:?}", started.elapsed());
     let (g, total) = producer.join().expect("producer");
     eprintln!("{total} changes produced during the kills");
-    converge_to_oracle(&rt, &cluster, &g, total, &format!("after {KILLS} kills (seed {seed})"));
+    converge_to_oracle(
+        &rt,
+        &cluster,
+        &g,
+        total,
+        &format!("after {KILLS} kills (seed {seed})"),
+    );
 }

@@ -67,7 +67,11 @@ fn crash_at(point: &str, snapshot: bool) {
         }
     }
     let failpoint = format!("{point}=1*panic");
-    cluster.restart_node_env("eu-west", id, &[("MERIDIAN_FAILPOINTS", failpoint.as_str())]);
+    cluster.restart_node_env(
+        "eu-west",
+        id,
+        &[("MERIDIAN_FAILPOINTS", failpoint.as_str())],
+    );
     // Traffic until the node reaches the failpoint and its process exits.
     while cluster.node_running("eu-west", id) {
         assert!(
@@ -89,7 +93,13 @@ fn crash_at(point: &str, snapshot: bool) {
     let more = changes(&mut g, 500);
     produce(&rt, &broker.addr, "orders", &more);
     total += more.len() as u64;
-    converge_to_oracle(&rt, &cluster, &g, total, &format!("after a crash at {point}"));
+    converge_to_oracle(
+        &rt,
+        &cluster,
+        &g,
+        total,
+        &format!("after a crash at {point}"),
+    );
 }
 
 #[test]

@@ -13,14 +13,16 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     let work = Workdir::new("chaos-snapshot");
     // Keep only two entries behind the replica, so that the log is compacted quickly.
     let (broker, mut cluster) = orders_cluster_with(&rt, &work, &["--raft-log-retain", "2"], &[]);
-    let leader = cluster.region_nodes("eu-west")
+    let leader = cluster
+        .region_nodes("eu-west")
         .iter()
         .find(|n| n["role"] == "leader")
         .and_then(|n| n["node_id"].as_u64())
         .expect("eu-west has a leader");
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     // The last Raft index the follower has; the live nodes must compact their logs past it.
-    let follower_last = cluster.region_nodes("eu-west")
+    let follower_last = cluster
+        .region_nodes("eu-west")
         .iter()
         .find(|n| n["node_id"] == follower)
         .and_then(|n| n["commit_index"].as_u64())
@@ -34,7 +36,8 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     let mut bursts = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let first = cluster.region_nodes("eu-west")
+        let first = cluster
+            .region_nodes("eu-west")
             .iter()
             .filter(|n| n["node_id"] != follower)
             .map(|n| n["log_first_index"].as_u64().unwrap_or(0))

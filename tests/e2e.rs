@@ -386,7 +386,10 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
                 })
                 .await
             {
-                Ok(r) => assert!(r.into_inner().not_leader.is_some(), "{url} took a wrong schema"),
+                Ok(r) => assert!(
+                    r.into_inner().not_leader.is_some(),
+                    "{url} took a wrong schema"
+                ),
                 Err(status) => {
                     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}")
                 }

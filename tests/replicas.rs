@@ -50,8 +50,7 @@ fn probes(scratch: &Path) -> Vec<String> {
 fn hostile_reads_are_refused_and_every_replica_still_equals_the_oracle() {
     let rt = runtime();
     let work = Workdir::new("replicas-reads");
-    let (broker, cluster) =
-        orders_cluster_with(&rt, &work, &["--query-timeout-ms", "2000"], &[]);
+    let (broker, cluster) = orders_cluster_with(&rt, &work, &["--query-timeout-ms", "2000"], &[]);
     let mut g = OrdersGenerator::new(55);
     let events = changes(&mut g, 3_000);
     produce(&rt, &broker.addr, "orders", &events);
@@ -66,8 +65,13 @@ fn hostile_reads_are_refused_and_every_replica_still_equals_the_oracle() {
         .block_on(client::Client::connect([grpc_node]))
         .expect("client");
     for sql in probes(&scratch) {
-        let (status, body) = http("GET", &http_node, &format!("/?query={}", urlencode(&sql)), "")
-            .expect("http get");
+        let (status, body) = http(
+            "GET",
+            &http_node,
+            &format!("/?query={}", urlencode(&sql)),
+            "",
+        )
+        .expect("http get");
         assert!(
             (400..600).contains(&status) && !body.trim().is_empty(),
             "HTTP GET accepted {sql:?}: {status} {body}"
@@ -85,8 +89,13 @@ fn hostile_reads_are_refused_and_every_replica_still_equals_the_oracle() {
     // the next read.
     let runaway = "SELECT count(*) FROM range(100000000) a, range(100000000) b";
     let started = Instant::now();
-    let (status, body) = http("GET", &http_node, &format!("/?query={}", urlencode(runaway)), "")
-        .expect("http runaway");
+    let (status, body) = http(
+        "GET",
+        &http_node,
+        &format!("/?query={}", urlencode(runaway)),
+        "",
+    )
+    .expect("http runaway");
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("ran longer than"), "{body}");
     eprintln!("runaway query stopped after {:?}", started.elapsed());
@@ -97,13 +106,19 @@ fn hostile_reads_are_refused_and_every_replica_still_equals_the_oracle() {
     let (status, body) = http(
         "GET",
         &http_node,
-        &format!("/?query={}", urlencode(&format!("SELECT count(*) FROM {VIEW}"))),
+        &format!(
+            "/?query={}",
+            urlencode(&format!("SELECT count(*) FROM {VIEW}"))
+        ),
         "",
     )
     .expect("http read");
     assert_eq!(status, 200, "{body}");
     assert!(
-        std::fs::read_dir(&scratch).expect("scratch").next().is_none(),
+        std::fs::read_dir(&scratch)
+            .expect("scratch")
+            .next()
+            .is_none(),
         "a probe wrote into {}",
         scratch.display()
     );
@@ -164,7 +179,10 @@ fn a_follower_whose_apply_fails_serves_no_reads_repairs_itself_and_ends_equal() 
     let mut refused = None;
     while refused.is_none() && Instant::now() < deadline {
         if serving(&node) == Some(false) {
-            let sql = format!("/?query={}", urlencode(&format!("SELECT count(*) FROM {VIEW}")));
+            let sql = format!(
+                "/?query={}",
+                urlencode(&format!("SELECT count(*) FROM {VIEW}"))
+            );
             let (status, body) = http("GET", &node, &sql, "").expect("http read");
             if status == 200 && serving(&node) == Some(true) {
                 // The apply succeeded between the two requests; look again.
@@ -248,7 +266,10 @@ fn a_rolled_back_or_wiped_central_state_reseeds_regions_under_a_new_epoch() {
     let before = shipping(&cluster);
     assert_eq!(before.len(), 2, "{before:?}");
     let epoch = before[0].0;
-    assert!(epoch > 0 && before.iter().all(|(e, _)| *e == epoch), "{before:?}");
+    assert!(
+        epoch > 0 && before.iter().all(|(e, _)| *e == epoch),
+        "{before:?}"
+    );
 
     // Roll the central state back to the copy: it re-consumes from the copy's offsets and
     // numbers batches the regions already hold with other contents.
@@ -343,9 +364,13 @@ fn an_append_only_stream_counts_every_message_once_through_a_central_crash() {
     cluster.start_central();
     producer.join().expect("producer");
 
-    let setup: Vec<String> = std::iter::once("CREATE TABLE clicks(page VARCHAR, ms BIGINT)".to_string())
-        .chain(rows.chunks(1_000).map(|c| format!("INSERT INTO clicks VALUES {}", c.join(", "))))
-        .collect();
+    let setup: Vec<String> =
+        std::iter::once("CREATE TABLE clicks(page VARCHAR, ms BIGINT)".to_string())
+            .chain(
+                rows.chunks(1_000)
+                    .map(|c| format!("INSERT INTO clicks VALUES {}", c.join(", "))),
+            )
+            .collect();
     for (view, select, columns) in [
         ("page_hits", per_page, "page, hits, total_ms"),
         ("all_hits", overall, "hits, total_ms"),
@@ -353,11 +378,18 @@ fn an_append_only_stream_counts_every_message_once_through_a_central_crash() {
         let seq = cluster
             .wait_converged(view, total, CONVERGE_TIMEOUT)
             .expect("converges");
-        let expected = oracle(&setup, &format!("SELECT {columns} FROM ({select}) ORDER BY ALL"));
+        let expected = oracle(
+            &setup,
+            &format!("SELECT {columns} FROM ({select}) ORDER BY ALL"),
+        );
         check_replicas(&rt, &cluster, view, columns, &expected, seq);
     }
     let status = cluster.status().expect("status");
     for v in status["views"].as_array().expect("views") {
-        assert_eq!(v["events"].as_u64(), Some(total), "consumed exactly once: {v:#}");
+        assert_eq!(
+            v["events"].as_u64(),
+            Some(total),
+            "consumed exactly once: {v:#}"
+        );
     }
 }

@@ -29,27 +29,29 @@ fn a_view_positioned_inside_a_producer_batch_does_not_stall() {
         .expect("create topic");
     // One producer batch of 100 messages (a long linger, every send before the first await),
     // then one more batch of one.
-    let produce = |n: usize| rt.block_on(async {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.addr)
-            .set("linger.ms", "2000")
-            .set("batch.num.messages", "1000")
-            .create()
-            .expect("producer");
-        let values: Vec<String> = (0..n).map(|i| format!(r#"{{"k":"k{}"}}"#, i % 4)).collect();
-        let sends: Vec<_> = values
-            .iter()
-            .map(|v| {
-                producer
-                    .send_result(FutureRecord::<(), String>::to("t").payload(v))
-                    .map_err(|(e, _)| e)
-                    .expect("enqueue")
-            })
-            .collect();
-        for s in sends {
-            s.await.expect("delivered").expect("acknowledged");
-        }
-    });
+    let produce = |n: usize| {
+        rt.block_on(async {
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", &broker.addr)
+                .set("linger.ms", "2000")
+                .set("batch.num.messages", "1000")
+                .create()
+                .expect("producer");
+            let values: Vec<String> = (0..n).map(|i| format!(r#"{{"k":"k{}"}}"#, i % 4)).collect();
+            let sends: Vec<_> = values
+                .iter()
+                .map(|v| {
+                    producer
+                        .send_result(FutureRecord::<(), String>::to("t").payload(v))
+                        .map_err(|(e, _)| e)
+                        .expect("enqueue")
+                })
+                .collect();
+            for s in sends {
+                s.await.expect("delivered").expect("acknowledged");
+            }
+        })
+    };
     produce(100);
     produce(1);
 

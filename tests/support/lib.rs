@@ -490,11 +490,7 @@ impl<'w> Cluster<'w> {
         self.status()
             .ok()
             .and_then(|s| {
-                s["views"]
-                    .as_array()?
-                    .iter()
-                    .find(|v| v["view"] == view)?["events"]
-                    .as_u64()
+                s["views"].as_array()?.iter().find(|v| v["view"] == view)?["events"].as_u64()
             })
             .unwrap_or(0)
     }

@@ -445,8 +445,6 @@ impl Parser<'_> {
         self.comparison()
     }
 
-
-
     fn comparison(&mut self) -> Result<ExprAst, SqlError> {
         let left = self.primary()?;
         if self.eat_keyword("is") {

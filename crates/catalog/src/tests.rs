@@ -131,7 +131,9 @@ fn three_valued_in_list() {
 fn names_are_case_insensitive_and_reserved_prefixes_refused() {
     let mut c = catalog_with_orders();
     let view = "CREATE MATERIALIZED VIEW Revenue AS SELECT region, count() AS n FROM Orders GROUP BY Region";
-    let change = c.plan(view).expect("columns and streams resolve in any case");
+    let change = c
+        .plan(view)
+        .expect("columns and streams resolve in any case");
     c.apply(2, view, change);
     for (sql, needle) in [
         (
@@ -190,12 +192,20 @@ fn deep_or_huge_expressions_are_refused_not_overflowed() {
         "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1 GROUP BY region",
         "NOT ".repeat(100_000)
     );
-    assert!(c.plan(&nots).expect_err("too deep").to_string().contains("nested deeper than"));
+    assert!(c
+        .plan(&nots)
+        .expect_err("too deep")
+        .to_string()
+        .contains("nested deeper than"));
     let long = format!(
         "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {} GROUP BY region",
         vec!["amount > 1"; 50_000].join(" AND ")
     );
-    assert!(c.plan(&long).expect_err("too long").to_string().contains("expression terms"));
+    assert!(c
+        .plan(&long)
+        .expect_err("too long")
+        .to_string()
+        .contains("expression terms"));
     let fine = format!(
         "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1{} GROUP BY region",
         "(".repeat(10),

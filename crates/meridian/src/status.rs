@@ -250,7 +250,10 @@ pub fn render(s: &pb::ClusterStatus) -> String {
             .shipping
             .iter()
             .map(|sh| {
-                let mut out = format!("{}@{}/{} epoch {}", sh.region, sh.acked_seq, v.seq, sh.epoch);
+                let mut out = format!(
+                    "{}@{}/{} epoch {}",
+                    sh.region, sh.acked_seq, v.seq, sh.epoch
+                );
                 if !sh.error.is_empty() {
                     out.push_str(&format!(" ({})", sh.error));
                 }

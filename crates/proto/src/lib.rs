@@ -62,16 +62,38 @@ mod tests {
     #[test]
     fn checksum_chains_history_and_contents() {
         let change = |n: i64| v1::RowChange {
-            key: vec![v1::Value { kind: Some(v1::value::Kind::Int(n)) }],
+            key: vec![v1::Value {
+                kind: Some(v1::value::Kind::Int(n)),
+            }],
             row: None,
         };
-        let b1 = v1::ChangeBatch { seq: 1, changes: vec![change(1)], ..Default::default() };
-        let b1_other = v1::ChangeBatch { seq: 1, changes: vec![change(2)], ..Default::default() };
-        let b2 = v1::ChangeBatch { seq: 2, changes: vec![change(1)], ..Default::default() };
+        let b1 = v1::ChangeBatch {
+            seq: 1,
+            changes: vec![change(1)],
+            ..Default::default()
+        };
+        let b1_other = v1::ChangeBatch {
+            seq: 1,
+            changes: vec![change(2)],
+            ..Default::default()
+        };
+        let b2 = v1::ChangeBatch {
+            seq: 2,
+            changes: vec![change(1)],
+            ..Default::default()
+        };
         let c1 = super::chain_checksum(0, &b1);
         assert_eq!(c1, super::chain_checksum(0, &b1.clone()), "deterministic");
         assert_ne!(c1, super::chain_checksum(0, &b1_other), "contents count");
-        assert_ne!(super::chain_checksum(c1, &b2), super::chain_checksum(0, &b2), "history counts");
-        assert_ne!(super::chain_checksum(0, &b1), super::chain_checksum(0, &b2), "seq counts");
+        assert_ne!(
+            super::chain_checksum(c1, &b2),
+            super::chain_checksum(0, &b2),
+            "history counts"
+        );
+        assert_ne!(
+            super::chain_checksum(0, &b1),
+            super::chain_checksum(0, &b2),
+            "seq counts"
+        );
     }
 }

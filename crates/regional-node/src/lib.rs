@@ -54,7 +54,11 @@ pub fn failpoints_from_env() -> anyhow::Result<()> {
             .with_context(|| format!("MERIDIAN_FAILPOINTS entry '{part}' is not name=action"))?;
         fail::cfg(name.trim(), action.trim())
             .map_err(|e| anyhow::anyhow!("MERIDIAN_FAILPOINTS entry '{part}': {e}"))?;
-        tracing::warn!(failpoint = name.trim(), action = action.trim(), "failpoint set");
+        tracing::warn!(
+            failpoint = name.trim(),
+            action = action.trim(),
+            "failpoint set"
+        );
     }
     Ok(())
 }
@@ -253,7 +257,12 @@ async fn repair_loop(shared: Shared, mut shutdown: watch::Receiver<bool>) {
                     continue;
                 }
             };
-            info!(peer = id, index = snap.index, bytes = snap.data.len(), "fetched a peer's replica to repair this node's");
+            info!(
+                peer = id,
+                index = snap.index,
+                bytes = snap.data.len(),
+                "fetched a peer's replica to repair this node's"
+            );
             let _ = shared
                 .node
                 .send(node::Request::Repair {

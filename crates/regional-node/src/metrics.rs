@@ -57,7 +57,10 @@ pub fn render(st: &pb::NodeStatusResponse, q: &QueryMetrics, now_ms: i64) -> Str
         "meridian_node_serving",
         "1 when the node answers reads; 0 while its replica cannot apply a committed entry.",
         "gauge",
-        vec![(node.clone(), u8::from(st.apply_error.is_empty()).to_string())],
+        vec![(
+            node.clone(),
+            u8::from(st.apply_error.is_empty()).to_string(),
+        )],
     );
     gauge(
         "meridian_raft_commit_index",

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_proto::v1 as pb;
@@ -66,7 +66,10 @@ pub enum Request {
         next_view_id: u64,
     },
     /// A peer's replica at Raft index `index`, to replace this node's stalled one.
-    Repair { index: u64, data: Vec<u8> },
+    Repair {
+        index: u64,
+        data: Vec<u8>,
+    },
     /// From a peer sender: messages to `peer` could not be delivered, or a snapshot was.
     Delivery {
         peer: u64,
@@ -434,7 +437,9 @@ impl Node {
         // In-flight proposals are tracked per incarnation of the view.
         let view = format!("{view}#{}", schema.view_id);
         let in_flight = self.proposed_seq.get(&view).cloned();
-        let mut known = in_flight.as_ref().map_or(applied.clone(), |(p, _)| p.clone());
+        let mut known = in_flight
+            .as_ref()
+            .map_or(applied.clone(), |(p, _)| p.clone());
         let mut batches = Vec::new();
         let mut need_full = String::new();
         for b in push.batches {
@@ -614,7 +619,9 @@ impl Node {
 
     /// Applies one committed entry to the replica. An error leaves the replica unchanged.
     fn apply_entry(&mut self, entry: &Entry) -> Result<(), String> {
-        fail::fail_point!("replica-apply", |_| Err("injected apply failure".to_string()));
+        fail::fail_point!("replica-apply", |_| Err(
+            "injected apply failure".to_string()
+        ));
         if entry.index <= self.replica.applied_index() {
             // Applied before a restart whose log had not yet recorded the commit.
             return Ok(());
@@ -635,7 +642,8 @@ impl Node {
             .as_ref()
             .map(|s| s.view.clone())
             .unwrap_or_default();
-        let span = info_span!("apply", view = %view, index = entry.index, batches = push.batches.len());
+        let span =
+            info_span!("apply", view = %view, index = entry.index, batches = push.batches.len());
         crate::join_trace(&span, &push.trace_context);
         span.in_scope(|| self.replica.apply(entry.index, &push, now_ms()))
             .map_err(|e| format!("view '{view}': {e}"))?;
@@ -706,7 +714,11 @@ impl Node {
                 warn!(index = new.index, attempts = new.attempts, error = %new.error, "apply still failing");
             }
             (None, Some(old)) => {
-                info!(index = old.index, attempts = old.attempts, "stalled apply succeeded; serving reads again");
+                info!(
+                    index = old.index,
+                    attempts = old.attempts,
+                    "stalled apply succeeded; serving reads again"
+                );
             }
             _ => {}
         }
@@ -728,7 +740,11 @@ impl Node {
             return false;
         };
         if index < st.index {
-            info!(index, stalled_at = st.index, "a peer's replica is older than the stalled entry; not used");
+            info!(
+                index,
+                stalled_at = st.index,
+                "a peer's replica is older than the stalled entry; not used"
+            );
             self.repair = None;
             return false;
         }

@@ -99,8 +99,7 @@ fn strip_keyword<'a>(sql: &'a str, kw: &str) -> Option<&'a str> {
     let s = sql.trim_start();
     let head = s.get(..kw.len())?;
     let rest = &s[kw.len()..];
-    (head.eq_ignore_ascii_case(kw) && rest.starts_with(|c: char| c.is_whitespace()))
-        .then_some(rest)
+    (head.eq_ignore_ascii_case(kw) && rest.starts_with(|c: char| c.is_whitespace())).then_some(rest)
 }
 
 /// A SQL string literal holding `text`.
@@ -135,11 +134,16 @@ fn called_names(sql: &str) -> Vec<String> {
 /// Checks that `sql` is one read-only query, using DuckDB's parser and binder on `conn`
 /// (nothing is executed).
 pub fn check_read_only(conn: &Connection, sql: &str) -> Result<(), QueryError> {
-    if skip_blank(sql).trim_end_matches(|c: char| c == ';' || c.is_whitespace()).is_empty() {
+    if skip_blank(sql)
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+        .is_empty()
+    {
         return Err(QueryError::Empty);
     }
     if sql.contains('\0') {
-        return Err(QueryError::NotReadOnly("the text contains a NUL character".into()));
+        return Err(QueryError::NotReadOnly(
+            "the text contains a NUL character".into(),
+        ));
     }
     let lower = sql.to_ascii_lowercase();
     if let Some(i) = lower.find("_meridian") {
@@ -153,7 +157,9 @@ pub fn check_read_only(conn: &Connection, sql: &str) -> Result<(), QueryError> {
         .into_iter()
         .find(|n| REFUSED_FUNCTIONS.contains(&n.as_str()))
     {
-        return Err(QueryError::NotReadOnly(format!("{f}() changes the database")));
+        return Err(QueryError::NotReadOnly(format!(
+            "{f}() changes the database"
+        )));
     }
     // EXPLAIN [ANALYZE] of a query is a read; of anything else it is not. What follows the
     // keywords is checked as a whole, so `EXPLAIN` + that text is one statement too.
@@ -204,8 +210,8 @@ pub fn run(
 ) -> Result<QueryResult, QueryError> {
     let deadline = Instant::now() + limits.timeout;
     conn.execute_batch("BEGIN TRANSACTION READ ONLY")?;
-    let result = check_read_only(conn, sql)
-        .and_then(|()| run_inside(conn, sql, limits, deadline, cancel));
+    let result =
+        check_read_only(conn, sql).and_then(|()| run_inside(conn, sql, limits, deadline, cancel));
     // Always roll back: a reader never changes the replica, whatever it sent.
     let rollback = conn.execute_batch("ROLLBACK");
     let result = match result {
@@ -365,8 +371,9 @@ mod tests {
     use super::*;
 
     fn locked_db() -> Connection {
-        let conn = Connection::open_in_memory_with_flags(crate::replica::open_config().expect("config"))
-            .expect("open");
+        let conn =
+            Connection::open_in_memory_with_flags(crate::replica::open_config().expect("config"))
+                .expect("open");
         conn.execute_batch(
             "CREATE TABLE t (a BIGINT, b VARCHAR); INSERT INTO t VALUES (1, 'x'), (2, NULL);
              CREATE TABLE _meridian_applied (view VARCHAR, seq UBIGINT, produced_at_ms BIGINT, applied_at_ms BIGINT, view_id UBIGINT, epoch UBIGINT);",
@@ -439,7 +446,10 @@ mod tests {
             assert_eq!(count(&conn), 2, "{sql:?} changed the table");
         }
         assert!(!dir.path().join("f.csv").exists(), "a file was written");
-        assert!(!std::path::Path::new("f.csv").exists(), "a file was written");
+        assert!(
+            !std::path::Path::new("f.csv").exists(),
+            "a file was written"
+        );
         let setting: String = conn
             .query_row(
                 "SELECT value FROM duckdb_settings() WHERE name = 'enable_external_access'",
@@ -449,17 +459,24 @@ mod tests {
             .expect("setting");
         assert_eq!(setting, "false");
         // The messages say what was wrong.
-        let msg = query(&conn, "SELECT 1; DELETE FROM t").err().map(|e| e.to_string());
+        let msg = query(&conn, "SELECT 1; DELETE FROM t")
+            .err()
+            .map(|e| e.to_string());
         assert!(msg.is_some_and(|m| m.contains("only one read-only query statement")));
-        let msg = query(&conn, "SELECT * FROM _meridian_applied").err().map(|e| e.to_string());
+        let msg = query(&conn, "SELECT * FROM _meridian_applied")
+            .err()
+            .map(|e| e.to_string());
         assert!(msg.is_some_and(|m| m.contains("'_meridian_applied' is internal")));
     }
 
     #[test]
     fn reads_answer() {
         let conn = locked_db();
-        let r = query(&conn, "-- comment\nSELECT a, b, sum(a) OVER () AS s FROM t ORDER BY a DESC")
-            .expect("select");
+        let r = query(
+            &conn,
+            "-- comment\nSELECT a, b, sum(a) OVER () AS s FROM t ORDER BY a DESC",
+        )
+        .expect("select");
         assert_eq!(
             r.columns
                 .iter()
@@ -528,7 +545,11 @@ mod tests {
         );
         done.store(true, Ordering::Relaxed);
         let _ = watchdog.join();
-        assert!(matches!(r, Err(QueryError::Timeout(_))), "got {:?}", r.err());
+        assert!(
+            matches!(r, Err(QueryError::Timeout(_))),
+            "got {:?}",
+            r.err()
+        );
         // The connection still answers afterwards.
         assert!(run(&conn, "SELECT 1", &limits, &no).is_ok());
     }

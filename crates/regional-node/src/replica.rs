@@ -63,7 +63,10 @@ pub fn validate_batch(schema: &pb::ViewSchema, b: &pb::ChangeBatch) -> Result<()
         })?);
     }
     if schema.key_indexes.iter().any(|&i| i as usize >= n_cols) {
-        return Err(format!("view '{}': a key index is out of range", schema.view));
+        return Err(format!(
+            "view '{}': a key index is out of range",
+            schema.view
+        ));
     }
     for (i, c) in schema.columns.iter().enumerate() {
         if catalog::is_reserved(&c.name)
@@ -77,13 +80,15 @@ pub fn validate_batch(schema: &pb::ViewSchema, b: &pb::ChangeBatch) -> Result<()
             ));
         }
     }
-    let fits = |ty: ColumnType, v: &pb::Value| match (&v.kind, ty) {
-        (None, _) => true,
-        (Some(Kind::Int(_)), ColumnType::Int64 | ColumnType::Float64) => true,
-        (Some(Kind::Float(_)), ColumnType::Float64) => true,
-        (Some(Kind::Text(_)), ColumnType::String) => true,
-        (Some(Kind::Boolean(_)), ColumnType::Bool) => true,
-        _ => false,
+    let fits = |ty: ColumnType, v: &pb::Value| {
+        matches!(
+            (&v.kind, ty),
+            (None, _)
+                | (Some(Kind::Int(_)), ColumnType::Int64 | ColumnType::Float64)
+                | (Some(Kind::Float(_)), ColumnType::Float64)
+                | (Some(Kind::Text(_)), ColumnType::String)
+                | (Some(Kind::Boolean(_)), ColumnType::Bool)
+        )
     };
     for (i, c) in b.changes.iter().enumerate() {
         if c.key.len() != schema.key_indexes.len() {
@@ -353,7 +358,10 @@ impl Replica {
     /// was dropped here or replaced by a newer one, or its schema differs from the table's.
     /// These checks would fail alike on every node, so the leader makes them before proposing.
     pub fn refuses(&self, schema: &pb::ViewSchema) -> Option<String> {
-        if self.dropped.contains(&(schema.view.clone(), schema.view_id)) {
+        if self
+            .dropped
+            .contains(&(schema.view.clone(), schema.view_id))
+        {
             return Some(format!(
                 "view '{}' with id {} was dropped in this region",
                 schema.view, schema.view_id
@@ -977,7 +985,10 @@ mod epoch_tests {
         assert_eq!(admit(&at1, &chained(0, batch(2, 9, "b"))), Admit::Skip);
         assert_eq!(admit(&at1, &old_full), Admit::Skip);
         // A newer epoch starts from a full batch, even at a lower seq.
-        assert!(matches!(admit(&at1, &chained(b1.checksum, batch(2, 11, "b"))), Admit::NeedFull(_)));
+        assert!(matches!(
+            admit(&at1, &chained(b1.checksum, batch(2, 11, "b"))),
+            Admit::NeedFull(_)
+        ));
         let mut reseed = batch(1, 11, "q");
         reseed.full = true;
         assert_eq!(admit(&at1, &reseed), Admit::Apply);
@@ -1013,7 +1024,11 @@ mod epoch_tests {
         };
         let b1 = chained(0, batch(1, 10, "a"));
         let b2 = chained(b1.checksum, batch(2, 10, "b"));
-        assert_eq!(r.apply(1, &push(vec![b1.clone(), b2.clone()]), 0).expect("apply"), 2);
+        assert_eq!(
+            r.apply(1, &push(vec![b1.clone(), b2.clone()]), 0)
+                .expect("apply"),
+            2
+        );
         // Batch 3 of a history that differs at 2 is not applied.
         let b2x = chained(b1.checksum, batch(2, 10, "x"));
         let b3x = chained(b2x.checksum, batch(3, 10, "y"));

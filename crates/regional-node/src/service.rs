@@ -177,9 +177,7 @@ pub fn query_status(e: &QueryError) -> Status {
         | QueryError::NotReadOnly(_)
         | QueryError::Internal(_)
         | QueryError::DuckDb(_) => Status::invalid_argument(msg),
-        QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => {
-            Status::resource_exhausted(msg)
-        }
+        QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => Status::resource_exhausted(msg),
         QueryError::Timeout(_) => Status::deadline_exceeded(msg),
         QueryError::Cancelled => Status::cancelled(msg),
         QueryError::Unavailable(_) => Status::unavailable(msg),

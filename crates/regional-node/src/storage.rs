@@ -208,7 +208,11 @@ impl RaftStore {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db
-            .put_opt(b"hs", self.hard_state.write_to_bytes().map_err(other)?, &opts)
+            .put_opt(
+                b"hs",
+                self.hard_state.write_to_bytes().map_err(other)?,
+                &opts,
+            )
             .map_err(other)
     }
 

@@ -14,7 +14,10 @@ pub enum SourceEvent {
     Delete { key: Vec<Value> },
     /// An update that changed the primary key: the row under `old_key` is gone and `row` is
     /// the new version under its own key.
-    Move { old_key: Vec<Value>, row: Vec<Value> },
+    Move {
+        old_key: Vec<Value>,
+        row: Vec<Value>,
+    },
     /// Every row of the stream is gone (a Debezium truncate).
     Truncate,
 }
@@ -294,7 +297,10 @@ mod tests {
                 r#"{"op":"u","before":{"region":"eu"},"after":{"id":2,"region":"us","amount":7}}"#,
                 Some(SourceEvent::Upsert(row(2, "us", 7))),
             ),
-            (r#"{"op":"t","before":null,"after":null}"#, Some(SourceEvent::Truncate)),
+            (
+                r#"{"op":"t","before":null,"after":null}"#,
+                Some(SourceEvent::Truncate),
+            ),
             (
                 r#"{"op":"c","after":{"id":3,"region":"eu","amount":1,"qty":2147483647,"small":255}}"#,
                 Some(SourceEvent::Upsert(vec![

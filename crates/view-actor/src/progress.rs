@@ -198,7 +198,13 @@ mod tests {
         assert!(w.stalled().is_empty());
         // No progress since: stalled, rewound.
         let r = w.check(&map(&[(0, 50)]), &map(&[(0, (0, 100))]), 2_000);
-        assert_eq!(r, Ok(vec![Rewind { partition: 0, to: 0 }]));
+        assert_eq!(
+            r,
+            Ok(vec![Rewind {
+                partition: 0,
+                to: 0
+            }])
+        );
         assert_eq!(
             w.stalled(),
             vec![Stalled {
@@ -275,7 +281,11 @@ mod tests {
         assert_eq!(f.verdict(0, 101, 50), Verdict::Drop);
         // Partition 1 starts where it should.
         assert_eq!(f.verdict(1, 7, 7), Verdict::Take);
-        assert_eq!(f.verdict(1, 9, 8), Verdict::Take, "later gaps are the broker's business");
+        assert_eq!(
+            f.verdict(1, 9, 8),
+            Verdict::Take,
+            "later gaps are the broker's business"
+        );
         f.rewound(0);
         assert_eq!(f.verdict(0, 0, 50), Verdict::Skip);
         assert_eq!(f.verdict(0, 49, 50), Verdict::Skip);

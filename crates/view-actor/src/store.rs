@@ -523,7 +523,11 @@ mod truncation_tests {
         let store = ViewStore::new(db.clone(), 3);
         let e1 = store.epoch(1_000).expect("epoch");
         assert_eq!(e1, 1_000);
-        assert_eq!(store.epoch(5_000).expect("epoch"), 1_000, "kept, not re-created");
+        assert_eq!(
+            store.epoch(5_000).expect("epoch"),
+            1_000,
+            "kept, not re-created"
+        );
         // Above a region's epoch even when the clock is behind it.
         let e2 = store.bump_epoch(900, 7_000).expect("bump");
         assert_eq!(e2, 7_001);
@@ -542,7 +546,12 @@ mod truncation_tests {
     fn a_truncate_deletes_stored_rows_before_the_batch_writes_its_own() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = ViewStore::new(open_db(dir.path()).expect("open"), 3);
-        let row = |i: i64| (vec![catalog::Value::Int(i)], Some(vec![catalog::Value::Int(i)]));
+        let row = |i: i64| {
+            (
+                vec![catalog::Value::Int(i)],
+                Some(vec![catalog::Value::Int(i)]),
+            )
+        };
         store
             .commit(Commit {
                 rows: vec![row(1), row(2)],
@@ -558,7 +567,10 @@ mod truncation_tests {
             .expect("commit");
         for (i, kept) in [(1, false), (2, false), (3, true)] {
             assert_eq!(
-                store.get_row(&vec![catalog::Value::Int(i)]).expect("get").is_some(),
+                store
+                    .get_row(&vec![catalog::Value::Int(i)])
+                    .expect("get")
+                    .is_some(),
                 kept,
                 "row {i}"
             );
