@@ -246,7 +246,9 @@ fn shipping(cluster: &meridian_tests::Cluster<'_>) -> Vec<(u64, String)> {
 fn a_rolled_back_or_wiped_central_state_reseeds_regions_under_a_new_epoch() {
     let rt = runtime();
     let work = Workdir::new("replicas-epochs");
-    let (broker, mut cluster) = orders_cluster(&rt, &work);
+    let metrics = format!("127.0.0.1:{}", meridian_tests::free_port());
+    let (broker, mut cluster) =
+        orders_cluster_with(&rt, &work, &[], &["--metrics-listen", &metrics]);
     let mut g = OrdersGenerator::new(99);
     let events = changes(&mut g, 3_000);
     produce(&rt, &broker.addr, "orders", &events);
@@ -303,6 +305,23 @@ fn a_rolled_back_or_wiped_central_state_reseeds_regions_under_a_new_epoch() {
         "a wiped central state starts a new epoch: {wiped:?}"
     );
     eprintln!("after the wipe: {wiped:?}");
+    // The central worker's metrics say the same: where each region stands, in which epoch.
+    let (status, body) =
+        http("GET", &format!("http://{metrics}"), "/metrics", "").expect("metrics");
+    assert_eq!(status, 200);
+    for (region_epoch, region) in wiped.iter().zip(["eu-west", "us-east"]) {
+        let line = format!(
+            "meridian_ship_epoch{{view=\"{VIEW}\",region=\"{region}\"}} {}",
+            region_epoch.0
+        );
+        assert!(body.lines().any(|l| l == line), "{line} not in:\n{body}");
+    }
+    assert!(
+        body.contains(&format!(
+            "meridian_view_stalled_partitions{{view=\"{VIEW}\"}} 0"
+        )),
+        "{body}"
+    );
 }
 
 #[test]

@@ -118,6 +118,10 @@ pub struct CentralArgs {
     /// batch with every row of the view instead.
     #[arg(long, default_value_t = 1_000)]
     pub change_log_retain: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics: per view progress, dead letters,
+    /// stalled partitions, and each region's position in the change log.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]

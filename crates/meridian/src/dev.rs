@@ -117,6 +117,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.join("central"),
             name: "central-1".into(),
             change_log_retain: 1_000,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], args.port_base + 1000))),
         },
         shutdown.clone(),
     )));

@@ -79,6 +79,7 @@ pub async fn central(args: CentralArgs, shutdown: watch::Receiver<bool>) -> anyh
         data_dir: args.data_dir,
         name: args.name,
         log_retain: args.change_log_retain,
+        metrics_listen: args.metrics_listen,
     };
     view_actor::worker::run(cfg, shutdown).await?;
     Ok(())

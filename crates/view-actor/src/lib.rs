@@ -7,6 +7,7 @@
 pub mod actor;
 pub mod core;
 pub mod decode;
+pub mod metrics;
 pub mod progress;
 pub mod ship;
 pub mod store;

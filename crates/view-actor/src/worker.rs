@@ -40,6 +40,8 @@ pub struct CentralConfig {
     /// Change batches kept behind the slowest region's acknowledged position; a region that
     /// falls further behind is resynchronised with a full batch.
     pub log_retain: u64,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 struct RunningView {
@@ -79,6 +81,15 @@ pub async fn run(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut views: HashMap<u64, RunningView> = HashMap::new();
     let mut catalog_error_logged = false;
+    let latest_report = Arc::new(Mutex::new(pb::CentralReport::default()));
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = crate::metrics::serve(addr, latest_report.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!(%addr, error = %e, "serving metrics failed");
+            }
+        });
+    }
     info!(coordinator = %cfg.coordinator, "central worker started");
     loop {
         match coordinator.get_catalog(pb::GetCatalogRequest {}).await {
@@ -99,6 +110,7 @@ pub async fn run(
             worker: cfg.name.clone(),
             views: views.iter().map(|(id, v)| report_view(*id, v)).collect(),
         };
+        *latest_report.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
         if let Err(e) = coordinator.report_central(report).await {
             tracing::debug!(error = %e.message(), "status report failed");
         }
