@@ -164,6 +164,10 @@ pub struct RegionArgs {
     /// Most bytes of values one read may return; a larger result is refused with an error.
     #[arg(long, env = "MERIDIAN_QUERY_BYTES_MAX", default_value_t = 64 << 20)]
     pub query_bytes_max: usize,
+    /// Memory DuckDB may use for this node's replica, readers and writer together (such as
+    /// 512MB or 4GB); a read that needs more spills to disk instead of starving the writer.
+    #[arg(long, env = "MERIDIAN_REPLICA_MEMORY_MAX", default_value = "1GB")]
+    pub replica_memory_max: String,
 }
 
 /// Parses `1=http://a:1,2=http://b:2`.

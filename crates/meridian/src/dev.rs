@@ -141,6 +141,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                     query_timeout_ms: 30_000,
                     query_rows_max: regional_node::query::QUERY_ROWS_MAX,
                     query_bytes_max: regional_node::query::QUERY_BYTES_MAX,
+                    replica_memory_max: "1GB".into(),
                 },
                 shutdown.clone(),
             )));

@@ -121,6 +121,7 @@ pub async fn region(args: RegionArgs, shutdown: watch::Receiver<bool>) -> anyhow
             rows_max: args.query_rows_max,
             bytes_max: args.query_bytes_max,
         },
+        replica_memory_max: Some(args.replica_memory_max),
     };
     regional_node::run(cfg, shutdown).await
 }

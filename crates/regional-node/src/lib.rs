@@ -82,6 +82,8 @@ pub struct RegionConfig {
     pub log_retain: u64,
     /// Bounds on every read.
     pub query_limits: query::QueryLimits,
+    /// DuckDB's memory cap for the replica, such as `1GB` (DuckDB's default when `None`).
+    pub replica_memory_max: Option<String>,
 }
 
 impl RegionConfig {
@@ -137,6 +139,7 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
         data_dir: cfg.data_dir.clone(),
         region: cfg.region.clone(),
         log_retain: cfg.log_retain,
+        replica_memory_max: cfg.replica_memory_max.clone(),
     };
     // DuckDB allows one database instance per file in a process, so readers use connections
     // cloned from the replica's own.

@@ -141,6 +141,8 @@ pub struct NodeConfig {
     pub region: String,
     /// Log entries kept behind the replica's applied index.
     pub log_retain: u64,
+    /// DuckDB's memory cap for the replica (readers and writer together), such as `1GB`.
+    pub replica_memory_max: Option<String>,
 }
 
 /// Handle to a running Raft thread.
@@ -225,7 +227,10 @@ pub fn start(
 ) -> anyhow::Result<(NodeHandle, std::thread::JoinHandle<()>, duckdb::Connection)> {
     std::fs::create_dir_all(&cfg.data_dir)?;
     let store = RaftStore::open(&cfg.data_dir.join("raft"), &cfg.peers)?;
-    let replica = Replica::open(&cfg.data_dir.join("replica.duckdb"))?;
+    let replica = Replica::open_with_memory(
+        &cfg.data_dir.join("replica.duckdb"),
+        cfg.replica_memory_max.as_deref(),
+    )?;
     let reader = replica.reader()?;
     // The replica may be ahead of the durable commit index only if a crash hit between a
     // snapshot's restore and the log reset; raft-rs cannot start with `applied` above `commit`,

@@ -554,3 +554,62 @@ mod tests {
         assert!(run(&conn, "SELECT 1", &limits, &no).is_ok());
     }
 }
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    /// Reads that need more memory than the replica's instance may use spill to disk (or fail
+    /// alone); the writer's transactions, running at the same time, all commit.
+    #[test]
+    fn memory_hungry_reads_do_not_starve_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = crate::replica::open_config()
+            .and_then(|c| c.max_memory("64MB"))
+            .expect("config");
+        let writer =
+            Connection::open_with_flags(dir.path().join("r.duckdb"), config).expect("open");
+        writer
+            .execute_batch(
+                "CREATE TABLE _meridian_applied (view VARCHAR, seq UBIGINT, produced_at_ms BIGINT, applied_at_ms BIGINT, view_id UBIGINT, epoch UBIGINT);
+                 CREATE TABLE t (k BIGINT, v VARCHAR);",
+            )
+            .expect("setup");
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let reader = writer.try_clone().expect("reader");
+                std::thread::spawn(move || {
+                    let limits = QueryLimits {
+                        timeout: Duration::from_secs(120),
+                        rows_max: 10,
+                        bytes_max: 1 << 20,
+                    };
+                    run(
+                        &reader,
+                        "SELECT count(*) FROM (SELECT i % 3000000 AS g, string_agg(i::VARCHAR, ',') AS s FROM range(6000000) t(i) GROUP BY g)",
+                        &limits,
+                        &AtomicBool::new(false),
+                    )
+                    .map(|r| r.rows.len())
+                    .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for batch in 0..20 {
+            writer
+                .execute_batch(&format!(
+                    "BEGIN; INSERT INTO t SELECT i + {}, repeat('x', 100) FROM range(10000) t(i); COMMIT;",
+                    batch * 10_000
+                ))
+                .unwrap_or_else(|e| panic!("write {batch} failed while reads ran: {e}"));
+        }
+        for r in readers {
+            let answer = r.join().expect("reader thread");
+            eprintln!("hungry read: {answer:?}");
+        }
+        let n: i64 = writer
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 200_000);
+    }
+}

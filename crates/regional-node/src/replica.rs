@@ -190,7 +190,21 @@ pub fn open_config() -> Result<duckdb::Config, duckdb::Error> {
 
 impl Replica {
     pub fn open(path: &Path) -> Result<Replica, ReplicaError> {
-        let conn = Connection::open_with_flags(path, open_config()?)?;
+        Replica::open_with_memory(path, None)
+    }
+
+    /// Opens the replica with DuckDB's memory for it capped at `memory_max` (such as `1GB`):
+    /// readers and the writer share one instance, and a read that needs more spills to disk
+    /// instead of taking the memory the writer's next transaction needs.
+    pub fn open_with_memory(
+        path: &Path,
+        memory_max: Option<&str>,
+    ) -> Result<Replica, ReplicaError> {
+        let mut config = open_config()?;
+        if let Some(m) = memory_max {
+            config = config.max_memory(m)?;
+        }
+        let conn = Connection::open_with_flags(path, config)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS _meridian_applied (view VARCHAR PRIMARY KEY, seq UBIGINT NOT NULL, produced_at_ms BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL, schema_json VARCHAR NOT NULL, view_id UBIGINT NOT NULL, epoch UBIGINT NOT NULL DEFAULT 0, checksum UBIGINT NOT NULL DEFAULT 0);
              ALTER TABLE _meridian_applied ADD COLUMN IF NOT EXISTS epoch UBIGINT DEFAULT 0;
