@@ -947,6 +947,20 @@ mod tests {
     }
 }
 
+/// View `v` (id 1) with one string column `k`, its key: for tests of positions and batches.
+#[cfg(test)]
+fn key_only_schema() -> pb::ViewSchema {
+    pb::ViewSchema {
+        view: "v".into(),
+        columns: vec![pb::ColumnSchema {
+            name: "k".into(),
+            r#type: "string".into(),
+        }],
+        key_indexes: vec![0],
+        view_id: 1,
+    }
+}
+
 #[cfg(test)]
 mod epoch_tests {
     use super::*;
@@ -1012,15 +1026,7 @@ mod epoch_tests {
     fn a_replica_reseeds_on_a_new_epoch_and_refuses_another_history() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut r = Replica::open(&dir.path().join("r.duckdb")).expect("open");
-        let schema = pb::ViewSchema {
-            view: "v".into(),
-            columns: vec![pb::ColumnSchema {
-                name: "k".into(),
-                r#type: "string".into(),
-            }],
-            key_indexes: vec![0],
-            view_id: 1,
-        };
+        let schema = key_only_schema();
         let push = |batches: Vec<pb::ChangeBatch>| pb::PushRequest {
             schema: Some(schema.clone()),
             batches,
@@ -1224,15 +1230,7 @@ mod full_batch_tests {
     fn a_full_batch_replaces_every_row_and_jumps_the_position() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut r = Replica::open(&dir.path().join("r.duckdb")).expect("open");
-        let schema = pb::ViewSchema {
-            view: "v".into(),
-            columns: vec![pb::ColumnSchema {
-                name: "k".into(),
-                r#type: "string".into(),
-            }],
-            key_indexes: vec![0],
-            view_id: 1,
-        };
+        let schema = key_only_schema();
         let text = |s: &str| pb::Value {
             kind: Some(pb::value::Kind::Text(s.into())),
         };
