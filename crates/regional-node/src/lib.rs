@@ -204,6 +204,7 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
     let _ = grpc.await;
     let _ = http.await;
     drop(shared);
+    let _ = handle.send(node::Request::Stop).await;
     drop(handle);
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     info!("regional node stopped");

@@ -65,6 +65,9 @@ pub enum Request {
         live: Vec<pb::LiveView>,
         next_view_id: u64,
     },
+    /// The node is shutting down. (Peer senders hold handles too, so the thread cannot wait
+    /// for every handle to be dropped.)
+    Stop,
     /// A peer's replica at Raft index `index`, to replace this node's stalled one.
     Repair {
         index: u64,
@@ -310,8 +313,13 @@ impl Node {
             let wait = TICK.saturating_sub(last_tick.elapsed());
             match rx.recv_timeout(wait) {
                 Ok(req) => {
-                    self.handle(req);
-                    for req in rx.try_iter().take(REQUESTS_PER_ROUND_MAX) {
+                    for req in
+                        std::iter::once(req).chain(rx.try_iter().take(REQUESTS_PER_ROUND_MAX))
+                    {
+                        if matches!(req, Request::Stop) {
+                            info!("raft thread stopping");
+                            return;
+                        }
                         self.handle(req);
                     }
                 }
@@ -344,6 +352,7 @@ impl Node {
             Request::Status { reply } => {
                 let _ = reply.send(self.state());
             }
+            Request::Stop => {}
             Request::Repair { index, data } => {
                 if self.stall.is_some() {
                     self.repair = Some((index, data));
