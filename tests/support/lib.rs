@@ -15,13 +15,25 @@ pub const VIEW: &str = "revenue_by_country";
 /// How long a test waits for the replicas to catch up.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// A free port on loopback. Another process could take it before we bind it; the ports are
-/// taken straight away and the window is short.
+/// A free port on loopback, never one this test process handed out before: the kernel may
+/// give a just-released port again, and two nodes of one cluster must not get the same one.
+/// Another process could still take it before we bind it; the window is short.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    /// Ports tried before giving up: the ephemeral range is large.
+    const ATTEMPTS_MAX: usize = 1_000;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..ATTEMPTS_MAX {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no loopback port that was not handed out already")
 }
 
 /// The `meridian` binary built next to this test (`cargo build --bin meridian`), or
