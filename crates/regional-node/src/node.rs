@@ -1,7 +1,9 @@
 //! The Raft node: a dedicated thread owns the raft-rs `RawNode`, its RocksDB log and the
-//! DuckDB replica, and drives them in raft-rs's documented order (send messages, apply
-//! committed entries, persist entries and hard state, send persisted messages, advance).
-//! The async world talks to it through a bounded channel of [`Request`]s.
+//! DuckDB replica, and drives them in raft-rs's order (send messages, restore a snapshot,
+//! persist entries and hard state, apply committed entries, send persisted messages, advance),
+//! persisting before applying so that the replica is never ahead of the durable log.
+//! The async world talks to it through a bounded channel of [`Request`]s. `propose` is the
+//! leader's side of a push; `apply` applies committed entries and handles a failed apply.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,14 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_proto::v1 as pb;
-use prost::Message as _;
 use protobuf::Message as _;
-use raft::prelude::{Entry, EntryType, Message as RaftMessage, MessageType};
-use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage as _};
+use raft::prelude::{Message as RaftMessage, MessageType};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, info_span, warn};
 
-use crate::replica::{admit, Admit, Position, Replica};
+use crate::replica::{Position, Replica};
 use crate::storage::RaftStore;
 
 /// Raft's logical clock period.
@@ -33,20 +34,9 @@ pub const PEER_QUEUE_MAX: usize = 1024;
 const REQUESTS_PER_ROUND_MAX: usize = 256;
 /// Most uncommitted bytes the leader keeps in flight to one follower.
 const MAX_SIZE_PER_MSG: u64 = 4 << 20;
-/// First wait before a failed apply is tried again; it doubles up to `APPLY_RETRY_MAX`.
-const APPLY_RETRY_MIN: Duration = Duration::from_millis(100);
-const APPLY_RETRY_MAX: Duration = Duration::from_secs(10);
-/// Bytes of committed entries read back from the log per retry round.
-const APPLY_RETRY_BYTES_MAX: u64 = 16 << 20;
-
-/// A committed entry the replica could not apply. Nothing after it is applied until it is:
-/// the node keeps its applied index below it and answers no reads.
-struct Stall {
-    index: u64,
-    error: String,
-    attempts: u32,
-    next_try: Instant,
-}
+mod apply;
+mod propose;
+use apply::Stall;
 
 pub enum Request {
     /// A Raft message from a peer.
@@ -403,190 +393,6 @@ impl Node {
         }
     }
 
-    fn push(&mut self, push: pb::PushRequest, reply: oneshot::Sender<PushOutcome>) {
-        if self.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(PushOutcome::NotLeader {
-                leader_id: self.raw.raft.leader_id,
-            });
-            return;
-        }
-        let Some(view) = push.schema.as_ref().map(|s| s.view.clone()) else {
-            let _ = reply.send(PushOutcome::Retry("push without a schema".into()));
-            return;
-        };
-        if self.applied < self.leader_start_index {
-            let _ = reply.send(PushOutcome::Retry(
-                "new leader is still applying committed entries".into(),
-            ));
-            return;
-        }
-        if let Some(st) = &self.stall {
-            let _ = reply.send(PushOutcome::Retry(format!(
-                "the leader cannot apply raft entry {}: {}",
-                st.index, st.error
-            )));
-            return;
-        }
-        let Some(schema) = push.schema.as_ref() else {
-            let _ = reply.send(PushOutcome::Retry("push without a schema".into()));
-            return;
-        };
-        if let Some(outcome) = self.check_catalog(schema) {
-            let _ = reply.send(outcome);
-            return;
-        }
-        if let Some(why) = self.replica.refuses(schema) {
-            let _ = reply.send(PushOutcome::Refused(why));
-            return;
-        }
-        if let Some(why) = push
-            .batches
-            .iter()
-            .find_map(|b| crate::replica::validate_batch(schema, b).err())
-        {
-            let _ = reply.send(PushOutcome::Refused(why));
-            return;
-        }
-        let applied = self.replica.applied_position(schema);
-        // In-flight proposals are tracked per incarnation of the view.
-        let view = format!("{view}#{}", schema.view_id);
-        let in_flight = self.proposed_seq.get(&view).cloned();
-        let mut known = in_flight
-            .as_ref()
-            .map_or(applied.clone(), |(p, _)| p.clone());
-        let mut batches = Vec::new();
-        let mut need_full = String::new();
-        for b in push.batches {
-            match admit(&known, &b) {
-                Admit::Skip => continue,
-                Admit::Apply => {
-                    known = Position {
-                        seq: b.seq,
-                        epoch: b.epoch,
-                        checksum: b.checksum,
-                        ..known
-                    };
-                    batches.push(b);
-                }
-                // The sender is ahead of this leader: it resends from the position.
-                Admit::Gap => break,
-                Admit::NeedFull(why) => {
-                    need_full = why;
-                    break;
-                }
-            }
-        }
-        if batches.is_empty() {
-            match in_flight {
-                Some((_, id)) if need_full.is_empty() => {
-                    if let Some(p) = self.pending.get_mut(&id) {
-                        p.reply.push(reply);
-                        return;
-                    }
-                    let _ = reply.send(PushOutcome::Applied(Ack::of(&applied)));
-                }
-                _ => {
-                    let _ = reply.send(PushOutcome::Applied(Ack {
-                        need_full,
-                        ..Ack::of(&applied)
-                    }));
-                }
-            }
-            return;
-        }
-        let data = pb::PushRequest {
-            schema: push.schema,
-            batches,
-            trace_context: push.trace_context,
-            // Only the leader itself proposes drops (see `prune`), never a sender.
-            drop_view: false,
-        }
-        .encode_to_vec();
-        let id = self.next_proposal;
-        self.next_proposal += 1;
-        let mut context = Vec::with_capacity(24);
-        context.extend_from_slice(&self.id.to_be_bytes());
-        context.extend_from_slice(&self.incarnation.to_be_bytes());
-        context.extend_from_slice(&id.to_be_bytes());
-        match self.raw.propose(context, data) {
-            Ok(()) => {
-                self.pending.insert(
-                    id,
-                    Pending {
-                        view: view.clone(),
-                        reply: vec![reply],
-                    },
-                );
-                self.proposed_seq.insert(view, (known, id));
-            }
-            Err(e) => {
-                let _ = reply.send(PushOutcome::Retry(format!("propose failed: {e}")));
-            }
-        }
-    }
-
-    /// A push's view must be one the catalog assigns to this region, with the schema the
-    /// catalog gives it. Until the coordinator has answered once, pushes are taken as they
-    /// come (the coordinator is not on the data path).
-    fn check_catalog(&self, schema: &pb::ViewSchema) -> Option<PushOutcome> {
-        let (live, next_view_id) = self.catalog.as_ref()?;
-        match live.iter().find(|l| l.view_id == schema.view_id) {
-            Some(l) if l.name != schema.view || l.schema.as_ref().is_some_and(|s| s != schema) => {
-                Some(PushOutcome::Refused(format!(
-                    "the pushed schema of view '{}' (id {}) does not match the catalog's: pushed {}, catalog {}",
-                    schema.view,
-                    schema.view_id,
-                    describe_schema(schema),
-                    l.schema.as_ref().map_or_else(|| l.name.clone(), describe_schema)
-                )))
-            }
-            Some(_) => None,
-            None if schema.view_id < *next_view_id => Some(PushOutcome::Refused(format!(
-                "view '{}' (id {}) is not assigned to this region by the catalog",
-                schema.view, schema.view_id
-            ))),
-            None => Some(PushOutcome::Retry(format!(
-                "view id {} is newer than this region's copy of the catalog",
-                schema.view_id
-            ))),
-        }
-    }
-
-    fn prune(&mut self, live: &[pb::LiveView], next_view_id: u64) {
-        if self.raw.raft.state != StateRole::Leader
-            || self.applied < self.leader_start_index
-            || self.stall.is_some()
-        {
-            return;
-        }
-        let stale: Vec<pb::ViewSchema> = self
-            .replica
-            .schemas()
-            .filter(|s| {
-                s.view_id < next_view_id
-                    && !live
-                        .iter()
-                        .any(|l| l.name == s.view && l.view_id == s.view_id)
-            })
-            .filter(|s| !self.drops_proposed.contains(&(s.view.clone(), s.view_id)))
-            .cloned()
-            .collect();
-        for schema in stale {
-            info!(view = %schema.view, view_id = schema.view_id, "view is no longer assigned here; dropping its table");
-            self.drops_proposed
-                .insert((schema.view.clone(), schema.view_id));
-            let data = pb::PushRequest {
-                schema: Some(schema),
-                drop_view: true,
-                ..Default::default()
-            }
-            .encode_to_vec();
-            if let Err(e) = self.raw.propose(Vec::new(), data) {
-                warn!(error = %e, "proposing a table drop failed");
-            }
-        }
-    }
-
     fn send_messages(&mut self, msgs: Vec<RaftMessage>) {
         for m in msgs {
             let Some(tx) = self.outbox.get(&m.to) else {
@@ -603,206 +409,6 @@ impl Node {
                 Err(e) => error!(error = %e, "encoding a raft message failed"),
             }
         }
-    }
-
-    /// Applies committed entries in order. An entry the replica already holds (its recorded
-    /// index is at or above it) is skipped. The first one that fails stops the rest: the node
-    /// stalls there and `retry_stalled` reads them back from the log later.
-    fn apply_entries(&mut self, entries: Vec<Entry>) {
-        for entry in entries {
-            if self.stall.is_some() {
-                return;
-            }
-            if entry.index <= self.applied {
-                continue;
-            }
-            if let Err(e) = self.apply_entry(&entry) {
-                error!(index = entry.index, error = %e, "applying a committed entry failed; the node stops serving reads until it succeeds");
-                self.stall = Some(Stall {
-                    index: entry.index,
-                    error: e,
-                    attempts: 1,
-                    next_try: Instant::now() + APPLY_RETRY_MIN,
-                });
-                self.publish_health();
-                return;
-            }
-            self.applied = entry.index;
-        }
-    }
-
-    /// Applies one committed entry to the replica. An error leaves the replica unchanged.
-    fn apply_entry(&mut self, entry: &Entry) -> Result<(), String> {
-        fail::fail_point!("replica-apply", |_| Err(
-            "injected apply failure".to_string()
-        ));
-        if entry.index <= self.replica.applied_index() {
-            // Applied before a restart whose log had not yet recorded the commit.
-            return Ok(());
-        }
-        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-            return Ok(());
-        }
-        let push = match pb::PushRequest::decode(entry.data.as_ref()) {
-            Ok(p) => p,
-            Err(e) => {
-                // Every node decodes the same bytes the same way, so all skip it alike.
-                error!(index = entry.index, error = %e, "undecodable log entry skipped");
-                return Ok(());
-            }
-        };
-        let view = push
-            .schema
-            .as_ref()
-            .map(|s| s.view.clone())
-            .unwrap_or_default();
-        let span =
-            info_span!("apply", view = %view, index = entry.index, batches = push.batches.len());
-        crate::join_trace(&span, &push.trace_context);
-        span.in_scope(|| self.replica.apply(entry.index, &push, now_ms()))
-            .map_err(|e| format!("view '{view}': {e}"))?;
-        if let Some(id) = own_proposal(&entry.context, self.id, self.incarnation) {
-            if let Some(p) = self.pending.remove(&id) {
-                let ack = push
-                    .schema
-                    .as_ref()
-                    .map(|s| Ack::of(&self.replica.applied_position(s)))
-                    .unwrap_or_default();
-                for r in p.reply {
-                    let _ = r.send(PushOutcome::Applied(ack.clone()));
-                }
-                if self
-                    .proposed_seq
-                    .get(&p.view)
-                    .is_some_and(|(_, pid)| *pid == id)
-                {
-                    self.proposed_seq.remove(&p.view);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Tries a stalled apply again when its backoff has passed (or installs a peer's replica
-    /// fetched to repair it), then applies from the log every committed entry raft-rs handed
-    /// over while the node was stalled; on success the node serves reads again.
-    fn retry_stalled(&mut self) -> Result<(), raft::Error> {
-        let repaired = self.install_repair();
-        let retry_due = self
-            .stall
-            .as_ref()
-            .is_some_and(|st| Instant::now() >= st.next_try);
-        if !repaired && !retry_due {
-            return Ok(());
-        }
-        let before = self.stall.take();
-        loop {
-            // Committed and in this node's own log (a follower may know of a commit before it
-            // has persisted the entries).
-            let log = &self.raw.raft.raft_log;
-            let committed = log.committed.min(log.persisted);
-            if self.applied >= committed {
-                break;
-            }
-            let entries = self.raw.store().entries(
-                self.applied + 1,
-                committed + 1,
-                APPLY_RETRY_BYTES_MAX,
-                raft::GetEntriesContext::empty(false),
-            )?;
-            if entries.is_empty() {
-                break;
-            }
-            self.apply_entries(entries);
-            if self.stall.is_some() {
-                break;
-            }
-        }
-        match (&mut self.stall, before) {
-            (Some(new), Some(old)) if new.index == old.index => {
-                new.attempts = old.attempts + 1;
-                let wait = APPLY_RETRY_MIN
-                    .saturating_mul(1 << old.attempts.min(10))
-                    .min(APPLY_RETRY_MAX);
-                new.next_try = Instant::now() + wait;
-                warn!(index = new.index, attempts = new.attempts, error = %new.error, "apply still failing");
-            }
-            (None, Some(old)) => {
-                info!(
-                    index = old.index,
-                    attempts = old.attempts,
-                    "stalled apply succeeded; serving reads again"
-                );
-            }
-            _ => {}
-        }
-        self.publish_health();
-        self.raw.advance_apply_to(self.applied);
-        Ok(())
-    }
-
-    /// Replaces a stalled replica with a peer's, once this node knows the peer's index to be
-    /// committed and persisted (raft-rs cannot be told that more is applied).
-    /// Returns whether it did.
-    fn install_repair(&mut self) -> bool {
-        let Some((index, _)) = &self.repair else {
-            return false;
-        };
-        let index = *index;
-        let Some(st) = &self.stall else {
-            self.repair = None;
-            return false;
-        };
-        if index < st.index {
-            info!(
-                index,
-                stalled_at = st.index,
-                "a peer's replica is older than the stalled entry; not used"
-            );
-            self.repair = None;
-            return false;
-        }
-        let log = &self.raw.raft.raft_log;
-        if index > log.committed.min(log.persisted) {
-            // Not yet known committed here: wait for the leader's next message.
-            return false;
-        }
-        let Some((index, data)) = self.repair.take() else {
-            return false;
-        };
-        match self.replica.restore(index, &data) {
-            Ok(()) => {
-                info!(index, "replica repaired from a peer's snapshot");
-                self.applied = index;
-                self.abandon_proposals("the replica was replaced by a peer's");
-                true
-            }
-            Err(e) => {
-                error!(index, error = %e, "installing a peer's replica failed");
-                false
-            }
-        }
-    }
-
-    /// Answers every push waiting on a proposal with "retry": entries skipped by a replica
-    /// restore will not be applied here, so their replies would never come.
-    fn abandon_proposals(&mut self, why: &str) {
-        self.proposed_seq.clear();
-        for (_, p) in self.pending.drain() {
-            for r in p.reply {
-                let _ = r.send(PushOutcome::Retry(why.to_string()));
-            }
-        }
-    }
-
-    fn publish_health(&self) {
-        let why = self.stall.as_ref().map(|st| {
-            format!(
-                "its replica cannot apply raft entry {}: {}",
-                st.index, st.error
-            )
-        });
-        *self.unavailable.lock().unwrap_or_else(|p| p.into_inner()) = why;
     }
 
     fn on_ready(&mut self) -> Result<(), raft::Error> {
@@ -897,16 +503,6 @@ impl Node {
         }
         Ok(())
     }
-}
-
-/// `name(col type, ...) key (i, ...)`, for error messages.
-fn describe_schema(s: &pb::ViewSchema) -> String {
-    let cols: Vec<String> = s
-        .columns
-        .iter()
-        .map(|c| format!("{} {}", c.name, c.r#type))
-        .collect();
-    format!("{}({}) key {:?}", s.view, cols.join(", "), s.key_indexes)
 }
 
 fn own_proposal(context: &[u8], id: u64, incarnation: u64) -> Option<u64> {

@@ -143,6 +143,16 @@ pub fn plan(
     Plan::Continue
 }
 
+/// Runs store work on a blocking thread; a panic there is reported like the store's errors.
+async fn on_store_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("store work failed: {e}")),
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -173,10 +183,9 @@ impl Shipper {
             let mut want_full = false;
             let mut epoch = loop {
                 let store = self.store.clone();
-                match tokio::task::spawn_blocking(move || store.epoch(now_ms())).await {
-                    Ok(Ok(e)) => break e,
-                    Ok(Err(e)) => self.set(|s| s.error = e.to_string()),
-                    Err(e) => self.set(|s| s.error = e.to_string()),
+                match on_store_thread(move || store.epoch(now_ms())).await {
+                    Ok(e) => break e,
+                    Err(e) => self.set(|s| s.error = e),
                 }
                 tokio::select! {
                     _ = shutdown.changed() => return,
@@ -218,8 +227,8 @@ impl Shipper {
                             // log we still keep.
                             Ok(vec![full_batch(&store, &def)?])
                         };
-                        match tokio::task::spawn_blocking(read).await {
-                            Ok(Ok(mut b)) => {
+                        match on_store_thread(read).await {
+                            Ok(mut b) => {
                                 if b.first().is_some_and(|b| b.full) && !want_full {
                                     info!(applied_seq = a, seq = b[0].seq, rows = b[0].changes.len(), "region is behind the kept change log; sending a full batch");
                                 }
@@ -228,13 +237,8 @@ impl Shipper {
                                 }
                                 b
                             }
-                            Ok(Err(e)) => {
-                                self.set(|s| s.error = e.to_string());
-                                tokio::time::sleep(backoff.next_delay()).await;
-                                continue;
-                            }
                             Err(e) => {
-                                warn!(error = %e, "reading the change log panicked");
+                                self.set(|s| s.error = e);
                                 tokio::time::sleep(backoff.next_delay()).await;
                                 continue;
                             }
@@ -293,15 +297,10 @@ impl Shipper {
                         leader = Some(addr);
                         backoff.reset();
                         let store = self.store.clone();
-                        let meta = match tokio::task::spawn_blocking(move || store.load_meta()).await {
-                            Ok(Ok(m)) => m,
-                            Ok(Err(e)) => {
-                                self.set(|s| s.error = e.to_string());
-                                tokio::time::sleep(backoff.next_delay()).await;
-                                continue;
-                            }
+                        let meta = match on_store_thread(move || store.load_meta()).await {
+                            Ok(m) => m,
                             Err(e) => {
-                                warn!(error = %e, "reading the view's meta panicked");
+                                self.set(|s| s.error = e);
                                 tokio::time::sleep(backoff.next_delay()).await;
                                 continue;
                             }
@@ -316,8 +315,8 @@ impl Shipper {
                             }
                             Plan::NewEpoch { above, why } => {
                                 let store = self.store.clone();
-                                match tokio::task::spawn_blocking(move || store.bump_epoch(now_ms(), above)).await {
-                                    Ok(Ok(e)) => {
+                                match on_store_thread(move || store.bump_epoch(now_ms(), above)).await {
+                                    Ok(e) => {
                                         warn!(applied_seq = region.seq, applied_epoch = region.epoch, old_epoch = epoch, new_epoch = e, reason = %why, "change log diverged from a region; starting a new epoch and re-seeding");
                                         epoch = e;
                                         self.set(|s| {
@@ -326,13 +325,8 @@ impl Shipper {
                                         });
                                         want_full = true;
                                     }
-                                    Ok(Err(e)) => {
-                                        self.set(|s| s.error = e.to_string());
-                                        tokio::time::sleep(backoff.next_delay()).await;
-                                        continue;
-                                    }
                                     Err(e) => {
-                                        warn!(error = %e, "starting a new epoch panicked");
+                                        self.set(|s| s.error = e);
                                         tokio::time::sleep(backoff.next_delay()).await;
                                         continue;
                                     }

@@ -1,0 +1,208 @@
+//! The leader's side of a push: which batches it proposes (checked against the catalog, the
+//! replica's table and the applied position, so that no node fails on them deterministically),
+//! and the table drops it proposes for views the region no longer holds.
+
+use meridian_proto::v1 as pb;
+use prost::Message as _;
+use raft::StateRole;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{Ack, Node, Pending, PushOutcome};
+use crate::replica::{admit, Admit, Position};
+
+impl Node {
+    pub(super) fn push(&mut self, push: pb::PushRequest, reply: oneshot::Sender<PushOutcome>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(PushOutcome::NotLeader {
+                leader_id: self.raw.raft.leader_id,
+            });
+            return;
+        }
+        let Some(view) = push.schema.as_ref().map(|s| s.view.clone()) else {
+            let _ = reply.send(PushOutcome::Retry("push without a schema".into()));
+            return;
+        };
+        if self.applied < self.leader_start_index {
+            let _ = reply.send(PushOutcome::Retry(
+                "new leader is still applying committed entries".into(),
+            ));
+            return;
+        }
+        if let Some(st) = &self.stall {
+            let _ = reply.send(PushOutcome::Retry(format!(
+                "the leader cannot apply raft entry {}: {}",
+                st.index, st.error
+            )));
+            return;
+        }
+        let Some(schema) = push.schema.as_ref() else {
+            let _ = reply.send(PushOutcome::Retry("push without a schema".into()));
+            return;
+        };
+        if let Some(outcome) = self.check_catalog(schema) {
+            let _ = reply.send(outcome);
+            return;
+        }
+        if let Some(why) = self.replica.refuses(schema) {
+            let _ = reply.send(PushOutcome::Refused(why));
+            return;
+        }
+        if let Some(why) = push
+            .batches
+            .iter()
+            .find_map(|b| crate::replica::validate_batch(schema, b).err())
+        {
+            let _ = reply.send(PushOutcome::Refused(why));
+            return;
+        }
+        let applied = self.replica.applied_position(schema);
+        // In-flight proposals are tracked per incarnation of the view.
+        let view = format!("{view}#{}", schema.view_id);
+        let in_flight = self.proposed_seq.get(&view).cloned();
+        let mut known = in_flight
+            .as_ref()
+            .map_or(applied.clone(), |(p, _)| p.clone());
+        let mut batches = Vec::new();
+        let mut need_full = String::new();
+        for b in push.batches {
+            match admit(&known, &b) {
+                Admit::Skip => continue,
+                Admit::Apply => {
+                    known = Position {
+                        seq: b.seq,
+                        epoch: b.epoch,
+                        checksum: b.checksum,
+                        ..known
+                    };
+                    batches.push(b);
+                }
+                // The sender is ahead of this leader: it resends from the position.
+                Admit::Gap => break,
+                Admit::NeedFull(why) => {
+                    need_full = why;
+                    break;
+                }
+            }
+        }
+        if batches.is_empty() {
+            match in_flight {
+                Some((_, id)) if need_full.is_empty() => {
+                    if let Some(p) = self.pending.get_mut(&id) {
+                        p.reply.push(reply);
+                        return;
+                    }
+                    let _ = reply.send(PushOutcome::Applied(Ack::of(&applied)));
+                }
+                _ => {
+                    let _ = reply.send(PushOutcome::Applied(Ack {
+                        need_full,
+                        ..Ack::of(&applied)
+                    }));
+                }
+            }
+            return;
+        }
+        let data = pb::PushRequest {
+            schema: push.schema,
+            batches,
+            trace_context: push.trace_context,
+            // Only the leader itself proposes drops (see `prune`), never a sender.
+            drop_view: false,
+        }
+        .encode_to_vec();
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        let mut context = Vec::with_capacity(24);
+        context.extend_from_slice(&self.id.to_be_bytes());
+        context.extend_from_slice(&self.incarnation.to_be_bytes());
+        context.extend_from_slice(&id.to_be_bytes());
+        match self.raw.propose(context, data) {
+            Ok(()) => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        view: view.clone(),
+                        reply: vec![reply],
+                    },
+                );
+                self.proposed_seq.insert(view, (known, id));
+            }
+            Err(e) => {
+                let _ = reply.send(PushOutcome::Retry(format!("propose failed: {e}")));
+            }
+        }
+    }
+
+    /// A push's view must be one the catalog assigns to this region, with the schema the
+    /// catalog gives it. Until the coordinator has answered once, pushes are taken as they
+    /// come (the coordinator is not on the data path).
+    fn check_catalog(&self, schema: &pb::ViewSchema) -> Option<PushOutcome> {
+        let (live, next_view_id) = self.catalog.as_ref()?;
+        match live.iter().find(|l| l.view_id == schema.view_id) {
+            Some(l) if l.name != schema.view || l.schema.as_ref().is_some_and(|s| s != schema) => {
+                Some(PushOutcome::Refused(format!(
+                    "the pushed schema of view '{}' (id {}) does not match the catalog's: pushed {}, catalog {}",
+                    schema.view,
+                    schema.view_id,
+                    describe_schema(schema),
+                    l.schema.as_ref().map_or_else(|| l.name.clone(), describe_schema)
+                )))
+            }
+            Some(_) => None,
+            None if schema.view_id < *next_view_id => Some(PushOutcome::Refused(format!(
+                "view '{}' (id {}) is not assigned to this region by the catalog",
+                schema.view, schema.view_id
+            ))),
+            None => Some(PushOutcome::Retry(format!(
+                "view id {} is newer than this region's copy of the catalog",
+                schema.view_id
+            ))),
+        }
+    }
+
+    pub(super) fn prune(&mut self, live: &[pb::LiveView], next_view_id: u64) {
+        if self.raw.raft.state != StateRole::Leader
+            || self.applied < self.leader_start_index
+            || self.stall.is_some()
+        {
+            return;
+        }
+        let stale: Vec<pb::ViewSchema> = self
+            .replica
+            .schemas()
+            .filter(|s| {
+                s.view_id < next_view_id
+                    && !live
+                        .iter()
+                        .any(|l| l.name == s.view && l.view_id == s.view_id)
+            })
+            .filter(|s| !self.drops_proposed.contains(&(s.view.clone(), s.view_id)))
+            .cloned()
+            .collect();
+        for schema in stale {
+            info!(view = %schema.view, view_id = schema.view_id, "view is no longer assigned here; dropping its table");
+            self.drops_proposed
+                .insert((schema.view.clone(), schema.view_id));
+            let data = pb::PushRequest {
+                schema: Some(schema),
+                drop_view: true,
+                ..Default::default()
+            }
+            .encode_to_vec();
+            if let Err(e) = self.raw.propose(Vec::new(), data) {
+                warn!(error = %e, "proposing a table drop failed");
+            }
+        }
+    }
+}
+
+/// `name(col type, ...) key (i, ...)`, for error messages.
+fn describe_schema(s: &pb::ViewSchema) -> String {
+    let cols: Vec<String> = s
+        .columns
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.r#type))
+        .collect();
+    format!("{}({}) key {:?}", s.view, cols.join(", "), s.key_indexes)
+}
