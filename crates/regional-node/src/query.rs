@@ -24,6 +24,8 @@ pub const QUERY_ROWS_MAX: usize = 100_000;
 pub const QUERY_BYTES_MAX: usize = 64 << 20;
 /// Default time a query may run before it is interrupted.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries at rolling back a read's transaction (see `run`).
+const ROLLBACK_ATTEMPTS: usize = 5;
 /// Rows fetched between two checks of the deadline and the cancel flag.
 const ROWS_PER_CHECK: usize = 1024;
 
@@ -212,8 +214,16 @@ pub fn run(
     conn.execute_batch("BEGIN TRANSACTION READ ONLY")?;
     let result =
         check_read_only(conn, sql).and_then(|()| run_inside(conn, sql, limits, deadline, cancel));
-    // Always roll back: a reader never changes the replica, whatever it sent.
-    let rollback = conn.execute_batch("ROLLBACK");
+    // Always roll back: a reader never changes the replica, whatever it sent. The interrupts
+    // that stopped a query may still be arriving and can hit the rollback too, so it is tried
+    // again; a connection left inside the transaction could not serve the next read.
+    let mut rollback = conn.execute_batch("ROLLBACK");
+    for _ in 1..ROLLBACK_ATTEMPTS {
+        if rollback.is_ok() || conn.is_autocommit() {
+            break;
+        }
+        rollback = conn.execute_batch("ROLLBACK");
+    }
     let result = match result {
         // An interrupted query surfaces as a DuckDB error; name the real reason.
         Err(QueryError::DuckDb(e)) if Instant::now() >= deadline => {
