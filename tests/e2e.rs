@@ -2,6 +2,9 @@
 //! two regions of three Raft nodes, each its own process. The oracle for a view is the same SQL
 //! run by DuckDB over the source table's final rows; every replica must equal it exactly.
 
+// The view engine's end-to-end test shares this binary (one link instead of two).
+mod views;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -47,6 +47,9 @@ pub fn oracle(setup: &[String], select: &str) -> Vec<Row> {
                         duckdb::types::Value::BigInt(v) => v.to_string(),
                         duckdb::types::Value::HugeInt(v) => v.to_string(),
                         duckdb::types::Value::Int(v) => v.to_string(),
+                        // As the client prints a float.
+                        duckdb::types::Value::Double(v) => v.to_string(),
+                        duckdb::types::Value::Boolean(v) => v.to_string(),
                         other => format!("{other:?}"),
                     },
                 )

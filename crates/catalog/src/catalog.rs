@@ -36,14 +36,20 @@ pub struct Entry {
     pub object: Object,
 }
 
+/// Stack of the thread a statement is planned on.
+const PLAN_STACK_BYTES: usize = 32 << 20;
+
 /// What a statement asks of the catalog, once validated against it.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per statement; boxing buys nothing
 pub enum Change {
     Create(Object),
     Drop {
         name: String,
     },
     Show(ObjectKind),
+    /// `EXPLAIN MATERIALIZED VIEW`: the view's plan, one operator a line.
+    Explain(String),
     /// `IF NOT EXISTS` / `IF EXISTS` made the statement a no-op; the text says why.
     Nothing(String),
 }
@@ -142,6 +148,29 @@ impl Catalog {
 
     /// Parses and validates a statement against the catalog without changing it.
     pub fn plan(&self, sql: &str) -> Result<Change, SqlError> {
+        // The parser, the planner and the parsed tree's drop recurse on the statement's
+        // nesting (bounded, but a debug build's frames are large): they get a stack of their
+        // own rather than whatever the caller's thread has left.
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("sql-plan".into())
+                .stack_size(PLAN_STACK_BYTES)
+                .spawn_scoped(scope, || self.plan_here(sql))
+                .map_err(|e| SqlError {
+                    message: format!("cannot start the planner: {e}"),
+                    pos: crate::error::Pos { line: 1, column: 1 },
+                })?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(SqlError {
+                        message: "the planner failed on this statement".to_string(),
+                        pos: crate::error::Pos { line: 1, column: 1 },
+                    })
+                })
+        })
+    }
+
+    fn plan_here(&self, sql: &str) -> Result<Change, SqlError> {
         match parse(sql)? {
             Statement::CreateStream(stmt) => {
                 if let Some(done) = self.already_exists(sql, &stmt.name, stmt.if_not_exists)? {
@@ -157,16 +186,16 @@ impl Catalog {
                     return Ok(done);
                 }
                 check_not_reserved(sql, &stmt.name)?;
-                let Some(stream) = self.stream(&stmt.from.value) else {
-                    let what = if self.get(&stmt.from.value).is_some() {
+                let Some(stream) = self.stream(&stmt.query.from.value) else {
+                    let what = if self.get(&stmt.query.from.value).is_some() {
                         "is a view, not a stream"
                     } else {
                         "does not exist"
                     };
                     return Err(SqlError::at(
                         sql,
-                        stmt.from.offset,
-                        format!("stream '{}' {what}", stmt.from.value),
+                        stmt.query.from.offset,
+                        format!("stream '{}' {what}", stmt.query.from.value),
                     ));
                 };
                 Ok(Change::Create(Object::View(ViewDef::from_ast(
@@ -224,6 +253,29 @@ impl Catalog {
                 Ok(Change::Drop { name: name.value })
             }
             Statement::Show(kind) => Ok(Change::Show(kind)),
+            Statement::ExplainView(name) => {
+                let Some(view) = self
+                    .views()
+                    .find(|v| v.name.eq_ignore_ascii_case(&name.value))
+                else {
+                    return Err(SqlError::at(
+                        sql,
+                        name.offset,
+                        format!("view '{}' does not exist", name.value),
+                    ));
+                };
+                let Some(stream) = self.stream(&view.stream) else {
+                    return Err(SqlError::at(
+                        sql,
+                        name.offset,
+                        format!(
+                            "stream '{}' of view '{}' does not exist",
+                            view.stream, view.name
+                        ),
+                    ));
+                };
+                Ok(Change::Explain(view.plan.explain(stream, &view.outputs)))
+            }
         }
     }
 
@@ -240,7 +292,7 @@ impl Catalog {
                 });
             }
             Change::Drop { name } => self.entries.retain(|e| e.object.name() != name),
-            Change::Show(_) | Change::Nothing(_) => {}
+            Change::Show(_) | Change::Explain(_) | Change::Nothing(_) => {}
         }
     }
 }

@@ -13,6 +13,9 @@ pub enum Tok {
     Int(i64),
     Float(f64),
     Sym(&'static str),
+    /// The query of `CREATE MATERIALIZED VIEW ... AS`: the rest of the statement, from this
+    /// offset, which sqlparser reads (see `view`).
+    Query,
     Eof,
 }
 
@@ -25,6 +28,7 @@ impl Tok {
             Tok::Int(v) => format!("number {v}"),
             Tok::Float(v) => format!("number {v}"),
             Tok::Sym(s) => format!("'{s}'"),
+            Tok::Query => "a query".to_string(),
             Tok::Eof => "end of statement".to_string(),
         }
     }
@@ -61,8 +65,16 @@ pub fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
             while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                 i += 1;
             }
+            let word = &sql[start..i];
+            if is_view_query_start(&tokens, word) {
+                tokens.push(Token {
+                    tok: Tok::Query,
+                    offset: start,
+                });
+                break;
+            }
             tokens.push(Token {
-                tok: Tok::Word(sql[start..i].to_string()),
+                tok: Tok::Word(word.to_string()),
                 offset: start,
             });
         } else if c.is_ascii_digit() {
@@ -156,6 +168,16 @@ pub fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
         offset: sql.len(),
     });
     Ok(tokens)
+}
+
+/// Whether `word` starts the query of a `CREATE MATERIALIZED VIEW ... AS`: the first SELECT
+/// or WITH right after AS. The tokenizer stops there, since the query is sqlparser's to read.
+fn is_view_query_start(tokens: &[Token], word: &str) -> bool {
+    let is = |t: Option<&Token>, kw: &str| matches!(t.map(|t| &t.tok), Some(Tok::Word(w)) if w.eq_ignore_ascii_case(kw));
+    (word.eq_ignore_ascii_case("select") || word.eq_ignore_ascii_case("with"))
+        && is(tokens.last(), "as")
+        && is(tokens.first(), "create")
+        && is(tokens.get(1), "materialized")
 }
 
 /// Line and column (both from 1) of a byte offset.

@@ -1,23 +1,25 @@
 //! Meridian's SQL dialect (a subset of Timeplus Proton's DDL) and the catalog it builds.
 //!
 //! Pure code: no IO. The coordinator validates and persists statements with it; the central
-//! worker rebuilds the same [`Catalog`] from the stored statements.
+//! worker rebuilds the same [`Catalog`] from the stored statements. A view's query is read by
+//! sqlparser and typed by DuckDB in memory (`eval`), the same evaluator the view actor runs.
 
 pub mod ast;
 mod catalog;
 mod defs;
 mod error;
+pub mod eval;
 mod lexer;
 mod parser;
 mod value;
+pub mod view;
 
 pub use catalog::{is_reserved, Catalog, Change, Entry, Object};
-pub use defs::{
-    valid_region_name, Column, DataFormat, Expr, Output, OutputKind, StreamDef, ViewDef,
-};
+pub use defs::{valid_region_name, Column, DataFormat, Output, StreamDef, ViewDef};
 pub use error::{Pos, SqlError};
 pub use parser::parse;
 pub use value::{ColumnType, Value};
+pub use view::{AggFunc, Aggregate, Finish, Plan, PlanKind, Ref, Slot};
 
 #[cfg(test)]
 mod tests;

@@ -31,32 +31,75 @@ fn view_resolves_keys_and_aggregates() {
         panic!("not a view")
     };
     assert_eq!(v.key_outputs, vec![0, 1]);
-    assert_eq!(v.group_columns, vec![2, 3]);
-    assert_eq!(v.outputs[2].kind, OutputKind::Count);
-    assert_eq!(v.outputs[3].kind, OutputKind::Sum(4));
+    assert_eq!(v.plan.kind, PlanKind::Aggregate);
+    assert_eq!(v.plan.n_keys, 2);
+    assert_eq!(v.plan.filter.as_deref(), Some("(\"quantity\" > 0)"));
+    assert_eq!(v.plan.project[0].sql, "\"region\"");
+    assert_eq!(v.plan.aggregates[0].func, AggFunc::Count);
+    assert_eq!(v.plan.aggregates[1].func, AggFunc::Sum);
+    assert_eq!(
+        v.plan.finish,
+        Finish::Direct(vec![Ref::Key(0), Ref::Key(1), Ref::Agg(0), Ref::Agg(1)])
+    );
     assert_eq!(v.outputs[3].ty, ColumnType::Int64);
     assert_eq!(
         v.regions,
         Some(vec!["eu-west".to_string(), "us-east".to_string()])
     );
     assert!(v.assigned_to("eu-west") && !v.assigned_to("ap-south"));
-    let filter = v.filter.expect("has a filter");
-    let row = |q: Value| {
-        vec![
-            Value::Int(1),
-            Value::Int(2),
-            Value::Text("a".into()),
-            Value::Text("b".into()),
-            Value::Int(5),
-            q,
-        ]
+}
+
+/// Views written as Proton users write them: expressions, functions, casts, JSON paths, HAVING,
+/// projections; each is accepted and typed.
+#[test]
+fn proton_views_are_accepted_and_typed() {
+    let mut c = catalog_with_orders();
+    let raw =
+        "CREATE EXTERNAL STREAM events(raw string) SETTINGS type='kafka', brokers='b:1', topic='e'";
+    let ch = c.plan(raw).expect("raw stream");
+    c.apply(2, raw, ch);
+    let cases: &[(&str, &[ColumnType])] = &[
+        ("CREATE MATERIALIZED VIEW v AS SELECT lower(region) AS r, count() AS n, sum(amount * quantity) AS total, avg(amount) AS mean, max(amount) - min(amount) AS spread FROM orders WHERE status IN ('paid', 'shipped') AND amount BETWEEN 1 AND 1000 GROUP BY r HAVING count() > 2",
+            &[ColumnType::String, ColumnType::Int64, ColumnType::Int64, ColumnType::Float64, ColumnType::Int64]),
+        ("CREATE MATERIALIZED VIEW v AS SELECT raw:payload.after.region AS region, count(DISTINCT raw:payload.after.id::int) AS customers FROM events GROUP BY region",
+            &[ColumnType::String, ColumnType::Int64]),
+        ("CREATE MATERIALIZED VIEW v AS SELECT id, upper(status) AS s, if(amount > 100, 'big', 'small') AS size, amount * 1.5 AS scaled FROM orders WHERE status != 'cancelled'",
+            &[ColumnType::Int64, ColumnType::String, ColumnType::String, ColumnType::Float64]),
+        ("CREATE MATERIALIZED VIEW v AS SELECT * FROM orders WHERE amount > 0",
+            &[ColumnType::Int64, ColumnType::Int64, ColumnType::String, ColumnType::String, ColumnType::Int64, ColumnType::Int64]),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count_if(amount > 10) AS big, uniq_exact(customer_id) AS c, multi_if(count() > 10, 'many', count() > 1, 'some', 'one') AS howmany FROM orders GROUP BY 1",
+            &[ColumnType::String, ColumnType::Int64, ColumnType::Int64, ColumnType::String]),
+        ("CREATE MATERIALIZED VIEW v AS SELECT count() AS n, coalesce(sum(amount), 0) AS total FROM orders",
+            &[ColumnType::Int64, ColumnType::Int64]),
+    ];
+    for (sql, types) in cases {
+        let v = match c.plan(sql) {
+            Ok(Change::Create(Object::View(v))) => v,
+            other => panic!("{sql}: {other:?}"),
+        };
+        let got: Vec<ColumnType> = v.outputs.iter().map(|o| o.ty).collect();
+        assert_eq!(&got, types, "{sql}");
+    }
+}
+
+#[test]
+fn explain_prints_the_plan() {
+    let mut c = catalog_with_orders();
+    let sql = "CREATE MATERIALIZED VIEW big AS SELECT region, count() AS n, max(amount) AS top FROM orders WHERE amount > 10 GROUP BY region HAVING n > 1";
+    let ch = c.plan(sql).expect("view");
+    c.apply(2, sql, ch);
+    let Ok(Change::Explain(text)) = c.plan("EXPLAIN MATERIALIZED VIEW big") else {
+        panic!("explain")
     };
-    assert!(filter.matches(&row(Value::Int(3))));
-    assert!(!filter.matches(&row(Value::Int(0))));
-    assert!(
-        !filter.matches(&row(Value::Null)),
-        "NULL filters the row out"
-    );
+    for needle in [
+        "scan: stream orders",
+        "filter: (\"amount\" > 10)",
+        "aggregate: by (k0) compute a0 = count()",
+        "having: (a0 > 1)",
+        "output: region string, n int64, top int64",
+    ] {
+        assert!(text.contains(needle), "{needle} not in\n{text}");
+    }
 }
 
 /// Each refused statement and the words and column its error must carry.
@@ -64,12 +107,23 @@ fn view_resolves_keys_and_aggregates() {
 fn refused_statements_name_the_problem_and_position() {
     let cases: &[(&str, &str, usize)] = &[
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY regoin", "unknown column 'regoin'", 75),
-        ("CREATE MATERIALIZED VIEW v AS SELECT status, sum(status) FROM orders GROUP BY status", "needs a number", 50),
-        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE amount = 'x' GROUP BY region", "type mismatch", 81),
+        ("CREATE MATERIALIZED VIEW v AS SELECT status, sum(status) FROM orders GROUP BY status", "needs a number", 46),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE amount = 'x' GROUP BY region", "Conversion Error", 72),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM nope GROUP BY region", "stream 'nope' does not exist", 59),
-        ("CREATE MATERIALIZED VIEW v AS SELECT region, max(amount) FROM orders GROUP BY region", "unsupported aggregate 'max'", 46),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, top_k(amount) FROM orders GROUP BY region", "aggregate 'top_k' is not supported yet", 46),
         ("CREATE MATERIALIZED VIEW v AS SELECT status, count() FROM orders GROUP BY region", "must appear in GROUP BY", 38),
         ("CREATE MATERIALIZED VIEW v AS SELEKT 1", "expected SELECT", 31),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE now() IS NOT NULL GROUP BY region", "now() is not deterministic", 72),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM tumble(orders, INTERVAL 1 MINUTE) GROUP BY region", "tumble() windows are not supported yet", 59),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM tumble(orders, 1m) GROUP BY region", "interval literals such as 1m", 74),
+        ("CREATE MATERIALIZED VIEW v AS SELECT o.region, count() FROM orders o JOIN customers c ON o.customer_id = c.id GROUP BY o.region", "joins are not supported yet", 75),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region EMIT PERIODIC 1s", "EMIT clauses are not supported yet", 82),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, lower(amount) AS l FROM orders", "lower", 46),
+        ("CREATE MATERIALIZED VIEW v AS SELECT id, region FROM orders ORDER BY id", "ORDER BY is not supported", 70),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE sum(amount) > 1 GROUP BY region", "aggregates are not allowed in WHERE", 72),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, frobnicate(amount) AS f FROM orders", "unsupported function 'frobnicate'", 46),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region FROM orders", "keyed by the stream's primary key: select column 'id'", 31),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region SETTINGS colour='red'", "unknown view setting 'colour'", 91),
         ("CREATE EXTERNAL STREAM s(a int64) SETTINGS type='kafka', brokers='b:1', topic='t', colour='red'", "unknown stream setting 'colour'", 84),
         ("CREATE EXTERNAL STREAM s(a decimal(10)) SETTINGS type='kafka', brokers='b:1', topic='t'", "unsupported type", 28),
         ("CREATE EXTERNAL STREAM s(a int64) SETTINGS type='kafka', brokers='<bootstrap-servers>', topic='t'", "not a host:port list", 66),
@@ -82,14 +136,17 @@ fn refused_statements_name_the_problem_and_position() {
         "CREATE MATERIALIZED VIEW by_region AS SELECT region, count() FROM orders GROUP BY region";
     let change = c.plan(view).expect("valid view");
     c.apply(2, view, change);
+    let mut wrong = Vec::new();
     for (sql, words, column) in cases {
-        let err = c.plan(sql).expect_err(sql);
-        assert!(
-            err.message.contains(words),
-            "{sql}: {err} does not say {words}"
-        );
-        assert_eq!(err.pos.column, *column, "{sql}: {err}");
+        match c.plan(sql) {
+            Ok(ch) => wrong.push(format!("{sql}: accepted as {ch:?}")),
+            Err(err) if !err.message.contains(words) || err.pos.column != *column => {
+                wrong.push(format!("{sql}: {err}; want '{words}' at column {column}"))
+            }
+            Err(_) => {}
+        }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
@@ -102,29 +159,6 @@ fn catalog_reloads_from_stored_statements() {
         Catalog::load(vec![(7, view.to_string()), (1, ORDERS.to_string())]).expect("reloads");
     assert_eq!(reloaded.entries(), c.entries());
     assert_eq!(reloaded.next_id(), 8);
-}
-
-#[test]
-fn three_valued_in_list() {
-    let c = catalog_with_orders();
-    let sql = "CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE status NOT IN ('cancelled', NULL) GROUP BY region";
-    let Change::Create(Object::View(v)) = c.plan(sql).expect("valid") else {
-        panic!()
-    };
-    let f = v.filter.expect("filter");
-    let row = vec![
-        Value::Int(1),
-        Value::Int(1),
-        Value::Text("r".into()),
-        Value::Text("paid".into()),
-        Value::Int(1),
-        Value::Int(1),
-    ];
-    assert_eq!(
-        f.eval(&row),
-        Value::Null,
-        "x NOT IN (.., NULL) is unknown when x is not in the list"
-    );
 }
 
 #[test]
@@ -181,35 +215,42 @@ fn names_are_case_insensitive_and_reserved_prefixes_refused() {
 #[test]
 fn deep_or_huge_expressions_are_refused_not_overflowed() {
     let c = catalog_with_orders();
-    let deep = format!(
-        "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1{} GROUP BY region",
-        "(".repeat(100_000),
-        ")".repeat(100_000)
-    );
-    let err = c.plan(&deep).expect_err("too deep").to_string();
-    assert!(err.contains("nested deeper than"), "{err}");
-    let nots = format!(
-        "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1 GROUP BY region",
-        "NOT ".repeat(100_000)
-    );
-    assert!(c
-        .plan(&nots)
-        .expect_err("too deep")
-        .to_string()
-        .contains("nested deeper than"));
-    let long = format!(
-        "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {} GROUP BY region",
-        vec!["amount > 1"; 50_000].join(" AND ")
-    );
-    assert!(c
-        .plan(&long)
-        .expect_err("too long")
-        .to_string()
-        .contains("expression terms"));
+    for (n, needle) in [
+        (100, "nested deeper than"),
+        (100_000, "too many expression terms"),
+    ] {
+        let deep = format!(
+            "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1{} GROUP BY region",
+            "(".repeat(n),
+            ")".repeat(n)
+        );
+        let err = c.plan(&deep).expect_err("too deep").to_string();
+        assert!(err.contains(needle), "{n}: {err}");
+        let nots = format!(
+            "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1 GROUP BY region",
+            "NOT ".repeat(n)
+        );
+        // sqlparser reports a NOT chain past its limit as unparsed text; refused either way.
+        let err = c.plan(&nots).expect_err("too deep").to_string();
+        assert!(n < 1_000 || err.contains(needle), "{n}: {err}");
+    }
+    for n in [100, 50_000] {
+        let long = format!(
+            "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {} GROUP BY region",
+            vec!["amount > 1"; n].join(" AND ")
+        );
+        let err = c.plan(&long).expect_err("too long").to_string();
+        assert!(
+            err.contains("nested deeper than") || err.contains("too many expression terms"),
+            "{err}"
+        );
+    }
     let fine = format!(
-        "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1{} GROUP BY region",
+        "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders WHERE {}amount > 1{} AND status IN ({}) GROUP BY region",
         "(".repeat(10),
-        ")".repeat(10)
+        ")".repeat(10),
+        vec!["'x'"; 300].join(", ")
     );
-    c.plan(&fine).expect("modest nesting is fine");
+    c.plan(&fine)
+        .expect("modest nesting and a long IN list are fine");
 }

@@ -85,6 +85,31 @@ impl Value {
         }
     }
 
+    /// A total order over all values: NULL, then bools, numbers, strings. Numbers compare by
+    /// value, an integer before an equal float; floats by `f64::total_cmp`. For sorted keys and
+    /// the value sets of `min`, `max` and `count(DISTINCT)`.
+    pub fn total_cmp(&self, other: &Value) -> Ordering {
+        let rank = |v: &Value| match v {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Int(_) | Value::Float(_) => 2,
+            Value::Text(_) => 3,
+        };
+        rank(self)
+            .cmp(&rank(other))
+            .then_with(|| match (self, other) {
+                (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+                (Value::Int(a), Value::Int(b)) => a.cmp(b),
+                (Value::Float(a), Value::Float(b)) => a.total_cmp(b),
+                (Value::Int(a), Value::Float(b)) => (*a as f64).total_cmp(b).then(Ordering::Less),
+                (Value::Float(a), Value::Int(b)) => {
+                    a.total_cmp(&(*b as f64)).then(Ordering::Greater)
+                }
+                (Value::Text(a), Value::Text(b)) => a.cmp(b),
+                _ => Ordering::Equal,
+            })
+    }
+
     /// SQL comparison: `None` when either side is NULL or the kinds cannot be compared.
     pub fn sql_cmp(&self, other: &Value) -> Option<Ordering> {
         match (self, other) {

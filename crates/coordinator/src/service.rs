@@ -211,6 +211,18 @@ impl CoordinatorService {
                     rows,
                 });
             }
+            Change::Explain(plan) => {
+                return Ok(pb::ExecuteResponse {
+                    message: String::new(),
+                    columns: vec!["plan".to_string()],
+                    rows: plan
+                        .lines()
+                        .map(|l| pb::TextRow {
+                            cells: vec![l.to_string()],
+                        })
+                        .collect(),
+                });
+            }
             Change::Nothing(why) => format!("nothing to do: {why}"),
         };
         Ok(pb::ExecuteResponse {

@@ -176,6 +176,9 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
             json!({
                 "view": v.view, "view_id": v.view_id, "seq": v.seq, "log_first_seq": v.log_first_seq, "events": v.events, "dead_letters": v.dead_letters, "error": v.error,
                 "last_batch_at_ms": v.last_batch_at_ms,
+                "source_bytes": v.source_bytes, "view_rows": v.view_rows, "view_bytes": v.view_bytes,
+                "reduction": {"rows": ratio(v.view_rows, v.events), "bytes": ratio(v.view_bytes, v.source_bytes)},
+                "plan": v.plan,
                 "recent_dead_letters": v.recent_dead_letters.iter().map(|d| json!({"topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": d.reason})).collect::<Vec<_>>(),
                 "stalled": v.stalled.iter().map(|st| json!({"partition": st.partition, "offset": st.offset, "high_watermark": st.high_watermark, "since_ms": st.since_ms})).collect::<Vec<_>>(),
                 "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "acked_seq": sh.acked_seq, "central_seq": v.seq, "epoch": sh.epoch, "error": sh.error, "last_reseed": sh.last_reseed})).collect::<Vec<_>>(),
@@ -274,6 +277,12 @@ pub fn render(s: &pb::ClusterStatus) -> String {
             v.seq.to_string(),
             v.events.to_string(),
             v.dead_letters.to_string(),
+            format!(
+                "{} rows, {}",
+                v.view_rows,
+                ratio(v.view_bytes, v.source_bytes)
+                    .map_or_else(|| "-".to_string(), |r| format!("R={r:.4}"))
+            ),
             age,
             ship,
             {
@@ -306,6 +315,7 @@ pub fn render(s: &pb::ClusterStatus) -> String {
                 "SEQ",
                 "EVENTS",
                 "DEAD_LETTERS",
+                "SIZE (R = view/source bytes)",
                 "LAST_BATCH",
                 "SHIPPED (region@acked/central seq, epoch)",
                 "ERROR",
@@ -322,4 +332,9 @@ pub fn render(s: &pb::ClusterStatus) -> String {
         }
     }
     out
+}
+
+/// The reduction ratio R = view / source (design notes: D_r / D_t); `None` before any source.
+fn ratio(view: u64, source: u64) -> Option<f64> {
+    (source > 0).then(|| view as f64 / source as f64)
 }

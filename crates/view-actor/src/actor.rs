@@ -44,6 +44,8 @@ pub enum ActorError {
     DataLost(String),
     #[error("reading a source row: {0}")]
     Lookup(String),
+    #[error("view engine: {0}")]
+    View(String),
     #[error("task failed: {0}")]
     Join(String),
 }
@@ -57,6 +59,9 @@ pub struct ActorStatus {
     pub recent_dead_letters: Vec<DeadLetter>,
     pub error: String,
     pub last_batch_at_ms: i64,
+    pub source_bytes: u64,
+    pub view_rows: u64,
+    pub view_bytes: u64,
     /// Partitions behind their high watermark that made no progress between two checks.
     pub stalled: Vec<crate::progress::Stalled>,
 }
@@ -82,6 +87,13 @@ impl ViewActor {
         let span = info_span!("view", view = %self.def.name);
         async {
             let (meta, groups) = self.store.consistent_state()?;
+            if meta.seq > 0 && meta.state_format < crate::store::STATE_FORMAT {
+                return Err(ActorError::View(format!(
+                    "the view's central state was written by an older Meridian (state format {}, this version reads {}); drop and re-create the view",
+                    meta.state_format,
+                    crate::store::STATE_FORMAT
+                )));
+            }
             let mut offsets = self.store.load_offsets()?;
             info!(seq = meta.seq, groups = groups.len(), "view state loaded");
             self.latest.send_replace(meta.seq);
@@ -90,8 +102,11 @@ impl ViewActor {
                 s.events = meta.events;
                 s.dead_letters = meta.dead_letters;
                 s.last_batch_at_ms = meta.last_batch_at_ms;
+                s.source_bytes = meta.source_bytes;
+                s.view_rows = meta.view_rows;
+                s.view_bytes = meta.view_bytes;
             });
-            let mut core = ViewCore::new(self.def.clone(), self.stream.primary_key.clone(), groups);
+            let mut core = ViewCore::new(self.def.clone(), &self.stream, groups).map_err(ActorError::View)?;
             let mut meta = meta;
 
             let (mut consumer, started, mut assigned) = self.subscribe(&offsets).await?;
@@ -173,7 +188,11 @@ impl ViewActor {
                 let mut commit = Commit::default();
                 let mut new_offsets: HashMap<i32, i64> = HashMap::new();
                 let mut consumed = 0u64;
+                let mut consumed_bytes = 0u64;
                 let mut gap_rewinds: Vec<(i32, i64)> = Vec::new();
+                // Decoded events, with the message each came from, evaluated as one batch.
+                let mut events = Vec::with_capacity(messages.len());
+                let mut origins = Vec::with_capacity(messages.len());
                 span.in_scope(|| -> Result<(), ActorError> {
                     for m in &messages {
                         let next = offsets.get(&m.partition()).copied().unwrap_or(m.offset());
@@ -194,14 +213,23 @@ impl ViewActor {
                         new_offsets.insert(m.partition(), m.offset() + 1);
                         offsets.insert(m.partition(), m.offset() + 1);
                         consumed += 1;
+                        consumed_bytes += (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
                         match decode(&self.stream, m.key(), m.payload()) {
-                            Ok(Some(event)) => core.apply(event, &self.store).map_err(ActorError::Lookup)?,
+                            Ok(Some(event)) => {
+                                events.push(event);
+                                origins.push((m.topic().to_string(), m.partition(), m.offset()));
+                            }
                             Ok(None) => {}
                             Err(reason) => {
                                 warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "message sent to the dead-letter table");
                                 commit.dead_letters.push(DeadLetter { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset(), reason });
                             }
                         }
+                    }
+                    for (i, reason) in core.apply_batch(&events, &self.store).map_err(ActorError::View)? {
+                        let (topic, partition, offset) = origins[i].clone();
+                        warn!(topic, partition, offset, %reason, "message sent to the dead-letter table");
+                        commit.dead_letters.push(DeadLetter { topic, partition, offset, reason });
                     }
                     Ok(())
                 })?;
@@ -220,9 +248,13 @@ impl ViewActor {
                 if consumed == 0 && !core.has_pending_changes() {
                     continue;
                 }
-                let out = core.finish_batch();
+                let out = core.finish_batch().map_err(ActorError::View)?;
                 let now = self.clock.now_ms();
                 meta.events += consumed;
+                meta.state_format = crate::store::STATE_FORMAT;
+                meta.source_bytes += consumed_bytes;
+                meta.view_rows = meta.view_rows.saturating_add_signed(out.rows_delta);
+                meta.view_bytes = meta.view_bytes.saturating_add_signed(out.bytes_delta);
                 meta.dead_letters += commit.dead_letters.len() as u64;
                 if !out.changes.is_empty() {
                     meta.seq += 1;
@@ -261,6 +293,9 @@ impl ViewActor {
                     s.events = meta.events;
                     s.dead_letters = meta.dead_letters;
                     s.last_batch_at_ms = meta.last_batch_at_ms;
+                    s.source_bytes = meta.source_bytes;
+                    s.view_rows = meta.view_rows;
+                    s.view_bytes = meta.view_bytes;
                     if let Some(r) = recent {
                         s.recent_dead_letters = r;
                     }

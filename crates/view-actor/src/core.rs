@@ -1,13 +1,18 @@
-//! The view's aggregation state machine: events in, absolute row changes out. No IO.
+//! The view's incremental state machine: source events in, absolute row changes out. No IO.
 //!
-//! The core keeps every group's accumulators. For streams with a primary key it also needs the
-//! last version of each source row, to retract it when the row is updated or deleted; those
-//! rows live in the actor's store, so the core reads them through a [`RowLookup`] and returns
-//! the rows it changed, for the shell to persist in the same atomic write as the offsets.
+//! A view's [`Plan`] has a stateless part evaluated per source row by DuckDB in memory (the
+//! filter, then the GROUP BY keys and the aggregates' arguments, or the output columns of a
+//! view without aggregates), the aggregation, which is the only state, and a stateless part
+//! per group (output expressions and HAVING). For streams with a primary key the core keeps
+//! each source row's *projected* values (only for rows that pass the filter), to retract them
+//! when the row is updated or deleted; they live in the actor's store, read through a
+//! [`RowLookup`], and the rows a batch changed are returned for the shell to persist in the
+//! same atomic write as the offsets.
 
 use std::collections::{BTreeSet, HashMap};
 
-use catalog::{OutputKind, Value, ViewDef};
+use catalog::eval::Evaluator;
+use catalog::{AggFunc, ColumnType, Finish, PlanKind, Ref, StreamDef, Value, ViewDef};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::SourceEvent;
@@ -15,18 +20,41 @@ use crate::decode::SourceEvent;
 pub type Key = Vec<Value>;
 pub type Row = Vec<Value>;
 
-/// Reads the stored version of a source row by primary key.
+/// Groups evaluated per call of the per-group stage when all rows are listed.
+const FINISH_CHUNK: usize = 10_000;
+
+/// Reads the stored projection of a source row by primary key.
 pub trait RowLookup {
     fn get_row(&self, pk: &Key) -> Result<Option<Row>, String>;
 }
 
-/// Accumulators of one group.
+/// The state of one key of the view.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GroupState {
     /// Source rows in the group; the group's row exists while this is above zero.
     pub rows: i64,
-    /// One entry per output column that is an aggregate, in output order.
+    /// One accumulator per aggregate of the plan, in plan order.
     pub aggregates: Vec<Accumulator>,
+    /// A view without aggregates: the row itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<Row>,
+    /// Size of the row last emitted for this key (`row_bytes`), 0 when it has none: the
+    /// view's size is kept up to date from it.
+    #[serde(default)]
+    pub out_bytes: u64,
+}
+
+/// The size of a row as the reduction ratio counts it: 8 bytes a number, 1 a bool or NULL,
+/// the length of a string.
+pub fn row_bytes(row: &[Value]) -> u64 {
+    row.iter()
+        .map(|v| match v {
+            Value::Int(_) | Value::Float(_) => 8,
+            Value::Null | Value::Bool(_) => 1,
+            Value::Text(t) => t.len() as u64,
+        })
+        .sum::<u64>()
+        .max(1)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,7 +62,8 @@ pub enum Accumulator {
     Count,
     /// Non-null values seen.
     CountColumn(i64),
-    /// Integer sums are exact; `non_null` decides between the sum and NULL.
+    /// Integer sums are exact; `non_null` decides between the sum and NULL (and is avg's
+    /// divisor).
     SumInt {
         sum: i128,
         non_null: i64,
@@ -43,28 +72,35 @@ pub enum Accumulator {
         sum: f64,
         non_null: i64,
     },
+    /// The group's non-null values with their multiplicity, sorted by `Value::total_cmp`:
+    /// `min`, `max` and `count(DISTINCT)` stay exact when values are retracted (deleting the
+    /// current max reveals the next), with state bounded by the distinct values of the group.
+    Values(Vec<(Value, i64)>),
 }
 
 /// One change of the view's rows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowChange {
     pub key: Key,
-    /// The full row after the change, or `None` when the group is gone.
+    /// The full row after the change, or `None` when the row is gone.
     pub row: Option<Row>,
 }
 
 /// What one batch of events did.
 #[derive(Debug, Default)]
 pub struct BatchOutput {
-    /// One change per touched group, in key order.
+    /// One change per touched key, in key order.
     pub changes: Vec<RowChange>,
     /// The groups' new states (`None`: the group is gone), to persist.
     pub groups: Vec<(Key, Option<GroupState>)>,
-    /// Source rows written (`None`: deleted), to persist.
+    /// Source rows' projections written (`None`: deleted), to persist.
     pub rows: Vec<(Key, Option<Row>)>,
     /// The source was truncated in this batch: every stored source row is deleted before
     /// `rows` are written.
     pub truncate_rows: bool,
+    /// How the view's row count and size changed.
+    pub rows_delta: i64,
+    pub bytes_delta: i64,
 }
 
 pub struct ViewCore {
@@ -76,6 +112,12 @@ pub struct ViewCore {
     touched: BTreeSet<KeyOrd>,
     /// A truncate happened in this batch: the stored source rows are gone.
     truncated: bool,
+    project: Evaluator,
+    finish: Finisher,
+    /// Rows and bytes of rows that left the view with their state (deleted source rows of a
+    /// view without aggregates, truncates), since the last `finish_batch`.
+    gone_rows: i64,
+    gone_bytes: i64,
 }
 
 /// A key with a total order, so that a batch's changes come out in a deterministic order.
@@ -90,16 +132,8 @@ impl PartialOrd for KeyOrd {
 
 impl Ord for KeyOrd {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let rank = |v: &Value| match v {
-            Value::Null => 0,
-            Value::Bool(_) => 1,
-            Value::Int(_) | Value::Float(_) => 2,
-            Value::Text(_) => 3,
-        };
         for (a, b) in self.0.iter().zip(&other.0) {
-            let ord = rank(a)
-                .cmp(&rank(b))
-                .then_with(|| a.sql_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            let ord = a.total_cmp(b);
             if ord.is_ne() {
                 return ord;
             }
@@ -108,24 +142,210 @@ impl Ord for KeyOrd {
     }
 }
 
+/// The per-group stage of an aggregate view: output columns from keys and aggregates.
+pub struct Finisher {
+    eval: Option<Evaluator>,
+}
+
+impl Finisher {
+    pub fn new(def: &ViewDef) -> Result<Finisher, String> {
+        let eval = match &def.plan.finish {
+            Finish::Eval { exprs, having } if def.plan.kind == PlanKind::Aggregate => Some(
+                Evaluator::new(&def.plan.group_columns(), exprs, having.as_deref())
+                    .map_err(|e| format!("view '{}': {e}", def.name))?,
+            ),
+            _ => None,
+        };
+        Ok(Finisher { eval })
+    }
+
+    /// The output rows of groups given as keys and aggregate values (`None`: HAVING is false).
+    fn rows(&mut self, def: &ViewDef, groups: &[Row]) -> Result<Vec<Option<Row>>, String> {
+        match (&def.plan.finish, &mut self.eval) {
+            (Finish::Direct(refs), _) => Ok(groups
+                .iter()
+                .map(|g| {
+                    Some(
+                        refs.iter()
+                            .map(|r| match r {
+                                Ref::Key(i) => g[*i].clone(),
+                                Ref::Agg(j) => g[def.plan.n_keys + j].clone(),
+                            })
+                            .collect(),
+                    )
+                })
+                .collect()),
+            (Finish::Eval { .. }, Some(eval)) => {
+                let refs: Vec<&[Value]> = groups.iter().map(Vec::as_slice).collect();
+                eval.eval(&refs)?
+                    .into_iter()
+                    .map(|r| {
+                        r.map_err(|e| format!("computing the view's output columns failed: {e}"))
+                    })
+                    .collect()
+            }
+            (Finish::Eval { .. }, None) => Err("the view's output stage is missing".to_string()),
+        }
+    }
+}
+
+/// Every row of the view, from its groups, in key order.
+pub fn all_rows(
+    def: &ViewDef,
+    groups: &HashMap<Key, GroupState>,
+    finish: &mut Finisher,
+) -> Result<Vec<RowChange>, String> {
+    let mut keys: Vec<KeyOrd> = groups.keys().cloned().map(KeyOrd).collect();
+    keys.sort();
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(FINISH_CHUNK) {
+        let mut present = Vec::new();
+        let mut agg_rows = Vec::new();
+        for KeyOrd(key) in chunk {
+            let Some(g) = groups.get(key) else { continue };
+            match def.plan.kind {
+                PlanKind::Project => {
+                    if let Some(row) = &g.row {
+                        out.push(RowChange {
+                            key: key.clone(),
+                            row: Some(row.clone()),
+                        });
+                    }
+                }
+                PlanKind::Aggregate if exists(key, g) => {
+                    present.push(key.clone());
+                    agg_rows.push(agg_row(def, key, g));
+                }
+                PlanKind::Aggregate => {}
+            }
+        }
+        for (key, row) in present.into_iter().zip(finish.rows(def, &agg_rows)?) {
+            if row.is_some() {
+                out.push(RowChange { key, row });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an aggregate group has a row: while it has source rows, and always for a view
+/// without GROUP BY (SQL answers one row even over no rows).
+fn exists(key: &Key, g: &GroupState) -> bool {
+    g.rows > 0 || key.is_empty()
+}
+
+/// A group's keys followed by its aggregates' values.
+fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Row {
+    let mut row = key.clone();
+    for (acc, agg) in g.aggregates.iter().zip(&def.plan.aggregates) {
+        row.push(match (agg.func, acc) {
+            (AggFunc::Count, _) => Value::Int(g.rows),
+            (_, Accumulator::CountColumn(n)) => Value::Int(*n),
+            (AggFunc::CountDistinct, Accumulator::Values(v)) => Value::Int(v.len() as i64),
+            (AggFunc::Min, Accumulator::Values(v)) => {
+                v.first().map_or(Value::Null, |(x, _)| x.clone())
+            }
+            (AggFunc::Max, Accumulator::Values(v)) => {
+                v.last().map_or(Value::Null, |(x, _)| x.clone())
+            }
+            (
+                _,
+                Accumulator::SumInt { non_null: 0, .. } | Accumulator::SumFloat { non_null: 0, .. },
+            ) => Value::Null,
+            (AggFunc::Avg, Accumulator::SumInt { sum, non_null }) => {
+                Value::Float(*sum as f64 / *non_null as f64)
+            }
+            (AggFunc::Avg, Accumulator::SumFloat { sum, non_null }) => {
+                Value::Float(sum / *non_null as f64)
+            }
+            (_, Accumulator::SumInt { sum, .. }) => {
+                Value::Int(i64::try_from(*sum).unwrap_or(if *sum < 0 {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                }))
+            }
+            (_, Accumulator::SumFloat { sum, .. }) => Value::Float(*sum),
+            _ => Value::Null,
+        });
+    }
+    row
+}
+
+/// The accumulators of a group with no rows yet.
+fn new_group(def: &ViewDef) -> GroupState {
+    GroupState {
+        rows: 0,
+        aggregates: def
+            .plan
+            .aggregates
+            .iter()
+            .map(|a| match a.func {
+                AggFunc::Count => Accumulator::Count,
+                AggFunc::CountNonNull => Accumulator::CountColumn(0),
+                AggFunc::CountDistinct | AggFunc::Min | AggFunc::Max => {
+                    Accumulator::Values(Vec::new())
+                }
+                AggFunc::Sum | AggFunc::Avg => {
+                    let float = a
+                        .arg
+                        .is_some_and(|i| def.plan.project[i].ty == ColumnType::Float64);
+                    if float {
+                        Accumulator::SumFloat {
+                            sum: 0.0,
+                            non_null: 0,
+                        }
+                    } else {
+                        Accumulator::SumInt {
+                            sum: 0,
+                            non_null: 0,
+                        }
+                    }
+                }
+            })
+            .collect(),
+        row: None,
+        out_bytes: 0,
+    }
+}
+
 impl ViewCore {
-    /// `pk_columns` are the stream's primary key columns (empty for append-only streams);
     /// `groups` is the persisted state.
-    pub fn new(def: ViewDef, pk_columns: Vec<usize>, groups: HashMap<Key, GroupState>) -> ViewCore {
+    pub fn new(
+        def: ViewDef,
+        stream: &StreamDef,
+        groups: HashMap<Key, GroupState>,
+    ) -> Result<ViewCore, String> {
+        let columns: Vec<(String, String)> = stream
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.ty.duckdb_type().to_string()))
+            .collect();
+        let slots: Vec<String> = def.plan.project.iter().map(|s| s.sql.clone()).collect();
+        let project = Evaluator::new(&columns, &slots, def.plan.filter.as_deref())
+            .map_err(|e| format!("view '{}': {e}", def.name))?;
+        let finish = Finisher::new(&def)?;
         let mut core = ViewCore {
+            pk_columns: stream.primary_key.clone(),
             def,
-            pk_columns,
             groups,
             pending_rows: HashMap::new(),
             touched: BTreeSet::new(),
             truncated: false,
+            project,
+            finish,
+            gone_rows: 0,
+            gone_bytes: 0,
         };
-        if core.def.group_columns.is_empty() && !core.groups.contains_key(&Vec::new()) {
+        if core.def.plan.kind == PlanKind::Aggregate
+            && core.def.plan.n_keys == 0
+            && !core.groups.contains_key(&Vec::new())
+        {
             // Without GROUP BY, SQL answers one row even over no rows: count 0, sums NULL.
             core.groups.insert(Vec::new(), new_group(&core.def));
             core.touched.insert(KeyOrd(Vec::new()));
         }
-        core
+        Ok(core)
     }
 
     /// Whether the next `finish_batch` has changes even without new events.
@@ -141,57 +361,143 @@ impl ViewCore {
         self.groups.len()
     }
 
-    /// The current row of every group, for a full resynchronisation.
-    pub fn all_rows(&self) -> Vec<RowChange> {
-        let mut keys: Vec<KeyOrd> = self.groups.keys().cloned().map(KeyOrd).collect();
-        keys.sort();
-        keys.into_iter()
-            .map(|k| RowChange {
-                row: self.output_row(&k.0),
-                key: k.0,
-            })
-            .collect()
+    /// The current row of every key, for a full resynchronisation.
+    pub fn all_rows(&mut self) -> Result<Vec<RowChange>, String> {
+        all_rows(&self.def, &self.groups, &mut self.finish)
     }
 
-    pub fn apply(&mut self, event: SourceEvent, store: &dyn RowLookup) -> Result<(), String> {
-        match event {
-            SourceEvent::Append(row) => {
-                self.add(&row, 1);
-            }
-            SourceEvent::Upsert(row) => {
-                let pk: Key = self.pk_columns.iter().map(|&i| row[i].clone()).collect();
-                if let Some(old) = self.lookup(&pk, store)? {
-                    self.add(&old, -1);
+    /// Applies a batch of events in order. Returns the events that could not be evaluated
+    /// (their index and why), which change nothing and belong in the dead-letter table; an
+    /// `Err` is a failure to read the store.
+    pub fn apply_batch(
+        &mut self,
+        events: &[SourceEvent],
+        store: &dyn RowLookup,
+    ) -> Result<Vec<(usize, String)>, String> {
+        let mut rows: Vec<&[Value]> = Vec::new();
+        let mut which = Vec::with_capacity(events.len());
+        for e in events {
+            match e {
+                SourceEvent::Append(r)
+                | SourceEvent::Upsert(r)
+                | SourceEvent::Move { row: r, .. } => {
+                    which.push(Some(rows.len()));
+                    rows.push(r);
                 }
-                self.add(&row, 1);
-                self.pending_rows.insert(pk, Some(row));
+                SourceEvent::Delete { .. } | SourceEvent::Truncate => which.push(None),
             }
-            SourceEvent::Delete { key } => {
-                // A delete of a row never seen (created before the stream's retained history)
-                // has nothing to retract.
-                if let Some(old) = self.lookup(&key, store)? {
-                    self.add(&old, -1);
-                    self.pending_rows.insert(key, None);
+        }
+        let mut projected = self.project.eval(&rows)?;
+        let mut dead = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            let new = match which[i] {
+                None => None,
+                Some(j) => match std::mem::replace(&mut projected[j], Ok(None)) {
+                    Ok(p) => p,
+                    Err(reason) => {
+                        dead.push((
+                            i,
+                            format!("evaluating the view's expressions failed: {reason}"),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            match event {
+                SourceEvent::Append(_) => {
+                    if let Some(t) = new {
+                        self.add(&t, 1);
+                    }
+                }
+                SourceEvent::Upsert(row) => {
+                    let pk = self.pk(row);
+                    self.upsert(pk, new, store)?;
+                }
+                SourceEvent::Delete { key } => self.upsert(key.clone(), None, store)?,
+                SourceEvent::Move { old_key, row } => {
+                    self.upsert(old_key.clone(), None, store)?;
+                    let pk = self.pk(row);
+                    self.upsert(pk, new, store)?;
+                }
+                SourceEvent::Truncate => self.truncate(),
+            }
+        }
+        Ok(dead)
+    }
+
+    fn pk(&self, row: &[Value]) -> Key {
+        self.pk_columns.iter().map(|&i| row[i].clone()).collect()
+    }
+
+    /// The source row `pk` now projects to `new` (`None`: deleted, or filtered out).
+    fn upsert(&mut self, pk: Key, new: Option<Row>, store: &dyn RowLookup) -> Result<(), String> {
+        match self.def.plan.kind {
+            PlanKind::Project => {
+                let old = match new {
+                    Some(row) => {
+                        let state = GroupState {
+                            rows: 1,
+                            aggregates: Vec::new(),
+                            row: Some(row),
+                            out_bytes: 0,
+                        };
+                        let old = self.groups.insert(pk.clone(), state);
+                        self.touched.insert(KeyOrd(pk));
+                        old
+                    }
+                    None => {
+                        let old = self.groups.remove(&pk);
+                        if old.is_some() {
+                            self.touched.insert(KeyOrd(pk));
+                        }
+                        old
+                    }
+                };
+                if let Some(old) = old {
+                    self.forget(&old);
                 }
             }
-            SourceEvent::Move { old_key, row } => {
-                self.apply(SourceEvent::Delete { key: old_key }, store)?;
-                self.apply(SourceEvent::Upsert(row), store)?;
-            }
-            SourceEvent::Truncate => {
-                // Every group goes; a view without GROUP BY keeps its one row, at zero.
-                for key in self.groups.keys() {
-                    self.touched.insert(KeyOrd(key.clone()));
+            PlanKind::Aggregate => {
+                let old = self.lookup(&pk, store)?;
+                if old.is_none() && new.is_none() {
+                    // A delete of a row never seen (or filtered out): nothing to retract.
+                    return Ok(());
                 }
-                self.groups.clear();
-                if self.def.group_columns.is_empty() {
-                    self.groups.insert(Vec::new(), new_group(&self.def));
+                if let Some(old) = &old {
+                    self.add(old, -1);
                 }
-                self.pending_rows.clear();
-                self.truncated = true;
+                if let Some(new) = &new {
+                    self.add(new, 1);
+                }
+                self.pending_rows.insert(pk, new);
             }
         }
         Ok(())
+    }
+
+    /// A key's state is dropped: its emitted row no longer counts.
+    fn forget(&mut self, g: &GroupState) {
+        if g.out_bytes > 0 {
+            self.gone_rows += 1;
+            self.gone_bytes += g.out_bytes as i64;
+        }
+    }
+
+    fn truncate(&mut self) {
+        // Every key goes; a view without GROUP BY keeps its one row, at zero.
+        for (key, g) in &self.groups {
+            self.touched.insert(KeyOrd(key.clone()));
+            if g.out_bytes > 0 {
+                self.gone_rows += 1;
+                self.gone_bytes += g.out_bytes as i64;
+            }
+        }
+        self.groups.clear();
+        if self.def.plan.kind == PlanKind::Aggregate && self.def.plan.n_keys == 0 {
+            self.groups.insert(Vec::new(), new_group(&self.def));
+        }
+        self.pending_rows.clear();
+        self.truncated = true;
     }
 
     fn lookup(&self, pk: &Key, store: &dyn RowLookup) -> Result<Option<Row>, String> {
@@ -202,32 +508,18 @@ impl ViewCore {
         }
     }
 
-    /// Adds (`sign` 1) or retracts (`sign` -1) one source row.
-    fn add(&mut self, row: &Row, sign: i64) {
-        if let Some(filter) = &self.def.filter {
-            if !filter.matches(row) {
-                return;
-            }
-        }
-        let key: Key = self
-            .def
-            .group_columns
-            .iter()
-            .map(|&i| row[i].clone())
-            .collect();
-        let outputs = &self.def.outputs;
+    /// Adds (`sign` 1) or retracts (`sign` -1) one projected source row.
+    fn add(&mut self, t: &Row, sign: i64) {
+        let n_keys = self.def.plan.n_keys;
+        let key: Key = t[..n_keys].to_vec();
+        let def = &self.def;
         let group = self
             .groups
             .entry(key.clone())
-            .or_insert_with(|| new_group(&self.def));
+            .or_insert_with(|| new_group(def));
         group.rows += sign;
-        let inputs = outputs.iter().filter_map(|o| match o.kind {
-            OutputKind::Key(_) => None,
-            OutputKind::Count => Some(None),
-            OutputKind::CountColumn(c) | OutputKind::Sum(c) => Some(Some(c)),
-        });
-        for (acc, input) in group.aggregates.iter_mut().zip(inputs) {
-            let value = input.map_or(&Value::Null, |c| &row[c]);
+        for (acc, agg) in group.aggregates.iter_mut().zip(&def.plan.aggregates) {
+            let value = agg.arg.and_then(|i| t.get(i)).unwrap_or(&Value::Null);
             match (acc, value) {
                 (Accumulator::Count, _) | (_, Value::Null) => {}
                 (Accumulator::CountColumn(n), _) => *n += sign,
@@ -243,7 +535,18 @@ impl ViewCore {
                     *sum += *v as f64 * sign as f64;
                     *non_null += sign;
                 }
-                // The decoder types every value by its column, so a sum never sees a string.
+                (Accumulator::Values(values), v) => {
+                    match values.binary_search_by(|(x, _)| x.total_cmp(v)) {
+                        Ok(i) => {
+                            values[i].1 += sign;
+                            if values[i].1 == 0 {
+                                values.remove(i);
+                            }
+                        }
+                        Err(i) => values.insert(i, (v.clone(), sign)),
+                    }
+                }
+                // The evaluator types every value by its slot, so a sum never sees a string.
                 (_, _) => {}
             }
         }
@@ -254,388 +557,69 @@ impl ViewCore {
         self.touched.insert(KeyOrd(key));
     }
 
-    fn output_row(&self, key: &Key) -> Option<Row> {
-        let group = self.groups.get(key)?;
-        if group.rows == 0 && !key.is_empty() {
-            return None;
-        }
-        let mut aggregates = group.aggregates.iter();
-        // Key columns are filled from the key below: they may be selected in any order.
-        let mut row: Row = self
-            .def
-            .outputs
-            .iter()
-            .map(|o| match o.kind {
-                OutputKind::Key(_) => Value::Null,
-                _ => match aggregates.next() {
-                    Some(Accumulator::Count) => Value::Int(group.rows),
-                    Some(Accumulator::CountColumn(n)) => Value::Int(*n),
-                    Some(Accumulator::SumInt { non_null: 0, .. })
-                    | Some(Accumulator::SumFloat { non_null: 0, .. }) => Value::Null,
-                    Some(Accumulator::SumInt { sum, .. }) => {
-                        Value::Int(i64::try_from(*sum).unwrap_or(if *sum < 0 {
-                            i64::MIN
-                        } else {
-                            i64::MAX
-                        }))
-                    }
-                    Some(Accumulator::SumFloat { sum, .. }) => Value::Float(*sum),
-                    None => Value::Null,
-                },
-            })
-            .collect();
-        for (k, &pos) in key.iter().zip(&self.def.key_outputs) {
-            row[pos] = k.clone();
-        }
-        Some(row)
-    }
-
-    /// Ends the batch: the change of every touched group and what to persist.
-    pub fn finish_batch(&mut self) -> BatchOutput {
-        let mut out = BatchOutput::default();
+    /// Ends the batch: the change of every touched key and what to persist.
+    pub fn finish_batch(&mut self) -> Result<BatchOutput, String> {
+        let mut out = BatchOutput {
+            rows_delta: -std::mem::take(&mut self.gone_rows),
+            bytes_delta: -std::mem::take(&mut self.gone_bytes),
+            ..BatchOutput::default()
+        };
+        let mut present = Vec::new();
+        let mut agg_rows = Vec::new();
         for KeyOrd(key) in std::mem::take(&mut self.touched) {
-            let row = self.output_row(&key);
-            if row.is_none() {
-                self.groups.remove(&key);
-                out.groups.push((key.clone(), None));
-            } else {
-                out.groups
-                    .push((key.clone(), self.groups.get(&key).cloned()));
+            match self.def.plan.kind {
+                PlanKind::Project => {
+                    let row = match self.groups.get_mut(&key) {
+                        Some(g) => {
+                            g.out_bytes = g.row.as_deref().map_or(0, row_bytes);
+                            out.rows_delta += 1;
+                            out.bytes_delta += g.out_bytes as i64;
+                            g.row.clone()
+                        }
+                        None => None,
+                    };
+                    out.groups
+                        .push((key.clone(), self.groups.get(&key).cloned()));
+                    out.changes.push(RowChange { key, row });
+                }
+                PlanKind::Aggregate => match self.groups.get(&key) {
+                    Some(g) if exists(&key, g) => {
+                        agg_rows.push(agg_row(&self.def, &key, g));
+                        present.push(key);
+                    }
+                    _ => {
+                        if let Some(g) = self.groups.remove(&key) {
+                            if g.out_bytes > 0 {
+                                out.rows_delta -= 1;
+                                out.bytes_delta -= g.out_bytes as i64;
+                            }
+                        }
+                        out.groups.push((key.clone(), None));
+                        out.changes.push(RowChange { key, row: None });
+                    }
+                },
             }
-            out.changes.push(RowChange { key, row });
+        }
+        if !agg_rows.is_empty() {
+            let rows = self.finish.rows(&self.def, &agg_rows)?;
+            for (key, row) in present.into_iter().zip(rows) {
+                // A group HAVING filters out keeps its state; its row is deleted.
+                if let Some(g) = self.groups.get_mut(&key) {
+                    let bytes = row.as_deref().map_or(0, row_bytes);
+                    out.rows_delta += i64::from(bytes > 0) - i64::from(g.out_bytes > 0);
+                    out.bytes_delta += bytes as i64 - g.out_bytes as i64;
+                    g.out_bytes = bytes;
+                    out.groups.push((key.clone(), Some(g.clone())));
+                }
+                out.changes.push(RowChange { key, row });
+            }
+            out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));
         }
         out.rows = self.pending_rows.drain().collect();
         out.truncate_rows = std::mem::take(&mut self.truncated);
-        out
-    }
-}
-
-/// The accumulators of a group with no rows yet.
-fn new_group(def: &ViewDef) -> GroupState {
-    GroupState {
-        rows: 0,
-        aggregates: def
-            .outputs
-            .iter()
-            .filter_map(|o| match o.kind {
-                OutputKind::Key(_) => None,
-                OutputKind::Count => Some(Accumulator::Count),
-                OutputKind::CountColumn(_) => Some(Accumulator::CountColumn(0)),
-                OutputKind::Sum(_) if o.ty == catalog::ColumnType::Float64 => {
-                    Some(Accumulator::SumFloat {
-                        sum: 0.0,
-                        non_null: 0,
-                    })
-                }
-                OutputKind::Sum(_) => Some(Accumulator::SumInt {
-                    sum: 0,
-                    non_null: 0,
-                }),
-            })
-            .collect(),
+        Ok(out)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use catalog::{Catalog, Change, Object};
-    use std::cell::RefCell;
-
-    /// A store double: the rows the shell would have persisted.
-    #[derive(Default)]
-    struct Rows(RefCell<HashMap<Key, Row>>);
-
-    impl RowLookup for Rows {
-        fn get_row(&self, pk: &Key) -> Result<Option<Row>, String> {
-            Ok(self.0.borrow().get(pk).cloned())
-        }
-    }
-
-    impl Rows {
-        fn persist(&self, out: &BatchOutput) {
-            if out.truncate_rows {
-                self.0.borrow_mut().clear();
-            }
-            for (k, r) in &out.rows {
-                match r {
-                    Some(r) => self.0.borrow_mut().insert(k.clone(), r.clone()),
-                    None => self.0.borrow_mut().remove(k),
-                };
-            }
-        }
-    }
-
-    fn core(view_sql: &str) -> ViewCore {
-        let stream = "CREATE EXTERNAL STREAM orders(id int64, region string, amount int64, price float64) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
-        let mut c = Catalog::default();
-        let ch = c.plan(stream).expect("stream");
-        c.apply(1, stream, ch);
-        let Ok(Change::Create(Object::View(v))) = c.plan(view_sql) else {
-            panic!("view")
-        };
-        ViewCore::new(v, vec![0], HashMap::new())
-    }
-
-    fn order(id: i64, region: &str, amount: Option<i64>) -> Row {
-        vec![
-            Value::Int(id),
-            Value::Text(region.into()),
-            amount.map_or(Value::Null, Value::Int),
-            Value::Float(0.5),
-        ]
-    }
-
-    fn text(s: &str) -> Value {
-        Value::Text(s.into())
-    }
-
-    #[test]
-    fn update_moves_a_row_between_groups_and_delete_retracts() {
-        let mut c = core("CREATE MATERIALIZED VIEW v AS SELECT count() AS n, region, sum(amount) AS total FROM orders GROUP BY region");
-        let store = Rows::default();
-        c.apply(SourceEvent::Upsert(order(1, "eu", Some(10))), &store)
-            .expect("apply");
-        c.apply(SourceEvent::Upsert(order(2, "eu", Some(5))), &store)
-            .expect("apply");
-        let out = c.finish_batch();
-        store.persist(&out);
-        assert_eq!(
-            out.changes,
-            vec![RowChange {
-                key: vec![text("eu")],
-                row: Some(vec![Value::Int(2), text("eu"), Value::Int(15)])
-            }]
-        );
-
-        c.apply(SourceEvent::Upsert(order(1, "us", Some(7))), &store)
-            .expect("apply");
-        let out = c.finish_batch();
-        store.persist(&out);
-        assert_eq!(
-            out.changes,
-            vec![
-                RowChange {
-                    key: vec![text("eu")],
-                    row: Some(vec![Value::Int(1), text("eu"), Value::Int(5)])
-                },
-                RowChange {
-                    key: vec![text("us")],
-                    row: Some(vec![Value::Int(1), text("us"), Value::Int(7)])
-                },
-            ]
-        );
-
-        c.apply(
-            SourceEvent::Delete {
-                key: vec![Value::Int(1)],
-            },
-            &store,
-        )
-        .expect("apply");
-        c.apply(
-            SourceEvent::Delete {
-                key: vec![Value::Int(1)],
-            },
-            &store,
-        )
-        .expect("a second delete retracts nothing");
-        let out = c.finish_batch();
-        assert_eq!(
-            out.changes,
-            vec![RowChange {
-                key: vec![text("us")],
-                row: None
-            }]
-        );
-        assert_eq!(out.groups, vec![(vec![text("us")], None)]);
-        assert_eq!(c.n_groups(), 1);
-    }
-
-    #[test]
-    fn sum_of_nulls_is_null_and_filter_applies_to_retractions() {
-        let mut c = core("CREATE MATERIALIZED VIEW v AS SELECT region, count(amount) AS c, sum(amount) AS s FROM orders WHERE amount IS NULL OR amount > 3 GROUP BY region");
-        let store = Rows::default();
-        c.apply(SourceEvent::Upsert(order(1, "eu", None)), &store)
-            .expect("apply");
-        let out = c.finish_batch();
-        store.persist(&out);
-        assert_eq!(
-            out.changes[0].row,
-            Some(vec![text("eu"), Value::Int(0), Value::Null])
-        );
-        // Row 1 moves from passing the filter to failing it: the group disappears.
-        c.apply(SourceEvent::Upsert(order(1, "eu", Some(1))), &store)
-            .expect("apply");
-        let out = c.finish_batch();
-        assert_eq!(
-            out.changes,
-            vec![RowChange {
-                key: vec![text("eu")],
-                row: None
-            }]
-        );
-    }
-
-    #[test]
-    fn a_global_aggregate_has_its_row_before_any_event_and_keeps_it() {
-        let mut c =
-            core("CREATE MATERIALIZED VIEW v AS SELECT count() AS n, sum(amount) AS s FROM orders");
-        assert!(
-            c.has_pending_changes(),
-            "the row exists before any event, as in SQL"
-        );
-        let store = Rows::default();
-        let out = c.finish_batch();
-        store.persist(&out);
-        assert_eq!(
-            out.changes,
-            vec![RowChange {
-                key: vec![],
-                row: Some(vec![Value::Int(0), Value::Null])
-            }]
-        );
-        c.apply(SourceEvent::Upsert(order(1, "eu", Some(4))), &store)
-            .expect("apply");
-        let out = c.finish_batch();
-        store.persist(&out);
-        assert_eq!(out.changes[0].row, Some(vec![Value::Int(1), Value::Int(4)]));
-        c.apply(
-            SourceEvent::Delete {
-                key: vec![Value::Int(1)],
-            },
-            &store,
-        )
-        .expect("apply");
-        assert_eq!(
-            c.finish_batch().changes[0].row,
-            Some(vec![Value::Int(0), Value::Null]),
-            "back to no rows: still one row"
-        );
-        let reloaded = ViewCore::new(
-            c.def().clone(),
-            vec![0],
-            [(
-                vec![],
-                GroupState {
-                    rows: 0,
-                    aggregates: vec![
-                        Accumulator::Count,
-                        Accumulator::SumInt {
-                            sum: 0,
-                            non_null: 0,
-                        },
-                    ],
-                },
-            )]
-            .into(),
-        );
-        assert!(
-            !reloaded.has_pending_changes(),
-            "a restarted view does not emit its row again"
-        );
-    }
-
-    #[test]
-    fn same_key_many_times_in_one_batch_yields_one_change() {
-        let mut c = core(
-            "CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders GROUP BY region",
-        );
-        let store = Rows::default();
-        for amount in 0..5 {
-            c.apply(
-                SourceEvent::Upsert(order(
-                    1,
-                    if amount % 2 == 0 { "eu" } else { "us" },
-                    Some(amount),
-                )),
-                &store,
-            )
-            .expect("apply");
-        }
-        let out = c.finish_batch();
-        assert_eq!(
-            out.changes,
-            vec![
-                RowChange {
-                    key: vec![text("eu")],
-                    row: Some(vec![text("eu"), Value::Int(1)])
-                },
-                RowChange {
-                    key: vec![text("us")],
-                    row: None
-                },
-            ]
-        );
-        assert_eq!(out.rows.len(), 1, "one stored version per source row");
-    }
-
-    #[test]
-    fn a_key_change_retracts_the_old_key_and_truncate_clears_everything() {
-        let mut c = core("CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n, sum(amount) AS total FROM orders GROUP BY region");
-        let store = Rows::default();
-        c.apply(SourceEvent::Upsert(order(1, "eu", Some(10))), &store)
-            .expect("apply");
-        c.apply(SourceEvent::Upsert(order(2, "us", Some(5))), &store)
-            .expect("apply");
-        let out = c.finish_batch();
-        store.persist(&out);
-        // Row 1 becomes row 3 in another group: counted once, in its new group only.
-        c.apply(
-            SourceEvent::Move {
-                old_key: vec![Value::Int(1)],
-                row: order(3, "us", Some(1)),
-            },
-            &store,
-        )
-        .expect("apply");
-        let out = c.finish_batch();
-        store.persist(&out);
-        assert_eq!(
-            out.changes,
-            vec![
-                RowChange {
-                    key: vec![text("eu")],
-                    row: None
-                },
-                RowChange {
-                    key: vec![text("us")],
-                    row: Some(vec![text("us"), Value::Int(2), Value::Int(6)])
-                },
-            ]
-        );
-        assert_eq!(store.0.borrow().len(), 2, "rows 2 and 3 remain");
-
-        // A truncate, then a row in the same batch: only that row counts afterwards.
-        c.apply(SourceEvent::Truncate, &store).expect("truncate");
-        c.apply(SourceEvent::Upsert(order(2, "jp", Some(4))), &store)
-            .expect("apply");
-        let out = c.finish_batch();
-        store.persist(&out);
-        assert!(out.truncate_rows);
-        assert_eq!(
-            out.changes,
-            vec![
-                RowChange {
-                    key: vec![text("jp")],
-                    row: Some(vec![text("jp"), Value::Int(1), Value::Int(4)])
-                },
-                RowChange {
-                    key: vec![text("us")],
-                    row: None
-                },
-            ]
-        );
-        assert_eq!(store.0.borrow().len(), 1);
-        // Row 3 was truncated away: deleting it retracts nothing.
-        c.apply(
-            SourceEvent::Delete {
-                key: vec![Value::Int(3)],
-            },
-            &store,
-        )
-        .expect("apply");
-        assert!(c.finish_batch().changes.is_empty());
-        assert_eq!(c.n_groups(), 1);
-    }
-}
+mod tests;

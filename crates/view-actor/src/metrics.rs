@@ -46,9 +46,27 @@ pub fn render(report: &pb::CentralReport, now_ms: i64) -> String {
     );
     metric(
         "meridian_view_dead_letters_total",
-        "Source messages that could not be decoded.",
+        "Source messages that could not be decoded or evaluated.",
         "counter",
         per_view(&|v| v.dead_letters.to_string()),
+    );
+    metric(
+        "meridian_view_source_bytes_total",
+        "Bytes of the source messages consumed (keys and values).",
+        "counter",
+        per_view(&|v| v.source_bytes.to_string()),
+    );
+    metric(
+        "meridian_view_rows",
+        "Rows the view holds now.",
+        "gauge",
+        per_view(&|v| v.view_rows.to_string()),
+    );
+    metric(
+        "meridian_view_bytes",
+        "Size of the view's rows (8 bytes a number, the length of a string); over source bytes it is the reduction ratio R.",
+        "gauge",
+        per_view(&|v| v.view_bytes.to_string()),
     );
     metric(
         "meridian_view_ok",

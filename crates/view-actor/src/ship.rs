@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::core::ViewCore;
 use crate::store::{StoreError, ViewStore};
 use crate::wire::change_to_wire;
 use catalog::ViewDef;
@@ -406,11 +405,16 @@ pub fn ship_span(node: &str, batches: &[pb::ChangeBatch]) -> tracing::Span {
 /// Every row of the view at its last sequence, as one full batch.
 pub fn full_batch(store: &ViewStore, def: &ViewDef) -> Result<pb::ChangeBatch, StoreError> {
     let (meta, groups) = store.consistent_state()?;
-    let core = ViewCore::new(def.clone(), Vec::new(), groups);
+    let rows = crate::core::Finisher::new(def)
+        .and_then(|mut f| crate::core::all_rows(def, &groups, &mut f))
+        .map_err(|detail| StoreError::Corrupt {
+            what: "view rows",
+            detail,
+        })?;
     Ok(pb::ChangeBatch {
         view: def.name.clone(),
         seq: meta.seq,
-        changes: core.all_rows().iter().map(change_to_wire).collect(),
+        changes: rows.iter().map(change_to_wire).collect(),
         produced_at_ms: meta.last_batch_at_ms,
         full: true,
         checksum: meta.checksum,

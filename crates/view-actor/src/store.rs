@@ -35,7 +35,21 @@ pub struct Meta {
     /// Running checksum of the change log at `seq` (`meridian_proto::chain_checksum`).
     #[serde(default)]
     pub checksum: u64,
+    /// Bytes of the messages consumed (keys and values).
+    #[serde(default)]
+    pub source_bytes: u64,
+    /// Rows the view has now, and their size (`core::row_bytes`).
+    #[serde(default)]
+    pub view_rows: u64,
+    #[serde(default)]
+    pub view_bytes: u64,
+    /// The layout of the view's state ([`STATE_FORMAT`] when written by this version).
+    #[serde(default)]
+    pub state_format: u32,
 }
+
+/// The layout of a view's state: 2 stores each source row's plan slots (1 stored the row).
+pub const STATE_FORMAT: u32 = 2;
 
 /// Serialises the read-modify-write of epochs (shippers of several regions may race on one).
 static EPOCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -389,6 +403,7 @@ mod tests {
             dead_letters: 1,
             last_batch_at_ms: 5,
             checksum: 9,
+            ..Meta::default()
         };
         store
             .commit(Commit {
@@ -398,7 +413,7 @@ mod tests {
                     key.clone(),
                     Some(GroupState {
                         rows: 2,
-                        aggregates: vec![],
+                        ..Default::default()
                     }),
                 )],
                 rows: vec![(vec![Value::Int(1)], Some(vec![Value::Int(1)]))],
@@ -486,7 +501,7 @@ mod truncation_tests {
                 vec![catalog::Value::Int(seq as i64)],
                 Some(GroupState {
                     rows: 1,
-                    aggregates: vec![],
+                    ..Default::default()
                 }),
             )];
             store

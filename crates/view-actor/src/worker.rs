@@ -46,6 +46,8 @@ pub struct CentralConfig {
 
 struct RunningView {
     name: String,
+    /// As EXPLAIN prints it, for status.
+    plan: String,
     store: ViewStore,
     status: Arc<Mutex<ActorStatus>>,
     latest: watch::Receiver<u64>,
@@ -211,6 +213,7 @@ fn reconcile(
             let handle = tokio::spawn(supervise(actor, stop_rx, entry.id));
             RunningView {
                 name: def.name.clone(),
+                plan: def.plan.explain(stream, &def.outputs),
                 store,
                 status,
                 latest,
@@ -356,6 +359,10 @@ fn report_view(view_id: u64, v: &RunningView) -> pb::ViewReport {
         last_batch_at_ms: s.last_batch_at_ms,
         view_id,
         log_first_seq: v.truncated_to + 1,
+        source_bytes: s.source_bytes,
+        view_rows: s.view_rows,
+        view_bytes: s.view_bytes,
+        plan: v.plan.clone(),
         stalled: s
             .stalled
             .iter()

@@ -1,0 +1,328 @@
+//! DuckDB, in memory, as the view engine's expression evaluator and type checker.
+//!
+//! A view's expressions are translated to DuckDB SQL at CREATE (see `view`), typed here with
+//! `DESCRIBE`, and evaluated here over whole batches of rows: the batch is appended to a
+//! table of the input's columns and one prepared `SELECT` computes every expression of every
+//! row. The instance never touches a file: it is in memory, with external access off.
+
+use duckdb::types::{Value as Duck, ValueRef};
+use duckdb::{appender_params_from_iter, Config, Connection};
+
+use crate::value::{ColumnType, Value};
+
+/// The name of the input table; its first column is the row's position in the batch.
+const INPUT: &str = "_in";
+
+/// Most rows evaluated one at a time after a batch failed, to find the rows at fault. A batch
+/// is never larger than the actor's batch cap, so this bounds nothing in practice; it is here
+/// so that the fallback has a stated bound.
+pub const FALLBACK_ROWS_MAX: usize = 100_000;
+
+/// A result per input row: `Ok(None)` when the row did not pass the filter, `Err` with
+/// DuckDB's reason when evaluating the row failed (a cast of a bad value, an overflow).
+pub type RowResult = Result<Option<Vec<Value>>, String>;
+
+pub struct Evaluator {
+    conn: Connection,
+    n_inputs: usize,
+    sql: String,
+    n_outputs: usize,
+}
+
+/// Opens an in-memory DuckDB that reads no files and loads nothing.
+fn open() -> Result<Connection, String> {
+    let config = Config::default()
+        .enable_external_access(false)
+        .and_then(|c| c.enable_autoload_extension(false))
+        .and_then(|c| c.with("autoinstall_known_extensions", "false"))
+        .and_then(|c| c.threads(1))
+        .and_then(|c| c.with("lock_configuration", "true"))
+        .map_err(|e| e.to_string())?;
+    Connection::open_in_memory_with_flags(config).map_err(|e| e.to_string())
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn create_input(conn: &Connection, columns: &[(String, String)]) -> Result<(), String> {
+    let cols: Vec<String> = std::iter::once(format!("{} BIGINT", quote("_i")))
+        .chain(columns.iter().map(|(n, t)| format!("{} {t}", quote(n))))
+        .collect();
+    conn.execute_batch(&format!("CREATE TABLE {INPUT} ({})", cols.join(", ")))
+        .map_err(|e| e.to_string())
+}
+
+/// DuckDB's message without the echo of the statement it appends after the first line.
+pub fn clean_error(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    first.to_string()
+}
+
+/// The DuckDB types of `exprs` over input columns `(name, DuckDB type)`. On failure, the
+/// index of the first expression DuckDB refuses and its reason.
+pub fn describe(
+    columns: &[(String, String)],
+    exprs: &[String],
+) -> Result<Vec<String>, (usize, String)> {
+    let conn = open().map_err(|e| (0, e))?;
+    create_input(&conn, columns).map_err(|e| (0, e))?;
+    // One row of NULLs: running the expressions over it finds the errors DuckDB raises only
+    // when it evaluates, such as a constant that cannot be cast (amount = 'x'), which would
+    // otherwise fail every row of the stream.
+    conn.execute_batch(&format!("INSERT INTO {INPUT} DEFAULT VALUES"))
+        .map_err(|e| (0, clean_error(e)))?;
+    let one = |sql: &str| -> Result<Vec<String>, String> {
+        let mut stmt = conn
+            .prepare(&format!("DESCRIBE SELECT {sql} FROM {INPUT}"))
+            .map_err(clean_error)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(1))
+            .map_err(clean_error)?;
+        let types = rows.collect::<Result<Vec<_>, _>>().map_err(clean_error)?;
+        let mut run = conn
+            .prepare(&format!("SELECT {sql} FROM {INPUT}"))
+            .map_err(clean_error)?;
+        let mut result = run.query([]).map_err(clean_error)?;
+        while result.next().map_err(clean_error)?.is_some() {}
+        Ok(types)
+    };
+    if exprs.is_empty() {
+        return Ok(Vec::new());
+    }
+    match one(&exprs.join(", ")) {
+        Ok(types) if types.len() == exprs.len() => Ok(types),
+        Ok(types) => Err((
+            0,
+            format!(
+                "expected {} result columns, DuckDB described {}",
+                exprs.len(),
+                types.len()
+            ),
+        )),
+        Err(all) => {
+            for (i, e) in exprs.iter().enumerate() {
+                if let Err(reason) = one(e) {
+                    return Err((i, reason));
+                }
+            }
+            Err((0, all))
+        }
+    }
+}
+
+/// The storage type of a DuckDB result type, and the SQL that converts the expression to it
+/// when DuckDB's own type is not already the one a replica stores.
+pub fn storage_type(duck: &str, sql: &str) -> Result<(ColumnType, String), String> {
+    let t = duck.to_ascii_uppercase();
+    Ok(match t.as_str() {
+        "BIGINT" | "INTEGER" | "SMALLINT" | "TINYINT" | "UTINYINT" | "USMALLINT" | "UINTEGER" => {
+            (ColumnType::Int64, sql.to_string())
+        }
+        // Out-of-range values make the row fail (a dead letter), never wrap.
+        "UBIGINT" | "HUGEINT" | "UHUGEINT" => (ColumnType::Int64, format!("CAST({sql} AS BIGINT)")),
+        "DOUBLE" => (ColumnType::Float64, sql.to_string()),
+        "FLOAT" => (ColumnType::Float64, format!("CAST({sql} AS DOUBLE)")),
+        _ if t.starts_with("DECIMAL") => (ColumnType::Float64, format!("CAST({sql} AS DOUBLE)")),
+        "VARCHAR" => (ColumnType::String, sql.to_string()),
+        "BOOLEAN" => (ColumnType::Bool, sql.to_string()),
+        // The NULL literal alone.
+        "\"NULL\"" | "NULL" => (ColumnType::String, format!("CAST({sql} AS VARCHAR)")),
+        other => {
+            return Err(format!(
+                "its type is {other}, which a view cannot store yet (supported: integers, floating point, decimal as float64, string, bool); convert it, for example with to_string(...)"
+            ))
+        }
+    })
+}
+
+fn to_duck(v: &Value) -> Duck {
+    match v {
+        Value::Null => Duck::Null,
+        Value::Int(i) => Duck::BigInt(*i),
+        Value::Float(f) => Duck::Double(*f),
+        Value::Text(s) => Duck::Text(s.clone()),
+        Value::Bool(b) => Duck::Boolean(*b),
+    }
+}
+
+fn from_duck(v: ValueRef<'_>) -> Result<Value, String> {
+    Ok(match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Boolean(b) => Value::Bool(b),
+        ValueRef::TinyInt(i) => Value::Int(i.into()),
+        ValueRef::SmallInt(i) => Value::Int(i.into()),
+        ValueRef::Int(i) => Value::Int(i.into()),
+        ValueRef::BigInt(i) => Value::Int(i),
+        ValueRef::UTinyInt(i) => Value::Int(i.into()),
+        ValueRef::USmallInt(i) => Value::Int(i.into()),
+        ValueRef::UInt(i) => Value::Int(i.into()),
+        ValueRef::Float(f) => Value::Float(f.into()),
+        ValueRef::Double(f) => Value::Float(f),
+        ValueRef::Text(t) => Value::Text(
+            std::str::from_utf8(t)
+                .map_err(|_| "a string result is not valid UTF-8".to_string())?
+                .to_string(),
+        ),
+        other => return Err(format!("unexpected result type {:?}", other.data_type())),
+    })
+}
+
+impl Evaluator {
+    /// An evaluator of `SELECT exprs FROM input WHERE filter`, where the input has the
+    /// columns `(name, DuckDB type)`.
+    pub fn new(
+        columns: &[(String, String)],
+        exprs: &[String],
+        filter: Option<&str>,
+    ) -> Result<Evaluator, String> {
+        let conn = open()?;
+        create_input(&conn, columns)?;
+        let select: Vec<String> = std::iter::once(quote("_i"))
+            .chain(exprs.iter().cloned())
+            .collect();
+        let mut sql = format!("SELECT {} FROM {INPUT}", select.join(", "));
+        if let Some(f) = filter {
+            sql.push_str(&format!(" WHERE {f}"));
+        }
+        conn.prepare(&sql).map_err(clean_error)?;
+        Ok(Evaluator {
+            conn,
+            n_inputs: columns.len(),
+            sql,
+            n_outputs: exprs.len(),
+        })
+    }
+
+    /// Evaluates every row; one result per row, in order.
+    pub fn eval(&mut self, rows: &[&[Value]]) -> Result<Vec<RowResult>, String> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.run(rows, 0) {
+            Ok(out) => Ok(out),
+            Err(_) if rows.len() > 1 && rows.len() <= FALLBACK_ROWS_MAX => {
+                // One row made the batch fail: find it, and evaluate the others.
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    match self.run(std::slice::from_ref(row), 0) {
+                        Ok(mut one) => out.push(one.pop().unwrap_or(Ok(None))),
+                        Err(reason) => out.push(Err(reason)),
+                    }
+                }
+                Ok(out)
+            }
+            Err(reason) if rows.len() == 1 => Ok(vec![Err(reason)]),
+            Err(reason) => Err(reason),
+        }
+    }
+
+    fn run(&mut self, rows: &[&[Value]], base: i64) -> Result<Vec<RowResult>, String> {
+        let result = self.run_inner(rows, base);
+        // The input is emptied whatever happened, so the next batch starts clean.
+        self.conn
+            .execute_batch(&format!("DELETE FROM {INPUT}"))
+            .map_err(clean_error)?;
+        result
+    }
+
+    fn run_inner(&mut self, rows: &[&[Value]], base: i64) -> Result<Vec<RowResult>, String> {
+        {
+            let mut app = self.conn.appender(INPUT).map_err(clean_error)?;
+            for (i, row) in rows.iter().enumerate() {
+                if row.len() != self.n_inputs {
+                    return Err(format!(
+                        "a row has {} values, the input has {} columns",
+                        row.len(),
+                        self.n_inputs
+                    ));
+                }
+                let values =
+                    std::iter::once(Duck::BigInt(base + i as i64)).chain(row.iter().map(to_duck));
+                app.append_row(appender_params_from_iter(values))
+                    .map_err(clean_error)?;
+            }
+            app.flush().map_err(clean_error)?;
+        }
+        let mut out: Vec<RowResult> = (0..rows.len()).map(|_| Ok(None)).collect();
+        let mut stmt = self.conn.prepare_cached(&self.sql).map_err(clean_error)?;
+        let mut result = stmt.query([]).map_err(clean_error)?;
+        while let Some(r) = result.next().map_err(clean_error)? {
+            let i: i64 = r.get(0).map_err(clean_error)?;
+            let mut values = Vec::with_capacity(self.n_outputs);
+            for c in 0..self.n_outputs {
+                values.push(from_duck(r.get_ref(c + 1).map_err(clean_error)?)?);
+            }
+            let slot = usize::try_from(i - base)
+                .ok()
+                .and_then(|i| out.get_mut(i))
+                .ok_or_else(|| format!("row position {i} out of the batch"))?;
+            *slot = Ok(Some(values));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols() -> Vec<(String, String)> {
+        vec![
+            ("id".into(), "BIGINT".into()),
+            ("raw".into(), "VARCHAR".into()),
+        ]
+    }
+
+    #[test]
+    fn a_batch_is_filtered_and_projected_and_a_bad_row_is_singled_out() {
+        let mut e = Evaluator::new(
+            &cols(),
+            &[
+                "\"id\" * 2".into(),
+                "CAST(json_extract_string(\"raw\", '$.n') AS BIGINT)".into(),
+            ],
+            Some("\"id\" > 1"),
+        )
+        .expect("evaluator");
+        let rows = [
+            vec![Value::Int(1), Value::Text("{\"n\": 1}".into())],
+            vec![Value::Int(2), Value::Text("{\"n\": \"x\"}".into())],
+            vec![Value::Int(3), Value::Text("{\"n\": 7}".into())],
+        ];
+        let refs: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
+        let out = e.eval(&refs).expect("eval");
+        assert_eq!(out[0], Ok(None), "filtered out");
+        assert!(
+            out[1].as_ref().is_err_and(|r| r.contains("Conversion")),
+            "{:?}",
+            out[1]
+        );
+        assert_eq!(out[2], Ok(Some(vec![Value::Int(6), Value::Int(7)])));
+        // The evaluator is clean for the next batch.
+        let out = e.eval(&refs[2..]).expect("eval");
+        assert_eq!(out, vec![Ok(Some(vec![Value::Int(6), Value::Int(7)]))]);
+    }
+
+    #[test]
+    fn describe_types_and_locates_the_refused_expression() {
+        assert_eq!(
+            describe(&cols(), &["\"id\" + 1".into(), "lower(\"raw\")".into()]),
+            Ok(vec!["BIGINT".to_string(), "VARCHAR".to_string()])
+        );
+        let err = describe(&cols(), &["\"id\"".into(), "lower(\"id\")".into()])
+            .expect_err("lower of a number");
+        assert_eq!(err.0, 1);
+        assert!(err.1.contains("lower"), "{}", err.1);
+    }
+
+    #[test]
+    fn files_are_out_of_reach() {
+        let err = describe(
+            &cols(),
+            &["(SELECT count(*) FROM read_text('/etc/passwd'))".into()],
+        );
+        assert!(err.is_err(), "{err:?}");
+    }
+}
