@@ -29,6 +29,12 @@ const VIEWS: &[(&str, &str, &str, &str)] = &[
         "bucket, n, q",
         "SELECT lower(status) || '/' || CAST(amount % 5 AS VARCHAR) AS bucket, count(*), sum(coalesce(quantity, 0)) FROM orders WHERE status IN ('paid', 'shipped', 'new') GROUP BY bucket ORDER BY ALL",
     ),
+    (
+        "by_day",
+        "SELECT to_start_of_day(to_datetime('2024-03-01 10:00:00')) AS day, to_date('2024-03-0' || to_string(1 + id % 7)) AS d, country, count() AS n, max(to_datetime('2024-03-01 00:00:00')) AS latest FROM orders GROUP BY day, d, country",
+        "CAST(day AS VARCHAR), CAST(d AS VARCHAR), country, n, CAST(latest AS VARCHAR)",
+        "SELECT CAST(TIMESTAMP '2024-03-01 00:00:00' AS VARCHAR), CAST(CAST('2024-03-0' || CAST(1 + id % 7 AS VARCHAR) AS DATE) AS VARCHAR) AS d, country, count(*), CAST(TIMESTAMP '2024-03-01 00:00:00' AS VARCHAR) FROM orders GROUP BY d, country ORDER BY ALL",
+    ),
 ];
 
 #[test]

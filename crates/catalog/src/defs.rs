@@ -16,6 +16,26 @@ pub struct Column {
 }
 
 impl Column {
+    /// How an epoch number in a message converts to microseconds for this timestamp column:
+    /// numbers are in the column's precision (`datetime` seconds, `datetime64(3)` milliseconds,
+    /// `datetime64(6)` microseconds), as Debezium's Timestamp and MicroTimestamp send them.
+    /// Returns (multiply by, divide by).
+    pub fn epoch_scale(&self) -> (i64, i64) {
+        let mut t = self.declared.as_str();
+        while let Some(inner) = t
+            .strip_prefix("nullable(")
+            .or_else(|| t.strip_prefix("low_cardinality("))
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            t = inner;
+        }
+        match timestamp_precision(t) {
+            Some(p) if p <= 6 => (10i64.pow(6 - p), 1),
+            Some(p) => (1, 10i64.pow(p - 6)),
+            None => (1, 1),
+        }
+    }
+
     /// The values an integer column may hold, from its declared type (`int32`, `uint8`...);
     /// `None` when any 64-bit integer fits.
     pub fn int_range(&self) -> Option<(i64, i64)> {
@@ -59,6 +79,27 @@ pub struct StreamDef {
     pub format: DataFormat,
     /// Indexes into `columns` of the source table's primary key (empty for append-only streams).
     pub primary_key: Vec<usize>,
+    /// librdkafka options for every client of this stream: `properties='k=v;...'` and the
+    /// security settings (`security_protocol`, `sasl_mechanism`, `username`, `password`,
+    /// `ssl_ca_cert_file`, `skip_ssl_cert_check`).
+    #[serde(default)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+/// librdkafka options Meridian sets itself: a stream's `properties` cannot change them.
+const KAFKA_OPTIONS_OWN: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+];
+
+/// Whether a librdkafka option holds a secret (kept out of status output).
+pub fn is_secret_option(key: &str) -> bool {
+    key.contains("password") || key.contains("secret")
 }
 
 impl StreamDef {
@@ -89,7 +130,7 @@ impl StreamDef {
                     sql,
                     ty.offset,
                     format!(
-                        "unsupported type '{}' for column '{}'; supported: int8..int64, uint8..uint32, float32, float64, string, bool, nullable(T), low_cardinality(T)",
+                        "unsupported type '{}' for column '{}'; supported: int8..int64, uint8..uint32, float32, float64, string, bool, date, datetime, datetime64(p), nullable(T), low_cardinality(T)",
                         ty.value, name.value
                     ),
                 ));
@@ -105,6 +146,7 @@ impl StreamDef {
         let mut topic = None;
         let mut format = None;
         let mut primary_key = Vec::new();
+        let mut kafka_options: Vec<(String, String)> = Vec::new();
         for s in &stmt.settings {
             let v = &s.value.value;
             match s.key.value.as_str() {
@@ -140,6 +182,46 @@ impl StreamDef {
                         }
                     })
                 }
+                "properties" => {
+                    for part in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                        let Some((k, val)) = part.split_once('=') else {
+                            return Err(SqlError::at(sql, s.value.offset, format!("properties: '{part}' is not key=value")));
+                        };
+                        let (k, val) = (k.trim(), val.trim());
+                        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_') {
+                            return Err(SqlError::at(sql, s.value.offset, format!("properties: '{k}' is not a librdkafka option name")));
+                        }
+                        if KAFKA_OPTIONS_OWN.contains(&k) {
+                            return Err(SqlError::at(sql, s.value.offset, format!("properties: '{k}' is set by Meridian (use the brokers setting for the brokers)")));
+                        }
+                        kafka_options.push((k.to_string(), val.to_string()));
+                    }
+                }
+                "security_protocol" => {
+                    let p = v.to_ascii_uppercase();
+                    if !["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"].contains(&p.as_str()) {
+                        return Err(SqlError::at(sql, s.value.offset, format!("security_protocol '{v}': expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")));
+                    }
+                    kafka_options.push(("security.protocol".into(), p.to_ascii_lowercase()));
+                }
+                "sasl_mechanism" => {
+                    let m = v.to_ascii_uppercase();
+                    if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"].contains(&m.as_str()) {
+                        return Err(SqlError::at(sql, s.value.offset, format!("sasl_mechanism '{v}': expected PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER or GSSAPI")));
+                    }
+                    kafka_options.push(("sasl.mechanism".into(), m));
+                }
+                "username" => kafka_options.push(("sasl.username".into(), v.clone())),
+                "password" => kafka_options.push(("sasl.password".into(), v.clone())),
+                "ssl_ca_cert_file" => kafka_options.push(("ssl.ca.location".into(), v.clone())),
+                "skip_ssl_cert_check" => {
+                    let skip = match v.to_ascii_lowercase().as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => return Err(SqlError::at(sql, s.value.offset, format!("skip_ssl_cert_check '{v}': expected true or false"))),
+                    };
+                    kafka_options.push(("enable.ssl.certificate.verification".into(), (!skip).to_string()));
+                }
                 "primary_key" => {
                     for part in v.split(',').map(str::trim) {
                         let Some(idx) = columns.iter().position(|c| c.name == part) else {
@@ -152,7 +234,7 @@ impl StreamDef {
                     return Err(SqlError::at(
                         sql,
                         s.key.offset,
-                        format!("unknown stream setting '{other}'; supported: type, brokers, topic, data_format, primary_key"),
+                        format!("unknown stream setting '{other}'; supported: type, brokers, topic, data_format, primary_key, properties, security_protocol, sasl_mechanism, username, password, ssl_ca_cert_file, skip_ssl_cert_check"),
                     ))
                 }
             }
@@ -194,6 +276,7 @@ impl StreamDef {
             topic,
             format,
             primary_key,
+            kafka_options,
         })
     }
 
@@ -224,8 +307,27 @@ fn parse_type(t: &str) -> Option<ColumnType> {
         "float32" | "float64" | "float" | "double" => ColumnType::Float64,
         "string" | "varchar" | "text" => ColumnType::String,
         "bool" | "boolean" => ColumnType::Bool,
+        "date" | "date32" => ColumnType::Date,
+        "datetime" => ColumnType::Timestamp,
+        // datetime64(p) and datetime64(p, 'UTC'): values are kept in UTC.
+        _ if timestamp_precision(t).is_some() => ColumnType::Timestamp,
         _ => return None,
     })
+}
+
+/// The precision (digits after the second) of `datetime` (0) or `datetime64(p[, 'UTC'])`.
+fn timestamp_precision(t: &str) -> Option<u32> {
+    if t == "datetime" || t.starts_with("datetime(") {
+        return Some(0);
+    }
+    let args = t.strip_prefix("datetime64(")?.strip_suffix(')')?;
+    let mut parts = args.split(',').map(str::trim);
+    let p: u32 = parts.next()?.parse().ok().filter(|p| *p <= 9)?;
+    match parts.next() {
+        None => Some(p),
+        Some(z) if z.eq_ignore_ascii_case("'utc'") => Some(p),
+        Some(_) => None,
+    }
 }
 
 /// One output column of a view: a column of its replica table.

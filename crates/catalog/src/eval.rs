@@ -5,7 +5,7 @@
 //! table of the input's columns and one prepared `SELECT` computes every expression of every
 //! row. The instance never touches a file: it is in memory, with external access off.
 
-use duckdb::types::{Value as Duck, ValueRef};
+use duckdb::types::{TimeUnit, Value as Duck, ValueRef};
 use duckdb::{appender_params_from_iter, Config, Connection};
 
 use crate::value::{ColumnType, Value};
@@ -127,11 +127,16 @@ pub fn storage_type(duck: &str, sql: &str) -> Result<(ColumnType, String), Strin
         _ if t.starts_with("DECIMAL") => (ColumnType::Float64, format!("CAST({sql} AS DOUBLE)")),
         "VARCHAR" => (ColumnType::String, sql.to_string()),
         "BOOLEAN" => (ColumnType::Bool, sql.to_string()),
+        "DATE" => (ColumnType::Date, sql.to_string()),
+        "TIMESTAMP" => (ColumnType::Timestamp, sql.to_string()),
+        "TIMESTAMP_S" | "TIMESTAMP_MS" | "TIMESTAMP_NS" => {
+            (ColumnType::Timestamp, format!("CAST({sql} AS TIMESTAMP)"))
+        }
         // The NULL literal alone.
         "\"NULL\"" | "NULL" => (ColumnType::String, format!("CAST({sql} AS VARCHAR)")),
         other => {
             return Err(format!(
-                "its type is {other}, which a view cannot store yet (supported: integers, floating point, decimal as float64, string, bool); convert it, for example with to_string(...)"
+                "its type is {other}, which a view cannot store yet (supported: integers, floating point, decimal as float64, string, bool, date, timestamp); convert it, for example with to_string(...)"
             ))
         }
     })
@@ -144,7 +149,19 @@ fn to_duck(v: &Value) -> Duck {
         Value::Float(f) => Duck::Double(*f),
         Value::Text(s) => Duck::Text(s.clone()),
         Value::Bool(b) => Duck::Boolean(*b),
+        Value::Date(d) => Duck::Date32(*d),
+        Value::Timestamp(t) => Duck::Timestamp(TimeUnit::Microsecond, *t),
     }
+}
+
+fn micros(unit: TimeUnit, v: i64) -> Result<i64, String> {
+    let m = match unit {
+        TimeUnit::Second => v.checked_mul(1_000_000),
+        TimeUnit::Millisecond => v.checked_mul(1_000),
+        TimeUnit::Microsecond => Some(v),
+        TimeUnit::Nanosecond => Some(v.div_euclid(1_000)),
+    };
+    m.ok_or_else(|| "a time out of range".to_string())
 }
 
 fn from_duck(v: ValueRef<'_>) -> Result<Value, String> {
@@ -160,6 +177,8 @@ fn from_duck(v: ValueRef<'_>) -> Result<Value, String> {
         ValueRef::UInt(i) => Value::Int(i.into()),
         ValueRef::Float(f) => Value::Float(f.into()),
         ValueRef::Double(f) => Value::Float(f),
+        ValueRef::Date32(d) => Value::Date(d),
+        ValueRef::Timestamp(unit, v) => Value::Timestamp(micros(unit, v)?),
         ValueRef::Text(t) => Value::Text(
             std::str::from_utf8(t)
                 .map_err(|_| "a string result is not valid UTF-8".to_string())?

@@ -11,14 +11,21 @@ mod error;
 pub mod eval;
 mod lexer;
 mod parser;
+mod redact;
 mod value;
 pub mod view;
 
 pub use catalog::{is_reserved, Catalog, Change, Entry, Object};
-pub use defs::{valid_region_name, Column, DataFormat, Output, StreamDef, ViewDef};
+pub use defs::{
+    is_secret_option, valid_region_name, Column, DataFormat, Output, StreamDef, ViewDef,
+};
 pub use error::{Pos, SqlError};
 pub use parser::parse;
-pub use value::{ColumnType, Value};
+pub use redact::redact_secrets;
+pub use value::{
+    civil_from_days, days_from_civil, format_date, format_timestamp, parse_date, parse_timestamp,
+    ColumnType, Value,
+};
 pub use view::{AggFunc, Aggregate, Finish, Plan, PlanKind, Ref, Slot};
 
 #[cfg(test)]

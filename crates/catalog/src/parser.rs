@@ -236,6 +236,11 @@ impl Parser<'_> {
                         self.bump();
                         args.push(v.to_string());
                     }
+                    // A time zone, as in datetime64(3, 'UTC').
+                    Tok::Str(z) => {
+                        self.bump();
+                        args.push(format!("'{z}'"));
+                    }
                     _ => args.push(self.type_name()?.value),
                 }
                 if !self.eat_sym(",") {

@@ -83,6 +83,30 @@ fn proton_views_are_accepted_and_typed() {
 }
 
 #[test]
+fn time_columns_and_functions_are_typed() {
+    let mut c = Catalog::default();
+    let ev = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), day date, raw string) SETTINGS type='kafka', brokers='b:1', topic='e', data_format='JSONEachRow'";
+    let ch = c.plan(ev).expect("stream");
+    c.apply(1, ev, ch);
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT to_start_of_minute(at) AS minute, to_date(at) AS d, count() AS n, max(at) AS last, min(day) AS first_day, to_start_of_hour(to_datetime(raw:ts)) AS h FROM ev GROUP BY minute, d, h";
+    let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
+        panic!("view")
+    };
+    let got: Vec<ColumnType> = v.outputs.iter().map(|o| o.ty).collect();
+    assert_eq!(
+        got,
+        vec![
+            ColumnType::Timestamp,
+            ColumnType::Date,
+            ColumnType::Int64,
+            ColumnType::Timestamp,
+            ColumnType::Date,
+            ColumnType::Timestamp
+        ]
+    );
+}
+
+#[test]
 fn explain_prints_the_plan() {
     let mut c = catalog_with_orders();
     let sql = "CREATE MATERIALIZED VIEW big AS SELECT region, count() AS n, max(amount) AS top FROM orders WHERE amount > 10 GROUP BY region HAVING n > 1";
@@ -253,4 +277,34 @@ fn deep_or_huge_expressions_are_refused_not_overflowed() {
     );
     c.plan(&fine)
         .expect("modest nesting and a long IN list are fine");
+}
+
+#[test]
+fn stream_properties_and_security_settings_become_librdkafka_options() {
+    let sql = "CREATE EXTERNAL STREAM s(raw string) SETTINGS type='kafka', brokers='b:9093', topic='t', properties='fetch.wait.max.ms=10; message.max.bytes=2000000', security_protocol='sasl_ssl', sasl_mechanism='SCRAM-SHA-256', username='app', password='pw', skip_ssl_cert_check='true'";
+    let Ok(Change::Create(Object::Stream(s))) = Catalog::default().plan(sql) else {
+        panic!("stream")
+    };
+    let want: Vec<(String, String)> = [
+        ("fetch.wait.max.ms", "10"),
+        ("message.max.bytes", "2000000"),
+        ("security.protocol", "sasl_ssl"),
+        ("sasl.mechanism", "SCRAM-SHA-256"),
+        ("sasl.username", "app"),
+        ("sasl.password", "pw"),
+        ("enable.ssl.certificate.verification", "false"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(s.kafka_options, want);
+    for (bad, needle) in [
+        ("properties='group.id=x'", "set by Meridian"),
+        ("properties='nonsense'", "is not key=value"),
+        ("security_protocol='TLS'", "expected PLAINTEXT"),
+    ] {
+        let sql = format!("CREATE EXTERNAL STREAM s(raw string) SETTINGS type='kafka', brokers='b:1', topic='t', {bad}");
+        let err = Catalog::default().plan(&sql).expect_err(bad).to_string();
+        assert!(err.contains(needle), "{bad}: {err}");
+    }
 }

@@ -20,11 +20,17 @@ const NODE_REPORT_STALE: Duration = Duration::from_secs(10);
 
 /// Checks that a stream's topic exists before the stream is accepted. Tests of the catalog
 /// rules replace it; the shipped path asks the brokers.
-pub type TopicCheck = Arc<dyn Fn(&str, &str) -> Result<(), String> + Send + Sync>;
+pub type TopicCheck = Arc<dyn Fn(&catalog::StreamDef) -> Result<(), String> + Send + Sync>;
 
 pub fn kafka_topic_check() -> TopicCheck {
-    Arc::new(|brokers: &str, topic: &str| {
-        let consumer: BaseConsumer = ClientConfig::new()
+    Arc::new(|stream: &catalog::StreamDef| {
+        let (brokers, topic) = (stream.brokers.as_str(), stream.topic.as_str());
+        let mut config = ClientConfig::new();
+        // The stream's own options (security), so that the check connects as the view will.
+        for (k, v) in &stream.kafka_options {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config
             .set("bootstrap.servers", brokers)
             .set("group.id", "meridian-coordinator")
             .create()
@@ -128,8 +134,8 @@ impl CoordinatorService {
         let message = match &change {
             Change::Create(Object::Stream(s)) => {
                 let check = self.topic_check.clone();
-                let (brokers, topic) = (s.brokers.clone(), s.topic.clone());
-                tokio::task::spawn_blocking(move || check(&brokers, &topic))
+                let stream = s.clone();
+                tokio::task::spawn_blocking(move || check(&stream))
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?
                     .map_err(Status::failed_precondition)?;
@@ -332,7 +338,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        let catalog = Self::entries(&*self.catalog.lock().await);
+        let mut catalog = Self::entries(&*self.catalog.lock().await);
+        for e in &mut catalog {
+            e.sql = catalog::redact_secrets(&e.sql);
+        }
         let regions = {
             let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
             let mut by_region: BTreeMap<String, Vec<pb::NodeReport>> = BTreeMap::new();
@@ -390,7 +399,8 @@ mod tests {
     #[tokio::test]
     async fn statements_persist_and_missing_topics_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let check: TopicCheck = Arc::new(|_b: &str, t: &str| {
+        let check: TopicCheck = Arc::new(|s: &catalog::StreamDef| {
+            let t = s.topic.as_str();
             if t == "orders" {
                 Ok(())
             } else {

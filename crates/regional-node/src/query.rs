@@ -371,6 +371,17 @@ pub(crate) fn from_duck(v: DValue) -> pb::Value {
         DValue::Float(f) => Some(Kind::Float(f.into())),
         DValue::Double(f) => Some(Kind::Float(f)),
         DValue::Text(s) => Some(Kind::Text(s)),
+        // As ClickHouse prints them, in UTC.
+        DValue::Date32(d) => Some(Kind::Text(catalog::format_date(d))),
+        DValue::Timestamp(unit, t) => {
+            let micros = match unit {
+                duckdb::types::TimeUnit::Second => t.saturating_mul(1_000_000),
+                duckdb::types::TimeUnit::Millisecond => t.saturating_mul(1_000),
+                duckdb::types::TimeUnit::Microsecond => t,
+                duckdb::types::TimeUnit::Nanosecond => t.div_euclid(1_000),
+            };
+            Some(Kind::Text(catalog::format_timestamp(micros)))
+        }
         other => Some(Kind::Text(format!("{other:?}"))),
     };
     pb::Value { kind }

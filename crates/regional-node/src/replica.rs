@@ -181,7 +181,7 @@ impl Replica {
             let rows = v
                 .rows
                 .iter()
-                .map(|r| r.values.iter().map(to_duck).collect())
+                .map(|r| typed_row(&schema, &r.values))
                 .collect();
             insert_rows(&tx, &quote(&schema.view), schema.columns.len(), rows)?;
             let pos = Position {
@@ -448,14 +448,14 @@ fn apply_changes(
                         ),
                     });
                 }
-                row.values.iter().map(to_duck).collect::<Vec<_>>()
+                typed_row(schema, &row.values)
             }
             None => {
                 // A deletion only needs the key columns; the others stay NULL.
                 let mut vals = vec![DValue::Null; n_cols];
                 for (k, &idx) in c.key.iter().zip(&schema.key_indexes) {
                     if let Some(slot) = vals.get_mut(idx as usize) {
-                        *slot = to_duck(k);
+                        *slot = to_duck_as(k, column_type(schema, idx as usize));
                     }
                 }
                 vals
@@ -586,7 +586,7 @@ fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
         let mut out = Vec::new();
         while let Some(row) = table_rows.next()? {
             let values = (0..schema.columns.len())
-                .map(|i| row.get::<_, DValue>(i).map(crate::query::from_duck))
+                .map(|i| row.get::<_, DValue>(i).map(wire_value))
                 .collect::<Result<Vec<_>, _>>()?;
             out.push(pb::Row { values });
         }
@@ -630,6 +630,57 @@ impl From<&pb::Value> for KeyPart {
             Some(Kind::Text(s)) => KeyPart::Text(s.clone()),
             Some(Kind::Boolean(b)) => KeyPart::Bool(*b),
         }
+    }
+}
+
+fn column_type(schema: &pb::ViewSchema, i: usize) -> &str {
+    schema.columns.get(i).map_or("", |c| c.r#type.as_str())
+}
+
+/// A row's wire values as DuckDB values of its table's column types.
+fn typed_row(schema: &pb::ViewSchema, values: &[pb::Value]) -> Vec<DValue> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| to_duck_as(v, column_type(schema, i)))
+        .collect()
+}
+
+/// A wire value for a column of type `ty` (a schema type name): dates travel as days since
+/// the epoch and timestamps as microseconds since the epoch.
+fn to_duck_as(v: &pb::Value, ty: &str) -> DValue {
+    use pb::value::Kind;
+    match (&v.kind, ty) {
+        (Some(Kind::Int(d)), "date") => match i32::try_from(*d) {
+            Ok(d) => DValue::Date32(d),
+            Err(_) => DValue::Null,
+        },
+        (Some(Kind::Int(t)), "timestamp") => {
+            DValue::Timestamp(duckdb::types::TimeUnit::Microsecond, *t)
+        }
+        _ => to_duck(v),
+    }
+}
+
+/// A value read from a replica table as it travels on the wire (the inverse of `to_duck_as`).
+pub(crate) fn wire_value(v: DValue) -> pb::Value {
+    use pb::value::Kind;
+    match v {
+        DValue::Date32(d) => pb::Value {
+            kind: Some(Kind::Int(d.into())),
+        },
+        DValue::Timestamp(unit, t) => {
+            let micros = match unit {
+                duckdb::types::TimeUnit::Second => t.saturating_mul(1_000_000),
+                duckdb::types::TimeUnit::Millisecond => t.saturating_mul(1_000),
+                duckdb::types::TimeUnit::Microsecond => t,
+                duckdb::types::TimeUnit::Nanosecond => t.div_euclid(1_000),
+            };
+            pb::Value {
+                kind: Some(Kind::Int(micros)),
+            }
+        }
+        other => crate::query::from_duck(other),
     }
 }
 

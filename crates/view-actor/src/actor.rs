@@ -128,8 +128,8 @@ impl ViewActor {
             loop {
                 if tokio::time::Instant::now() >= next_check {
                     next_check = tokio::time::Instant::now() + self.check_interval;
-                    let (brokers, topic) = (self.stream.brokers.clone(), self.stream.topic.clone());
-                    let marks = tokio::task::spawn_blocking(move || partition_marks(&brokers, &topic))
+                    let stream = self.stream.clone();
+                    let marks = tokio::task::spawn_blocking(move || partition_marks(&stream))
                         .await
                         .map_err(|e| ActorError::Join(e.to_string()))?;
                     match marks {
@@ -234,8 +234,8 @@ impl ViewActor {
                     Ok(())
                 })?;
                 for (partition, next) in gap_rewinds {
-                    let (brokers, topic) = (self.stream.brokers.clone(), self.stream.topic.clone());
-                    let low = tokio::task::spawn_blocking(move || partition_marks(&brokers, &topic))
+                    let stream = self.stream.clone();
+                    let low = tokio::task::spawn_blocking(move || partition_marks(&stream))
                         .await
                         .map_err(|e| ActorError::Join(e.to_string()))??
                         .get(&partition)
@@ -318,18 +318,18 @@ impl ViewActor {
         &self,
         offsets: &HashMap<i32, i64>,
     ) -> Result<(StreamConsumer, Vec<(i32, i64)>, Vec<i32>), ActorError> {
-        let brokers = self.stream.brokers.clone();
         let topic = self.stream.topic.clone();
         let (partitions, started) = tokio::task::spawn_blocking({
-            let (brokers, topic) = (brokers.clone(), topic.clone());
+            let stream = self.stream.clone();
             let known: Vec<i32> = offsets.keys().copied().collect();
             move || -> Result<_, ActorError> {
-                let partitions = topic_partitions(&brokers, &topic)?;
+                let partitions = topic_partitions(&stream)?;
                 let consumer: BaseConsumer =
-                    consumer_config(&brokers, "meridian-metadata").create()?;
+                    consumer_config(&stream, "meridian-metadata").create()?;
                 let mut started = Vec::new();
                 for p in partitions.iter().filter(|p| !known.contains(p)) {
-                    let (low, _high) = consumer.fetch_watermarks(&topic, *p, METADATA_TIMEOUT)?;
+                    let (low, _high) =
+                        consumer.fetch_watermarks(&stream.topic, *p, METADATA_TIMEOUT)?;
                     started.push((*p, low));
                 }
                 Ok((partitions, started))
@@ -338,7 +338,7 @@ impl ViewActor {
         .await
         .map_err(|e| ActorError::Join(e.to_string()))??;
         let consumer: StreamConsumer =
-            consumer_config(&brokers, &format!("meridian-view-{}", self.def.name)).create()?;
+            consumer_config(&self.stream, &format!("meridian-view-{}", self.def.name)).create()?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             let offset = offsets
@@ -367,9 +367,14 @@ fn received(
     }
 }
 
-fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+/// The consumer settings for a stream: its own librdkafka options (`properties`, security),
+/// then those Meridian's exactness depends on.
+fn consumer_config(stream: &StreamDef, group: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
+    for (k, v) in &stream.kafka_options {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &stream.brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -381,19 +386,23 @@ fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
 }
 
 /// Every partition of `topic` with its (low, high) watermarks.
-fn partition_marks(brokers: &str, topic: &str) -> Result<HashMap<i32, (i64, i64)>, ActorError> {
-    let partitions = topic_partitions(brokers, topic)?;
-    let consumer: BaseConsumer = consumer_config(brokers, "meridian-metadata").create()?;
+fn partition_marks(stream: &StreamDef) -> Result<HashMap<i32, (i64, i64)>, ActorError> {
+    let partitions = topic_partitions(stream)?;
+    let consumer: BaseConsumer = consumer_config(stream, "meridian-metadata").create()?;
     let mut marks = HashMap::with_capacity(partitions.len());
     for p in partitions {
-        marks.insert(p, consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT)?);
+        marks.insert(
+            p,
+            consumer.fetch_watermarks(&stream.topic, p, METADATA_TIMEOUT)?,
+        );
     }
     Ok(marks)
 }
 
 /// The partitions of `topic`, or [`ActorError::NoTopic`].
-pub fn topic_partitions(brokers: &str, topic: &str) -> Result<Vec<i32>, ActorError> {
-    let consumer: BaseConsumer = consumer_config(brokers, "meridian-metadata").create()?;
+pub fn topic_partitions(stream: &StreamDef) -> Result<Vec<i32>, ActorError> {
+    let (brokers, topic) = (stream.brokers.as_str(), stream.topic.as_str());
+    let consumer: BaseConsumer = consumer_config(stream, "meridian-metadata").create()?;
     let md = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let t = md.topics().iter().find(|t| t.name() == topic);
     match t {

@@ -49,7 +49,7 @@ pub struct GroupState {
 pub fn row_bytes(row: &[Value]) -> u64 {
     row.iter()
         .map(|v| match v {
-            Value::Int(_) | Value::Float(_) => 8,
+            Value::Int(_) | Value::Float(_) | Value::Date(_) | Value::Timestamp(_) => 8,
             Value::Null | Value::Bool(_) => 1,
             Value::Text(t) => t.len() as u64,
         })

@@ -185,7 +185,20 @@ pub fn decode_row(stream: &StreamDef, json: &Json) -> Result<Vec<Value>, String>
 /// Decodes one value of a column, refusing integers outside the declared type's range (an
 /// `int32` column never holds 2^40, as it would not in the source database or in DuckDB).
 fn decode_column(col: &catalog::Column, json: &Json) -> Result<Value, String> {
-    let v = decode_value(col.ty, json)?;
+    let v = match (col.ty, json) {
+        // An epoch number in the column's precision.
+        (ColumnType::Timestamp, Json::Number(n)) => {
+            let (mul, div) = col.epoch_scale();
+            let micros = n
+                .as_i64()
+                .and_then(|e| e.checked_mul(mul))
+                .map(|e| e.div_euclid(div));
+            micros.map(Value::Timestamp).ok_or_else(|| {
+                format!("{n} is not an epoch time in {}'s precision", col.declared)
+            })?
+        }
+        _ => decode_value(col.ty, json)?,
+    };
     if let (Value::Int(i), Some((lo, hi))) = (&v, col.int_range()) {
         if *i < lo || *i > hi {
             return Err(format!(
@@ -211,6 +224,23 @@ fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
         (ColumnType::Float64, Json::Number(n)) => n.as_f64().map(Value::Float).ok_or_else(mismatch),
         (ColumnType::String, Json::String(s)) => Ok(Value::Text(s.clone())),
         (ColumnType::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
+        // Debezium's Date is days since the epoch.
+        (ColumnType::Date, Json::Number(n)) => n
+            .as_i64()
+            .and_then(|d| i32::try_from(d).ok())
+            .map(Value::Date)
+            .ok_or_else(mismatch),
+        (ColumnType::Date, Json::String(s)) => catalog::parse_date(s)
+            .map(Value::Date)
+            .ok_or_else(|| format!("'{}' is not a date (YYYY-MM-DD)", truncate(s, 40))),
+        (ColumnType::Timestamp, Json::String(s)) => catalog::parse_timestamp(s)
+            .map(Value::Timestamp)
+            .ok_or_else(|| {
+                format!(
+                    "'{}' is not an ISO-8601 time (YYYY-MM-DD HH:MM:SS[.f][Z|+HH:MM])",
+                    truncate(s, 40)
+                )
+            }),
         _ => Err(mismatch()),
     }
 }
@@ -378,5 +408,32 @@ mod tests {
                 "{json}: '{err}' does not say '{words}'"
             );
         }
+    }
+
+    #[test]
+    fn dates_and_times_decode_from_iso_text_and_from_epoch_numbers_in_the_column_precision() {
+        let sql = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), at_us datetime64(6, 'UTC'), day date) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='JSONEachRow'";
+        let Ok(Change::Create(Object::Stream(s))) = Catalog::default().plan(sql) else {
+            panic!("stream")
+        };
+        let msg =
+            br#"{"id": 1, "at": 1709214306500, "at_us": "2024-02-29T13:45:06.5Z", "day": 19782}"#;
+        let Ok(Some(SourceEvent::Append(row))) = decode(&s, None, Some(msg)) else {
+            panic!("decodes")
+        };
+        let t = catalog::parse_timestamp("2024-02-29 13:45:06.5").expect("ts");
+        assert_eq!(
+            row[1],
+            Value::Timestamp(t),
+            "milliseconds for datetime64(3)"
+        );
+        assert_eq!(row[2], Value::Timestamp(t));
+        assert_eq!(row[3], Value::Date(19_782));
+        let msg = br#"{"id": 1, "at": "2024-02-30 00:00:00", "day": "2024-02-29"}"#;
+        let err = decode(&s, None, Some(msg)).expect_err("no such day");
+        assert!(
+            err.contains("column 'at'") && err.contains("not an ISO-8601 time"),
+            "{err}"
+        );
     }
 }

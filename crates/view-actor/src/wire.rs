@@ -12,6 +12,9 @@ pub fn to_wire(v: &Value) -> pb::Value {
             Value::Float(f) => Some(Kind::Float(*f)),
             Value::Text(s) => Some(Kind::Text(s.clone())),
             Value::Bool(b) => Some(Kind::Boolean(*b)),
+            // The column's schema type (date, timestamp) says what the number is.
+            Value::Date(d) => Some(Kind::Int(i64::from(*d))),
+            Value::Timestamp(t) => Some(Kind::Int(*t)),
         },
     }
 }

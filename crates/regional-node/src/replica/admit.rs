@@ -54,7 +54,13 @@ pub fn validate_batch(schema: &pb::ViewSchema, b: &pb::ChangeBatch) -> Result<()
         matches!(
             (&v.kind, ty),
             (None, _)
-                | (Some(Kind::Int(_)), ColumnType::Int64 | ColumnType::Float64)
+                | (
+                    Some(Kind::Int(_)),
+                    ColumnType::Int64
+                        | ColumnType::Float64
+                        | ColumnType::Date
+                        | ColumnType::Timestamp
+                )
                 | (Some(Kind::Float(_)), ColumnType::Float64)
                 | (Some(Kind::Text(_)), ColumnType::String)
                 | (Some(Kind::Boolean(_)), ColumnType::Bool)
