@@ -53,6 +53,18 @@ fn create_input(conn: &Connection, columns: &[(String, String)]) -> Result<(), S
         .map_err(|e| e.to_string())
 }
 
+/// Whether DuckDB failed because of the values it was given (a cast of a bad value, an
+/// overflow, a malformed JSON text), as opposed to a fault of its own or of the machine.
+pub fn is_data_error(reason: &str) -> bool {
+    [
+        "Conversion Error",
+        "Invalid Input Error",
+        "Out of Range Error",
+    ]
+    .iter()
+    .any(|class| reason.starts_with(class))
+}
+
 /// DuckDB's message without the echo of the statement it appends after the first line.
 pub fn clean_error(e: impl std::fmt::Display) -> String {
     let text = e.to_string();
@@ -175,8 +187,9 @@ fn from_duck(v: ValueRef<'_>) -> Result<Value, String> {
         ValueRef::UTinyInt(i) => Value::Int(i.into()),
         ValueRef::USmallInt(i) => Value::Int(i.into()),
         ValueRef::UInt(i) => Value::Int(i.into()),
-        ValueRef::Float(f) => Value::Float(f.into()),
-        ValueRef::Double(f) => Value::Float(f),
+        // -0.0 is 0.0, as DuckDB groups and compares them.
+        ValueRef::Float(f) => Value::Float(f64::from(f) + 0.0),
+        ValueRef::Double(f) => Value::Float(f + 0.0),
         ValueRef::Date32(d) => Value::Date(d),
         ValueRef::Timestamp(unit, v) => Value::Timestamp(micros(unit, v)?),
         ValueRef::Text(t) => Value::Text(
@@ -214,31 +227,34 @@ impl Evaluator {
         })
     }
 
-    /// Evaluates every row; one result per row, in order.
+    /// Evaluates every row; one result per row, in order. A row fails alone only for an
+    /// error about its data ([`is_data_error`]); any other failure (memory, an internal error)
+    /// fails the whole call, so that no row is dead-lettered for a fault of the machine.
     pub fn eval(&mut self, rows: &[&[Value]]) -> Result<Vec<RowResult>, String> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        match self.run(rows, 0) {
+        match self.run(rows) {
             Ok(out) => Ok(out),
-            Err(_) if rows.len() > 1 && rows.len() <= FALLBACK_ROWS_MAX => {
-                // One row made the batch fail: find it, and evaluate the others.
+            Err(reason) if !is_data_error(&reason) => Err(reason),
+            Err(_) if rows.len() <= FALLBACK_ROWS_MAX => {
+                // A row made the batch fail: find it, and evaluate the others.
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
-                    match self.run(std::slice::from_ref(row), 0) {
+                    match self.run(std::slice::from_ref(row)) {
                         Ok(mut one) => out.push(one.pop().unwrap_or(Ok(None))),
-                        Err(reason) => out.push(Err(reason)),
+                        Err(reason) if is_data_error(&reason) => out.push(Err(reason)),
+                        Err(reason) => return Err(reason),
                     }
                 }
                 Ok(out)
             }
-            Err(reason) if rows.len() == 1 => Ok(vec![Err(reason)]),
             Err(reason) => Err(reason),
         }
     }
 
-    fn run(&mut self, rows: &[&[Value]], base: i64) -> Result<Vec<RowResult>, String> {
-        let result = self.run_inner(rows, base);
+    fn run(&mut self, rows: &[&[Value]]) -> Result<Vec<RowResult>, String> {
+        let result = self.run_inner(rows);
         // The input is emptied whatever happened, so the next batch starts clean.
         self.conn
             .execute_batch(&format!("DELETE FROM {INPUT}"))
@@ -246,7 +262,7 @@ impl Evaluator {
         result
     }
 
-    fn run_inner(&mut self, rows: &[&[Value]], base: i64) -> Result<Vec<RowResult>, String> {
+    fn run_inner(&mut self, rows: &[&[Value]]) -> Result<Vec<RowResult>, String> {
         {
             let mut app = self.conn.appender(INPUT).map_err(clean_error)?;
             for (i, row) in rows.iter().enumerate() {
@@ -257,8 +273,7 @@ impl Evaluator {
                         self.n_inputs
                     ));
                 }
-                let values =
-                    std::iter::once(Duck::BigInt(base + i as i64)).chain(row.iter().map(to_duck));
+                let values = std::iter::once(Duck::BigInt(i as i64)).chain(row.iter().map(to_duck));
                 app.append_row(appender_params_from_iter(values))
                     .map_err(clean_error)?;
             }
@@ -273,7 +288,7 @@ impl Evaluator {
             for c in 0..self.n_outputs {
                 values.push(from_duck(r.get_ref(c + 1).map_err(clean_error)?)?);
             }
-            let slot = usize::try_from(i - base)
+            let slot = usize::try_from(i)
                 .ok()
                 .and_then(|i| out.get_mut(i))
                 .ok_or_else(|| format!("row position {i} out of the batch"))?;

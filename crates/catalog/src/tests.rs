@@ -88,6 +88,18 @@ fn time_columns_and_functions_are_typed() {
     let ev = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), day date, raw string) SETTINGS type='kafka', brokers='b:1', topic='e', data_format='JSONEachRow'";
     let ch = c.plan(ev).expect("stream");
     c.apply(1, ev, ch);
+    let windows = "CREATE MATERIALIZED VIEW w AS SELECT window_start, window_end, count() AS n, max(at) AS last FROM tumble(ev, at, 5m) WHERE at < window_end GROUP BY window_start, window_end";
+    let Ok(Change::Create(Object::View(w))) = c.plan(windows) else {
+        panic!("window view")
+    };
+    assert_eq!(w.outputs[0].ty, ColumnType::Timestamp);
+    assert!(
+        w.plan.project[0]
+            .sql
+            .contains("time_bucket(INTERVAL '5 minute'"),
+        "{:?}",
+        w.plan.project[0]
+    );
     let sql = "CREATE MATERIALIZED VIEW v AS SELECT to_start_of_minute(at) AS minute, to_date(at) AS d, count() AS n, max(at) AS last, min(day) AS first_day, to_start_of_hour(to_datetime(raw:ts)) AS h FROM ev GROUP BY minute, d, h";
     let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
         panic!("view")
@@ -138,8 +150,11 @@ fn refused_statements_name_the_problem_and_position() {
         ("CREATE MATERIALIZED VIEW v AS SELECT status, count() FROM orders GROUP BY region", "must appear in GROUP BY", 38),
         ("CREATE MATERIALIZED VIEW v AS SELEKT 1", "expected SELECT", 31),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE now() IS NOT NULL GROUP BY region", "now() is not deterministic", 72),
-        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM tumble(orders, INTERVAL 1 MINUTE) GROUP BY region", "tumble() windows are not supported yet", 59),
-        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM tumble(orders, 1m) GROUP BY region", "interval literals such as 1m", 74),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM hop(orders, id, 1m, 5m) GROUP BY region", "hop() windows are not supported yet", 59),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM tumble(orders, 1m) GROUP BY region", "the time column is required", 59),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM tumble(orders, amount, 1m) GROUP BY region", "needs a date or datetime column", 74),
+        ("CREATE MATERIALIZED VIEW v AS SELECT window_start, count() FROM tumble(orders, amount, 1m) GROUP BY window_start", "needs a date or datetime column", 80),
+        ("CREATE MATERIALIZED VIEW v AS SELECT window_start, count() FROM orders GROUP BY window_start", "unknown column 'window_start'", 38),
         ("CREATE MATERIALIZED VIEW v AS SELECT o.region, count() FROM orders o JOIN customers c ON o.customer_id = c.id GROUP BY o.region", "joins are not supported yet", 75),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region EMIT PERIODIC 1s", "EMIT clauses are not supported yet", 82),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, lower(amount) AS l FROM orders", "lower", 46),
@@ -148,6 +163,7 @@ fn refused_statements_name_the_problem_and_position() {
         ("CREATE MATERIALIZED VIEW v AS SELECT region, frobnicate(amount) AS f FROM orders", "unsupported function 'frobnicate'", 46),
         ("CREATE MATERIALIZED VIEW v AS SELECT region FROM orders", "keyed by the stream's primary key: select column 'id'", 31),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region SETTINGS colour='red'", "unknown view setting 'colour'", 91),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region AS status, count() AS n FROM orders GROUP BY region HAVING status = 'x'", "both a column of stream 'orders' and the alias", 104),
         ("CREATE EXTERNAL STREAM s(a int64) SETTINGS type='kafka', brokers='b:1', topic='t', colour='red'", "unknown stream setting 'colour'", 84),
         ("CREATE EXTERNAL STREAM s(a decimal(10)) SETTINGS type='kafka', brokers='b:1', topic='t'", "unsupported type", 28),
         ("CREATE EXTERNAL STREAM s(a int64) SETTINGS type='kafka', brokers='<bootstrap-servers>', topic='t'", "not a host:port list", 66),

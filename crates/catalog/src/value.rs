@@ -74,7 +74,8 @@ impl fmt::Display for ColumnType {
 pub enum Value {
     Null,
     Int(i64),
-    Float(f64),
+    /// Stored by bit pattern: exact through JSON, NaN and infinities included.
+    Float(#[serde(with = "float_bits")] f64),
     Text(String),
     Bool(bool),
     /// Days since 1970-01-01.
@@ -189,6 +190,18 @@ impl fmt::Display for Value {
             Value::Date(d) => write!(f, "'{}'", format_date(*d)),
             Value::Timestamp(t) => write!(f, "'{}'", format_timestamp(*t)),
         }
+    }
+}
+
+mod float_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
     }
 }
 

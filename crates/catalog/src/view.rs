@@ -212,9 +212,77 @@ pub struct ParsedQuery {
     /// Byte offset of the query in the statement.
     pub offset: usize,
     pub from: Spanned<String>,
+    /// The text sqlparser read, with Proton's interval shorthand rewritten.
+    pub text: QueryText,
 }
 
-fn parser_error(sql: &str, base: usize, text: &str, e: ParserError) -> SqlError {
+/// A query's text as the parser reads it: Proton's `5m` becomes `INTERVAL 5 MINUTE`, and
+/// positions map back to what the user wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueryText {
+    pub text: String,
+    /// (end of a replacement in `text`, how much longer `text` is than the original from there).
+    shifts: Vec<(usize, isize)>,
+}
+
+impl QueryText {
+    fn rewrite(original: &str, tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> QueryText {
+        let mut text = String::with_capacity(original.len());
+        let mut shifts = Vec::new();
+        let mut copied = 0;
+        for pair in tokens.windows(2) {
+            let (Token::Number(n, _), Token::Word(w)) = (&pair[0].token, &pair[1].token) else {
+                continue;
+            };
+            let unit = match w.value.to_ascii_lowercase().as_str() {
+                "us" => "MICROSECOND",
+                "ms" => "MILLISECOND",
+                "s" => "SECOND",
+                "m" => "MINUTE",
+                "h" => "HOUR",
+                "d" => "DAY",
+                "w" => "WEEK",
+                _ => continue,
+            };
+            if pair[0].span.end != pair[1].span.start || w.quote_style.is_some() {
+                continue;
+            }
+            let (start, end) = (
+                offset_of(original, pair[0].span.start),
+                offset_of(original, pair[1].span.end),
+            );
+            if start < copied || end > original.len() {
+                continue;
+            }
+            text.push_str(&original[copied..start]);
+            let replacement = format!("INTERVAL {n} {unit}");
+            text.push_str(&replacement);
+            copied = end;
+            let delta = text.len() as isize - end as isize;
+            shifts.push((text.len(), delta));
+        }
+        text.push_str(&original[copied..]);
+        QueryText { text, shifts }
+    }
+
+    /// The offset in the original text of an offset in the rewritten one.
+    fn original(&self, at: usize) -> usize {
+        let delta = self
+            .shifts
+            .iter()
+            .take_while(|(end, _)| *end <= at)
+            .last()
+            .map_or(0, |(_, d)| *d);
+        (at as isize - delta).max(0) as usize
+    }
+
+    /// The offset in the original text of a parser location.
+    fn locate(&self, loc: Location) -> usize {
+        self.original(offset_of(&self.text, loc))
+    }
+}
+
+fn parser_error(sql: &str, base: usize, text: &QueryText, e: ParserError) -> SqlError {
     let msg = match e {
         ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
         ParserError::RecursionLimitExceeded => {
@@ -232,7 +300,7 @@ fn parser_error(sql: &str, base: usize, text: &str, e: ParserError) -> SqlError 
         let line = parts.next().and_then(|l| l.trim().parse::<u64>().ok());
         let column = parts.next().and_then(|c| c.trim().parse::<u64>().ok());
         if let (Some(line), Some(column)) = (line, column) {
-            let offset = base + offset_of(text, Location { line, column });
+            let offset = base + text.locate(Location { line, column });
             return SqlError::at(sql, offset, msg[..i].to_string());
         }
     }
@@ -262,17 +330,20 @@ fn offset_of(text: &str, loc: Location) -> usize {
 
 /// Parses the query of `CREATE MATERIALIZED VIEW ... AS <query>`, which starts at `offset`.
 pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
-    let text = sql[offset..].trim_end();
-    let text = text.strip_suffix(';').unwrap_or(text).trim_end();
+    let original = sql[offset..].trim_end();
+    let original = original.strip_suffix(';').unwrap_or(original).trim_end();
     let dialect = ClickHouseDialect {};
-    // Proton's EMIT clause has no counterpart in the parser; say so rather than "expected end".
-    let tokens = Tokenizer::new(&dialect, text)
+    let as_is = QueryText {
+        text: original.to_string(),
+        shifts: Vec::new(),
+    };
+    let tokens = Tokenizer::new(&dialect, original)
         .tokenize_with_location()
         .map_err(|e| {
             parser_error(
                 sql,
                 offset,
-                text,
+                &as_is,
                 ParserError::TokenizerError(e.to_string()),
             )
         })?;
@@ -287,6 +358,7 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
             format!("the view's query has more than {QUERY_TOKENS_MAX} tokens; too many expression terms"),
         ));
     }
+    // Proton's EMIT clause has no counterpart in the parser; say so rather than "expected end".
     let mut depth = 0i32;
     for t in &tokens {
         match &t.token {
@@ -299,43 +371,30 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
             {
                 return Err(SqlError::at(
                     sql,
-                    offset + offset_of(text, t.span.start),
+                    offset + offset_of(original, t.span.start),
                     "EMIT clauses are not supported yet: a view emits its changes at the end of every batch".to_string(),
                 ));
             }
             _ => {}
         }
     }
-    // Proton's interval shorthand (`1m`, `5s`): a number followed at once by a unit.
-    for pair in tokens.windows(2) {
-        if let (Token::Number(n, _), Token::Word(w)) = (&pair[0].token, &pair[1].token) {
-            let unit = w.value.to_ascii_lowercase();
-            let adjacent = pair[0].span.end == pair[1].span.start;
-            if adjacent && ["ms", "s", "m", "h", "d", "w", "us"].contains(&unit.as_str()) {
-                return Err(SqlError::at(
-                    sql,
-                    offset + offset_of(text, pair[0].span.start),
-                    format!("interval literals such as {n}{unit} are not supported yet (windows come with tumble(), hop() and session(), which are not supported yet either)"),
-                ));
-            }
-        }
-    }
+    let text = QueryText::rewrite(original, &tokens);
     let mut parser = Parser::new(&dialect)
         .with_recursion_limit(EXPR_DEPTH_MAX)
-        .try_with_sql(text)
-        .map_err(|e| parser_error(sql, offset, text, e))?;
+        .try_with_sql(&text.text)
+        .map_err(|e| parser_error(sql, offset, &text, e))?;
     let query = parser
         .parse_query()
-        .map_err(|e| parser_error(sql, offset, text, e))?;
+        .map_err(|e| parser_error(sql, offset, &text, e))?;
     let next = parser.peek_token();
     if next.token != Token::EOF {
         return Err(SqlError::at(
             sql,
-            offset + offset_of(text, next.span.start),
+            offset + text.locate(next.span.start),
             format!("expected end of statement, found '{}'", next.token),
         ));
     }
-    let at = |span: Span| offset + offset_of(text, span.start);
+    let at = |span: Span| offset + text.locate(span.start);
     let select = match query.body.as_ref() {
         SetExpr::Select(s) => s,
         other => {
@@ -376,16 +435,32 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
         } => name,
         TableFactor::Table {
             name,
-            args: Some(_),
+            args: Some(args),
             ..
         } => {
             let f = object_name(name).unwrap_or_default().to_ascii_lowercase();
-            let msg = if ["tumble", "hop", "session"].contains(&f.as_str()) {
-                format!("{f}() windows are not supported yet in materialized views")
-            } else {
-                format!("table function '{f}' is not supported in materialized views; read FROM a stream")
+            let stream_arg = match args.args.first() {
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(id)))) => Some(id),
+                _ => None,
             };
-            return Err(SqlError::at(sql, at(name.span()), msg));
+            match (f.as_str(), stream_arg) {
+                ("tumble", Some(id)) => {
+                    let from = Spanned {
+                        value: id.value.clone(),
+                        offset: at(id.span),
+                    };
+                    return Ok(ParsedQuery { query: query.clone(), offset, from, text });
+                }
+                ("tumble", None) => {
+                    return Err(SqlError::at(sql, at(name.span()), "tumble() takes a stream first: tumble(stream, time_column, INTERVAL 1 MINUTE)".to_string()))
+                }
+                ("hop" | "session", _) => {
+                    return Err(SqlError::at(sql, at(name.span()), format!("{f}() windows are not supported yet in materialized views (tumble() is)")))
+                }
+                _ => {
+                    return Err(SqlError::at(sql, at(name.span()), format!("table function '{f}' is not supported in materialized views; read FROM a stream or tumble(stream, ...)")))
+                }
+            }
         }
         TableFactor::Derived { .. } => {
             return Err(SqlError::at(
@@ -417,6 +492,7 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
         query,
         offset,
         from,
+        text,
     })
 }
 
@@ -516,7 +592,9 @@ enum Mode {
 struct Planner<'a> {
     sql: &'a str,
     base: usize,
-    text: &'a str,
+    text: &'a QueryText,
+    /// `tumble(...)`: the DuckDB SQL of `window_start` and `window_end`.
+    window: Option<(String, String)>,
     stream: &'a StreamDef,
     /// Names a column may be qualified with: the stream's name and its alias.
     qualifiers: Vec<String>,
@@ -593,7 +671,62 @@ impl<'a> Planner<'a> {
         if span.start.line == 0 {
             return self.base;
         }
-        self.base + offset_of(self.text, span.start)
+        self.base + self.text.locate(span.start)
+    }
+
+    /// `window_start` / `window_end` of a `tumble()` view.
+    fn window_column(&self, name: &str) -> Option<String> {
+        let (start, end) = self.window.as_ref()?;
+        if self.stream.column_index(name).is_some() {
+            return None;
+        }
+        match name.to_ascii_lowercase().as_str() {
+            "window_start" => Some(start.clone()),
+            "window_end" => Some(end.clone()),
+            _ => None,
+        }
+    }
+
+    /// `tumble(stream, time_column, interval)`: the window's start and end over each row.
+    fn tumble(&mut self, args: &[FunctionArg], span: Span) -> Result<(), SqlError> {
+        let exprs: Vec<&Expr> = args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let [_, Expr::Identifier(time), size] = exprs.as_slice() else {
+            return Err(self.err(span, "tumble() takes tumble(stream, time_column, INTERVAL 1 MINUTE) (or 1m); the time column is required"));
+        };
+        let col = self.column(time)?;
+        let ty = self
+            .stream
+            .column_index(&time.value)
+            .map(|i| self.stream.columns[i].ty);
+        if !matches!(ty, Some(ColumnType::Timestamp | ColumnType::Date)) {
+            return Err(self.err(
+                time.span,
+                format!(
+                    "tumble() needs a date or datetime column, and '{}' is not one",
+                    time.value
+                ),
+            ));
+        }
+        let Expr::Interval(_) = size else {
+            return Err(self.err(
+                size.span(),
+                "tumble() takes its size as an interval: INTERVAL 5 MINUTE or 5m",
+            ));
+        };
+        let size = self.walk(size, Mode::Row)?;
+        // Windows are aligned on the Unix epoch, as Proton aligns them.
+        let start = format!(
+            "time_bucket({size}, CAST({col} AS TIMESTAMP), TIMESTAMP '1970-01-01 00:00:00')"
+        );
+        let end = format!("({start} + {size})");
+        self.window = Some((start, end));
+        Ok(())
     }
 
     fn err(&self, span: Span, msg: impl Into<String>) -> SqlError {
@@ -650,6 +783,18 @@ impl<'a> Planner<'a> {
             ));
         }
         if mode == Mode::Group {
+            if let Expr::Identifier(id) = e {
+                let aliased = self
+                    .aliases
+                    .iter()
+                    .find(|(a, x)| a.eq_ignore_ascii_case(&id.value) && x != e);
+                if self.stream.column_index(&id.value).is_some() && aliased.is_some() {
+                    return Err(self.err(
+                        id.span,
+                        format!("'{}' is both a column of stream '{}' and the alias of another output column; rename the alias", id.value, self.stream.name),
+                    ));
+                }
+            }
             if let Some(row) = self.probe(e) {
                 if let Some(i) = self.keys.iter().position(|k| *k == row) {
                     return Ok(format!("k{i}"));
@@ -679,10 +824,15 @@ impl<'a> Planner<'a> {
                             return self.walk(&aliased, mode);
                         }
                     }
-                    self.column(id)?;
+                    if self.window_column(&id.value).is_none() {
+                        self.column(id)?;
+                    }
                     return Err(group_col(self, id));
                 }
-                self.column(id)?
+                match self.window_column(&id.value) {
+                    Some(sql) => sql,
+                    None => self.column(id)?,
+                }
             }
             Expr::CompoundIdentifier(parts) => match parts.as_slice() {
                 [q, col]
@@ -880,6 +1030,44 @@ impl<'a> Planner<'a> {
                 }
                 // Proton's `raw:path` is the field's text.
                 format!("json_extract_string({base}, {})", quote_str(&p))
+            }
+            Expr::Interval(iv) => {
+                let unit = iv
+                    .leading_field
+                    .as_ref()
+                    .map(|f| f.to_string().to_ascii_lowercase());
+                let n = match iv.value.as_ref() {
+                    Expr::Value(v) => match &v.value {
+                        SqlValue::Number(n, _) => n.parse::<u64>().ok(),
+                        SqlValue::SingleQuotedString(s) => s.trim().parse::<u64>().ok(),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let units = [
+                    "microsecond",
+                    "millisecond",
+                    "second",
+                    "minute",
+                    "hour",
+                    "day",
+                    "week",
+                    "month",
+                    "year",
+                ];
+                match (n, unit) {
+                    (Some(n), Some(u))
+                        if units.contains(&u.as_str()) && iv.last_field.is_none() =>
+                    {
+                        format!("INTERVAL '{n} {u}'")
+                    }
+                    _ => {
+                        return Err(self.err(
+                            e.span(),
+                            format!("unsupported interval '{e}'; write INTERVAL 5 MINUTE or 5m"),
+                        ))
+                    }
+                }
             }
             Expr::Function(f) => self.function(f, mode)?,
             other => {
@@ -1257,15 +1445,12 @@ pub fn plan(
     parsed: &ParsedQuery,
     stream: &StreamDef,
 ) -> Result<Planned, SqlError> {
-    let text = {
-        let t = sql[parsed.offset..].trim_end();
-        t.strip_suffix(';').unwrap_or(t).trim_end()
-    };
     let q = &parsed.query;
     let mut p = Planner {
         sql,
         base: parsed.offset,
-        text,
+        text: &parsed.text,
+        window: None,
         stream,
         qualifiers: vec![stream.name.clone()],
         nodes: 0,
@@ -1330,6 +1515,14 @@ pub fn plan(
     }
     if let Some(TableFactor::Table { alias: Some(a), .. }) = s.from.first().map(|f| &f.relation) {
         p.qualifiers.push(a.name.value.clone());
+    }
+    if let Some(TableFactor::Table {
+        name,
+        args: Some(args),
+        ..
+    }) = s.from.first().map(|f| &f.relation)
+    {
+        p.tumble(&args.args, name.span())?;
     }
     // The view's settings.
     let mut regions = None;

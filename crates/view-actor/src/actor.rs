@@ -249,6 +249,13 @@ impl ViewActor {
                     continue;
                 }
                 let out = core.finish_batch().map_err(ActorError::View)?;
+                for (key, reason) in &out.group_errors {
+                    // Not a message: partition and offset -1 say the record is about a row.
+                    let key: Vec<String> = key.iter().map(ToString::to_string).collect();
+                    let reason = format!("view row ({}) left out: {reason}", key.join(", "));
+                    warn!(%reason, "a row of the view could not be computed");
+                    commit.dead_letters.push(DeadLetter { topic: self.stream.topic.clone(), partition: -1, offset: -1, reason });
+                }
                 let now = self.clock.now_ms();
                 meta.events += consumed;
                 meta.state_format = crate::store::STATE_FORMAT;

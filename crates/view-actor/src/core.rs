@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::SourceEvent;
 
+mod fsum;
+pub use fsum::ExactSum;
+
 pub type Key = Vec<Value>;
 pub type Row = Vec<Value>;
 
@@ -68,8 +71,9 @@ pub enum Accumulator {
         sum: i128,
         non_null: i64,
     },
+    /// Float sums are exact too (see [`ExactSum`]), so that retractions leave no error.
     SumFloat {
-        sum: f64,
+        sum: Box<ExactSum>,
         non_null: i64,
     },
     /// The group's non-null values with their multiplicity, sorted by `Value::total_cmp`:
@@ -101,6 +105,8 @@ pub struct BatchOutput {
     /// How the view's row count and size changed.
     pub rows_delta: i64,
     pub bytes_delta: i64,
+    /// Keys whose row could not be computed (it is left out of the view), and why.
+    pub group_errors: Vec<(Key, String)>,
 }
 
 pub struct ViewCore {
@@ -159,30 +165,45 @@ impl Finisher {
         Ok(Finisher { eval })
     }
 
-    /// The output rows of groups given as keys and aggregate values (`None`: HAVING is false).
-    fn rows(&mut self, def: &ViewDef, groups: &[Row]) -> Result<Vec<Option<Row>>, String> {
+    /// The output rows of groups given as keys and aggregate values: `Ok(None)` when HAVING
+    /// is false, `Err` when the group's row cannot be computed (the reason, for the
+    /// dead-letter record). An `Err` of the whole call is a fault of the evaluator.
+    #[allow(clippy::type_complexity)]
+    fn rows(
+        &mut self,
+        def: &ViewDef,
+        groups: &[Result<Row, String>],
+    ) -> Result<Vec<Result<Option<Row>, String>>, String> {
         match (&def.plan.finish, &mut self.eval) {
             (Finish::Direct(refs), _) => Ok(groups
                 .iter()
                 .map(|g| {
-                    Some(
+                    let g = g.as_ref().map_err(Clone::clone)?;
+                    Ok(Some(
                         refs.iter()
                             .map(|r| match r {
                                 Ref::Key(i) => g[*i].clone(),
                                 Ref::Agg(j) => g[def.plan.n_keys + j].clone(),
                             })
                             .collect(),
-                    )
+                    ))
                 })
                 .collect()),
             (Finish::Eval { .. }, Some(eval)) => {
-                let refs: Vec<&[Value]> = groups.iter().map(Vec::as_slice).collect();
-                eval.eval(&refs)?
-                    .into_iter()
-                    .map(|r| {
-                        r.map_err(|e| format!("computing the view's output columns failed: {e}"))
+                let ok: Vec<&[Value]> = groups
+                    .iter()
+                    .filter_map(|g| g.as_ref().ok().map(Vec::as_slice))
+                    .collect();
+                let mut evaluated = eval.eval(&ok)?.into_iter();
+                Ok(groups
+                    .iter()
+                    .map(|g| match g {
+                        Err(e) => Err(e.clone()),
+                        Ok(_) => evaluated.next().unwrap_or(Ok(None)).map_err(|e| {
+                            format!("computing the view's output columns failed: {e}")
+                        }),
                     })
-                    .collect()
+                    .collect())
             }
             (Finish::Eval { .. }, None) => Err("the view's output stage is missing".to_string()),
         }
@@ -220,8 +241,12 @@ pub fn all_rows(
             }
         }
         for (key, row) in present.into_iter().zip(finish.rows(def, &agg_rows)?) {
-            if row.is_some() {
-                out.push(RowChange { key, row });
+            // A group whose row cannot be computed is left out, as in the incremental path.
+            if let Ok(Some(row)) = row {
+                out.push(RowChange {
+                    key,
+                    row: Some(row),
+                });
             }
         }
     }
@@ -234,8 +259,9 @@ fn exists(key: &Key, g: &GroupState) -> bool {
     g.rows > 0 || key.is_empty()
 }
 
-/// A group's keys followed by its aggregates' values.
-fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Row {
+/// A group's keys followed by its aggregates' values; an error when a value does not fit its
+/// column (an integer sum beyond int64, which DuckDB would widen).
+fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Result<Row, String> {
     let mut row = key.clone();
     for (acc, agg) in g.aggregates.iter().zip(&def.plan.aggregates) {
         row.push(match (agg.func, acc) {
@@ -256,20 +282,17 @@ fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Row {
                 Value::Float(*sum as f64 / *non_null as f64)
             }
             (AggFunc::Avg, Accumulator::SumFloat { sum, non_null }) => {
-                Value::Float(sum / *non_null as f64)
+                Value::Float(sum.value() / *non_null as f64)
             }
-            (_, Accumulator::SumInt { sum, .. }) => {
-                Value::Int(i64::try_from(*sum).unwrap_or(if *sum < 0 {
-                    i64::MIN
-                } else {
-                    i64::MAX
-                }))
-            }
-            (_, Accumulator::SumFloat { sum, .. }) => Value::Float(*sum),
+            (_, Accumulator::SumInt { sum, .. }) => Value::Int(
+                i64::try_from(*sum)
+                    .map_err(|_| format!("{} = {sum} does not fit in int64", agg.text))?,
+            ),
+            (_, Accumulator::SumFloat { sum, .. }) => Value::Float(sum.value()),
             _ => Value::Null,
         });
     }
-    row
+    Ok(row)
 }
 
 /// The accumulators of a group with no rows yet.
@@ -292,7 +315,7 @@ fn new_group(def: &ViewDef) -> GroupState {
                         .is_some_and(|i| def.plan.project[i].ty == ColumnType::Float64);
                     if float {
                         Accumulator::SumFloat {
-                            sum: 0.0,
+                            sum: Box::default(),
                             non_null: 0,
                         }
                     } else {
@@ -399,6 +422,20 @@ impl ViewCore {
                             i,
                             format!("evaluating the view's expressions failed: {reason}"),
                         ));
+                        // The source row's previous version is gone all the same: it leaves
+                        // the view, and the dead letter says which version did not enter.
+                        match event {
+                            SourceEvent::Upsert(row) => {
+                                let pk = self.pk(row);
+                                self.upsert(pk, None, store)?;
+                            }
+                            SourceEvent::Move { old_key, row } => {
+                                self.upsert(old_key.clone(), None, store)?;
+                                let pk = self.pk(row);
+                                self.upsert(pk, None, store)?;
+                            }
+                            _ => {}
+                        }
                         continue;
                     }
                 },
@@ -528,11 +565,11 @@ impl ViewCore {
                     *non_null += sign;
                 }
                 (Accumulator::SumFloat { sum, non_null }, Value::Float(v)) => {
-                    *sum += v * sign as f64;
+                    sum.add(*v, sign);
                     *non_null += sign;
                 }
                 (Accumulator::SumFloat { sum, non_null }, Value::Int(v)) => {
-                    *sum += *v as f64 * sign as f64;
+                    sum.add(*v as f64, sign);
                     *non_null += sign;
                 }
                 (Accumulator::Values(values), v) => {
@@ -603,7 +640,15 @@ impl ViewCore {
         if !agg_rows.is_empty() {
             let rows = self.finish.rows(&self.def, &agg_rows)?;
             for (key, row) in present.into_iter().zip(rows) {
-                // A group HAVING filters out keeps its state; its row is deleted.
+                // A group HAVING filters out keeps its state; its row is deleted. So is the
+                // row of a group that cannot be computed, and the reason is recorded.
+                let row = match row {
+                    Ok(row) => row,
+                    Err(reason) => {
+                        out.group_errors.push((key.clone(), reason));
+                        None
+                    }
+                };
                 if let Some(g) = self.groups.get_mut(&key) {
                     let bytes = row.as_deref().map_or(0, row_bytes);
                     out.rows_delta += i64::from(bytes > 0) - i64::from(g.out_bytes > 0);

@@ -48,8 +48,9 @@ pub struct Meta {
     pub state_format: u32,
 }
 
-/// The layout of a view's state: 2 stores each source row's plan slots (1 stored the row).
-pub const STATE_FORMAT: u32 = 2;
+/// The layout of a view's state: 3 stores each source row's plan slots, floats by bit pattern
+/// and float sums exactly (2 stored floats as JSON numbers, 1 stored the source row).
+pub const STATE_FORMAT: u32 = 3;
 
 /// Serialises the read-modify-write of epochs (shippers of several regions may race on one).
 static EPOCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
