@@ -21,14 +21,7 @@ impl Column {
     /// `datetime64(6)` microseconds), as Debezium's Timestamp and MicroTimestamp send them.
     /// Returns (multiply by, divide by).
     pub fn epoch_scale(&self) -> (i64, i64) {
-        let mut t = self.declared.as_str();
-        while let Some(inner) = t
-            .strip_prefix("nullable(")
-            .or_else(|| t.strip_prefix("low_cardinality("))
-            .and_then(|r| r.strip_suffix(')'))
-        {
-            t = inner;
-        }
+        let t = self.base_type();
         match timestamp_precision(t) {
             Some(p) if p <= 6 => (10i64.pow(6 - p), 1),
             Some(p) => (1, 10i64.pow(p - 6)),
@@ -36,9 +29,8 @@ impl Column {
         }
     }
 
-    /// The values an integer column may hold, from its declared type (`int32`, `uint8`...);
-    /// `None` when any 64-bit integer fits.
-    pub fn int_range(&self) -> Option<(i64, i64)> {
+    /// The declared type without `nullable(...)` and `low_cardinality(...)` around it.
+    fn base_type(&self) -> &str {
         let mut t = self.declared.as_str();
         while let Some(inner) = t
             .strip_prefix("nullable(")
@@ -47,6 +39,13 @@ impl Column {
         {
             t = inner;
         }
+        t
+    }
+
+    /// The values an integer column may hold, from its declared type (`int32`, `uint8`...);
+    /// `None` when any 64-bit integer fits.
+    pub fn int_range(&self) -> Option<(i64, i64)> {
+        let t = self.base_type();
         Some(match t {
             "int8" => (i8::MIN.into(), i8::MAX.into()),
             "int16" => (i16::MIN.into(), i16::MAX.into()),

@@ -166,14 +166,14 @@ fn to_duck(v: &Value) -> Duck {
     }
 }
 
-fn micros(unit: TimeUnit, v: i64) -> Result<i64, String> {
-    let m = match unit {
+/// A DuckDB timestamp in microseconds since the epoch; `None` when it does not fit.
+pub fn timestamp_micros(unit: TimeUnit, v: i64) -> Option<i64> {
+    match unit {
         TimeUnit::Second => v.checked_mul(1_000_000),
         TimeUnit::Millisecond => v.checked_mul(1_000),
         TimeUnit::Microsecond => Some(v),
         TimeUnit::Nanosecond => Some(v.div_euclid(1_000)),
-    };
-    m.ok_or_else(|| "a time out of range".to_string())
+    }
 }
 
 fn from_duck(v: ValueRef<'_>) -> Result<Value, String> {
@@ -191,7 +191,9 @@ fn from_duck(v: ValueRef<'_>) -> Result<Value, String> {
         ValueRef::Float(f) => Value::Float(f64::from(f) + 0.0),
         ValueRef::Double(f) => Value::Float(f + 0.0),
         ValueRef::Date32(d) => Value::Date(d),
-        ValueRef::Timestamp(unit, v) => Value::Timestamp(micros(unit, v)?),
+        ValueRef::Timestamp(unit, v) => Value::Timestamp(
+            timestamp_micros(unit, v).ok_or_else(|| "a time out of range".to_string())?,
+        ),
         ValueRef::Text(t) => Value::Text(
             std::str::from_utf8(t)
                 .map_err(|_| "a string result is not valid UTF-8".to_string())?

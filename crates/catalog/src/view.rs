@@ -105,6 +105,21 @@ pub struct Plan {
     pub n_keys: usize,
     pub aggregates: Vec<Aggregate>,
     pub finish: Finish,
+    /// Windows that close (`tumble()` grouped by `window_start`, with `allowed_lateness`).
+    #[serde(default)]
+    pub window: Option<WindowPlan>,
+}
+
+/// A tumbling window's rules: the watermark is the latest event time seen minus the allowed
+/// lateness; a window whose end is at or below it is closed and final.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowPlan {
+    /// The key (GROUP BY position) that is `window_start`.
+    pub start_key: usize,
+    /// The project slot holding each row's event time.
+    pub time_slot: usize,
+    pub size_us: i64,
+    pub lateness_us: i64,
 }
 
 impl Plan {
@@ -181,6 +196,14 @@ impl Plan {
                     aggs.join(", ")
                 }
             ));
+            if let Some(w) = &self.window {
+                lines.push(format!(
+                    "window: k{} closes {} s after its end by event time (p{}); late changes to a closed window are counted and not applied",
+                    w.start_key,
+                    w.lateness_us as f64 / 1e6,
+                    w.time_slot - self.n_keys
+                ));
+            }
             match &self.finish {
                 Finish::Direct(_) => {}
                 Finish::Eval { exprs, having } => {
@@ -496,6 +519,44 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
     })
 }
 
+/// The length of a fixed interval (`INTERVAL 5 MINUTE`) in microseconds; `None` for months
+/// and years, whose length varies.
+fn interval_micros(iv: &sqlparser::ast::Interval) -> Option<i64> {
+    let n: i64 = match iv.value.as_ref() {
+        Expr::Value(v) => match &v.value {
+            SqlValue::Number(n, _) => n.parse().ok()?,
+            SqlValue::SingleQuotedString(s) => s.trim().parse().ok()?,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let unit = iv.leading_field.as_ref()?.to_string().to_ascii_lowercase();
+    n.checked_mul(unit_micros(&unit)?)
+}
+
+fn unit_micros(unit: &str) -> Option<i64> {
+    Some(match unit {
+        "microsecond" | "us" => 1,
+        "millisecond" | "ms" => 1_000,
+        "second" | "s" => 1_000_000,
+        "minute" | "m" => 60_000_000,
+        "hour" | "h" => 3_600_000_000,
+        "day" | "d" => 86_400_000_000,
+        "week" | "w" => 604_800_000_000,
+        _ => return None,
+    })
+}
+
+/// A duration written as `30s`, `5m`, `0s`, in microseconds.
+fn duration_micros(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    n.parse::<i64>()
+        .ok()?
+        .checked_mul(unit_micros(unit.trim())?)
+}
+
 /// A one-part name's text.
 fn object_name(name: &ObjectName) -> Option<String> {
     match name.0.as_slice() {
@@ -595,6 +656,9 @@ struct Planner<'a> {
     text: &'a QueryText,
     /// `tumble(...)`: the DuckDB SQL of `window_start` and `window_end`.
     window: Option<(String, String)>,
+    /// `tumble(...)`: the window's size in microseconds (when fixed) and the event time's SQL.
+    window_size_us: Option<i64>,
+    window_time: Option<String>,
     stream: &'a StreamDef,
     /// Names a column may be qualified with: the stream's name and its alias.
     qualifiers: Vec<String>,
@@ -713,12 +777,14 @@ impl<'a> Planner<'a> {
                 ),
             ));
         }
-        let Expr::Interval(_) = size else {
+        let Expr::Interval(iv) = size else {
             return Err(self.err(
                 size.span(),
                 "tumble() takes its size as an interval: INTERVAL 5 MINUTE or 5m",
             ));
         };
+        self.window_size_us = interval_micros(iv);
+        self.window_time = Some(format!("CAST({col} AS TIMESTAMP)"));
         let size = self.walk(size, Mode::Row)?;
         // Windows are aligned on the Unix epoch, as Proton aligns them.
         let start = format!(
@@ -1451,6 +1517,8 @@ pub fn plan(
         base: parsed.offset,
         text: &parsed.text,
         window: None,
+        window_size_us: None,
+        window_time: None,
         stream,
         qualifiers: vec![stream.name.clone()],
         nodes: 0,
@@ -1526,6 +1594,7 @@ pub fn plan(
     }
     // The view's settings.
     let mut regions = None;
+    let mut lateness: Option<(i64, Span)> = None;
     for setting in q.settings.iter().flatten() {
         let key = setting.key.value.to_ascii_lowercase();
         let value = match &setting.value {
@@ -1566,10 +1635,16 @@ pub fn plan(
                 }
                 regions = Some(list);
             }
+            "allowed_lateness" => {
+                let Some(us) = duration_micros(&value) else {
+                    return Err(p.err(setting.value.span(), format!("allowed_lateness '{value}': write a duration such as '30s', '5m' or '0s'")));
+                };
+                lateness = Some((us, setting.value.span()));
+            }
             other => {
                 return Err(p.err(
                     setting.key.span,
-                    format!("unknown view setting '{other}'; supported: regions"),
+                    format!("unknown view setting '{other}'; supported: regions, allowed_lateness"),
                 ))
             }
         }
@@ -1749,6 +1824,12 @@ pub fn plan(
             .collect()
     };
     let item_spans: Vec<Span> = items.iter().map(|(_, _, s)| *s).collect();
+    if let (PlanKind::Project, Some((_, span))) = (kind, lateness) {
+        return Err(p.err(
+            span,
+            "allowed_lateness is for windowed aggregates (GROUP BY window_start)",
+        ));
+    }
     let (outputs, key_outputs, plan) = match kind {
         PlanKind::Project => {
             let slots = typed(&p, &out_sql, &item_spans, &stream_cols)?;
@@ -1781,14 +1862,33 @@ pub fn plan(
                     n_keys: 0,
                     aggregates: Vec::new(),
                     finish: Finish::Direct(Vec::new()),
+                    window: None,
                 },
             )
         }
         PlanKind::Aggregate => {
+            // Windows that close: the event time is one more slot, after the aggregates'.
+            let mut window_plan = None;
+            if let Some((lateness_us, span)) = lateness {
+                let start = p.window.as_ref().map(|(start, _)| start.clone());
+                let start_key = start.and_then(|st| p.keys.iter().position(|k| *k == st));
+                let (Some(start_key), Some(size_us), Some(time)) =
+                    (start_key, p.window_size_us, p.window_time.clone())
+                else {
+                    return Err(p.err(span, "allowed_lateness needs FROM tumble(stream, time, size) with a fixed size, grouped by window_start"));
+                };
+                p.args.push(time);
+                window_plan = Some(WindowPlan {
+                    start_key,
+                    time_slot: p.keys.len() + p.args.len() - 1,
+                    size_us,
+                    lateness_us,
+                });
+            }
             let mut row_exprs = p.keys.clone();
             row_exprs.extend(p.args.iter().cloned());
             let mut spans = key_spans.clone();
-            spans.extend(p.aggs.iter().map(|_| select_span));
+            spans.extend(p.args.iter().map(|_| select_span));
             let project = typed(&p, &row_exprs, &spans, &stream_cols)?;
             let n_keys = p.keys.len();
             let mut aggregates = Vec::new();
@@ -1827,6 +1927,7 @@ pub fn plan(
                 n_keys,
                 aggregates,
                 finish: Finish::Direct(Vec::new()),
+                window: window_plan,
             };
             // Outputs straight from keys and aggregates need no evaluation per group.
             let direct: Option<Vec<Ref>> = out_sql

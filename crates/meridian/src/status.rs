@@ -179,6 +179,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                 "source_bytes": v.source_bytes, "view_rows": v.view_rows, "view_bytes": v.view_bytes,
                 "reduction": {"rows": ratio(v.view_rows, v.events), "bytes": ratio(v.view_bytes, v.source_bytes)},
                 "plan": v.plan,
+                "late_events": v.late_events, "watermark_us": v.watermark_us,
                 "recent_dead_letters": v.recent_dead_letters.iter().map(|d| json!({"topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": d.reason})).collect::<Vec<_>>(),
                 "stalled": v.stalled.iter().map(|st| json!({"partition": st.partition, "offset": st.offset, "high_watermark": st.high_watermark, "since_ms": st.since_ms})).collect::<Vec<_>>(),
                 "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "acked_seq": sh.acked_seq, "central_seq": v.seq, "epoch": sh.epoch, "error": sh.error, "last_reseed": sh.last_reseed})).collect::<Vec<_>>(),
@@ -281,7 +282,7 @@ pub fn render(s: &pb::ClusterStatus) -> String {
                 "{} rows, {}",
                 v.view_rows,
                 ratio(v.view_bytes, v.source_bytes)
-                    .map_or_else(|| "-".to_string(), |r| format!("R={r:.4}"))
+                    .map_or_else(|| "-".to_string(), |r| format!("R={r:.2e}"))
             ),
             age,
             ship,
@@ -299,6 +300,12 @@ pub fn render(s: &pb::ClusterStatus) -> String {
                         )
                     })
                     .collect();
+                if v.late_events > 0 {
+                    problems.push(format!(
+                        "{} late changes to closed windows (not applied)",
+                        v.late_events
+                    ));
+                }
                 if !v.error.is_empty() {
                     problems.push(v.error.clone());
                 }

@@ -373,15 +373,10 @@ pub(crate) fn from_duck(v: DValue) -> pb::Value {
         DValue::Text(s) => Some(Kind::Text(s)),
         // As ClickHouse prints them, in UTC.
         DValue::Date32(d) => Some(Kind::Text(catalog::format_date(d))),
-        DValue::Timestamp(unit, t) => {
-            let micros = match unit {
-                duckdb::types::TimeUnit::Second => t.saturating_mul(1_000_000),
-                duckdb::types::TimeUnit::Millisecond => t.saturating_mul(1_000),
-                duckdb::types::TimeUnit::Microsecond => t,
-                duckdb::types::TimeUnit::Nanosecond => t.div_euclid(1_000),
-            };
-            Some(Kind::Text(catalog::format_timestamp(micros)))
-        }
+        DValue::Timestamp(unit, t) => Some(catalog::eval::timestamp_micros(unit, t).map_or_else(
+            || Kind::Text(t.to_string()),
+            |m| Kind::Text(catalog::format_timestamp(m)),
+        )),
         other => Some(Kind::Text(format!("{other:?}"))),
     };
     pb::Value { kind }

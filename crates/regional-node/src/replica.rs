@@ -669,17 +669,9 @@ pub(crate) fn wire_value(v: DValue) -> pb::Value {
         DValue::Date32(d) => pb::Value {
             kind: Some(Kind::Int(d.into())),
         },
-        DValue::Timestamp(unit, t) => {
-            let micros = match unit {
-                duckdb::types::TimeUnit::Second => t.saturating_mul(1_000_000),
-                duckdb::types::TimeUnit::Millisecond => t.saturating_mul(1_000),
-                duckdb::types::TimeUnit::Microsecond => t,
-                duckdb::types::TimeUnit::Nanosecond => t.div_euclid(1_000),
-            };
-            pb::Value {
-                kind: Some(Kind::Int(micros)),
-            }
-        }
+        DValue::Timestamp(unit, t) => pb::Value {
+            kind: catalog::eval::timestamp_micros(unit, t).map(Kind::Int),
+        },
         other => crate::query::from_duck(other),
     }
 }

@@ -62,6 +62,8 @@ pub struct ActorStatus {
     pub source_bytes: u64,
     pub view_rows: u64,
     pub view_bytes: u64,
+    pub late_events: u64,
+    pub watermark_us: Option<i64>,
     /// Partitions behind their high watermark that made no progress between two checks.
     pub stalled: Vec<crate::progress::Stalled>,
 }
@@ -107,6 +109,7 @@ impl ViewActor {
                 s.view_bytes = meta.view_bytes;
             });
             let mut core = ViewCore::new(self.def.clone(), &self.stream, groups).map_err(ActorError::View)?;
+            core.set_watermark(meta.watermark_us);
             let mut meta = meta;
 
             let (mut consumer, started, mut assigned) = self.subscribe(&offsets).await?;
@@ -249,6 +252,8 @@ impl ViewActor {
                     continue;
                 }
                 let out = core.finish_batch().map_err(ActorError::View)?;
+                meta.watermark_us = out.watermark;
+                meta.late_events += out.late_events;
                 for (key, reason) in &out.group_errors {
                     // Not a message: partition and offset -1 say the record is about a row.
                     let key: Vec<String> = key.iter().map(ToString::to_string).collect();
@@ -303,6 +308,8 @@ impl ViewActor {
                     s.source_bytes = meta.source_bytes;
                     s.view_rows = meta.view_rows;
                     s.view_bytes = meta.view_bytes;
+                    s.late_events = meta.late_events;
+                    s.watermark_us = meta.watermark_us;
                     if let Some(r) = recent {
                         s.recent_dead_letters = r;
                     }

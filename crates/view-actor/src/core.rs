@@ -45,6 +45,9 @@ pub struct GroupState {
     /// view's size is kept up to date from it.
     #[serde(default)]
     pub out_bytes: u64,
+    /// A closed window: `row` is its final row and the accumulators are gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
 }
 
 /// The size of a row as the reduction ratio counts it: 8 bytes a number, 1 a bool or NULL,
@@ -107,6 +110,10 @@ pub struct BatchOutput {
     pub bytes_delta: i64,
     /// Keys whose row could not be computed (it is left out of the view), and why.
     pub group_errors: Vec<(Key, String)>,
+    /// The event-time watermark after the batch (views with windows that close).
+    pub watermark: Option<i64>,
+    /// Events of the batch that changed a closed window, and so were not applied.
+    pub late_events: u64,
 }
 
 pub struct ViewCore {
@@ -124,6 +131,9 @@ pub struct ViewCore {
     /// view without aggregates, truncates), since the last `finish_batch`.
     gone_rows: i64,
     gone_bytes: i64,
+    /// Latest event time seen minus the allowed lateness (windows that close).
+    watermark: Option<i64>,
+    late_events: u64,
 }
 
 /// A key with a total order, so that a batch's changes come out in a deterministic order.
@@ -233,6 +243,14 @@ pub fn all_rows(
                         });
                     }
                 }
+                PlanKind::Aggregate if g.closed => {
+                    if let Some(row) = &g.row {
+                        out.push(RowChange {
+                            key: key.clone(),
+                            row: Some(row.clone()),
+                        });
+                    }
+                }
                 PlanKind::Aggregate if exists(key, g) => {
                     present.push(key.clone());
                     agg_rows.push(agg_row(def, key, g));
@@ -329,6 +347,7 @@ fn new_group(def: &ViewDef) -> GroupState {
             .collect(),
         row: None,
         out_bytes: 0,
+        closed: false,
     }
 }
 
@@ -359,6 +378,8 @@ impl ViewCore {
             finish,
             gone_rows: 0,
             gone_bytes: 0,
+            watermark: None,
+            late_events: 0,
         };
         if core.def.plan.kind == PlanKind::Aggregate
             && core.def.plan.n_keys == 0
@@ -443,7 +464,12 @@ impl ViewCore {
             match event {
                 SourceEvent::Append(_) => {
                     if let Some(t) = new {
-                        self.add(&t, 1);
+                        if self.is_late(&t) {
+                            self.late_events += 1;
+                        } else {
+                            self.add(&t, 1);
+                        }
+                        self.advance(&t);
                     }
                 }
                 SourceEvent::Upsert(row) => {
@@ -474,9 +500,8 @@ impl ViewCore {
                     Some(row) => {
                         let state = GroupState {
                             rows: 1,
-                            aggregates: Vec::new(),
                             row: Some(row),
-                            out_bytes: 0,
+                            ..GroupState::default()
                         };
                         let old = self.groups.insert(pk.clone(), state);
                         self.touched.insert(KeyOrd(pk));
@@ -500,16 +525,54 @@ impl ViewCore {
                     // A delete of a row never seen (or filtered out): nothing to retract.
                     return Ok(());
                 }
+                // What the row contributes once this event is applied.
+                let mut stored = new.clone();
+                let mut late = false;
                 if let Some(old) = &old {
-                    self.add(old, -1);
+                    if self.is_late(old) {
+                        // Frozen in its closed window.
+                        late = true;
+                    } else {
+                        self.add(old, -1);
+                    }
                 }
                 if let Some(new) = &new {
-                    self.add(new, 1);
+                    if self.is_late(new) {
+                        late = true;
+                        stored = None;
+                    } else {
+                        self.add(new, 1);
+                    }
+                    self.advance(new);
                 }
-                self.pending_rows.insert(pk, new);
+                self.late_events += u64::from(late);
+                self.pending_rows.insert(pk, stored);
             }
         }
         Ok(())
+    }
+
+    /// Restores the watermark persisted with the view's last batch.
+    pub fn set_watermark(&mut self, watermark: Option<i64>) {
+        self.watermark = watermark;
+    }
+
+    /// Whether a row's contribution falls in a closed window.
+    fn is_late(&self, t: &Row) -> bool {
+        let (Some(w), Some(wm)) = (&self.def.plan.window, self.watermark) else {
+            return false;
+        };
+        matches!(t.get(w.start_key), Some(Value::Timestamp(start)) if start.saturating_add(w.size_us) <= wm)
+    }
+
+    /// Moves the watermark with a row's event time.
+    fn advance(&mut self, t: &Row) {
+        if let Some(w) = &self.def.plan.window {
+            if let Some(Value::Timestamp(at)) = t.get(w.time_slot) {
+                let candidate = at.saturating_sub(w.lateness_us);
+                self.watermark = Some(self.watermark.map_or(candidate, |m| m.max(candidate)));
+            }
+        }
     }
 
     /// A key's state is dropped: its emitted row no longer counts.
@@ -660,9 +723,47 @@ impl ViewCore {
             }
             out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));
         }
+        self.close_windows(&mut out)?;
+        out.watermark = self.watermark;
+        out.late_events = std::mem::take(&mut self.late_events);
         out.rows = self.pending_rows.drain().collect();
         out.truncate_rows = std::mem::take(&mut self.truncated);
         Ok(out)
+    }
+
+    /// Closes the windows the watermark has passed: each keeps its final row and drops its
+    /// accumulators (their state is evicted); later changes to it are late.
+    fn close_windows(&mut self, out: &mut BatchOutput) -> Result<(), String> {
+        let (Some(w), Some(wm)) = (self.def.plan.window.clone(), self.watermark) else {
+            return Ok(());
+        };
+        let closing: Vec<Key> = self
+            .groups
+            .iter()
+            .filter(|(key, g)| {
+                !g.closed
+                    && matches!(key.get(w.start_key), Some(Value::Timestamp(start)) if start.saturating_add(w.size_us) <= wm)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if closing.is_empty() {
+            return Ok(());
+        }
+        let agg_rows: Vec<Result<Row, String>> = closing
+            .iter()
+            .filter_map(|k| self.groups.get(k).map(|g| agg_row(&self.def, k, g)))
+            .collect();
+        let rows = self.finish.rows(&self.def, &agg_rows)?;
+        for (key, row) in closing.into_iter().zip(rows) {
+            if let Some(g) = self.groups.get_mut(&key) {
+                g.row = row.ok().flatten();
+                g.aggregates = Vec::new();
+                g.closed = true;
+                // After any earlier entry for the key: the last write of a key wins.
+                out.groups.push((key, Some(g.clone())));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -69,6 +69,12 @@ pub fn render(report: &pb::CentralReport, now_ms: i64) -> String {
         per_view(&|v| v.view_bytes.to_string()),
     );
     metric(
+        "meridian_view_late_events_total",
+        "Changes to a closed window, counted and not applied (views with allowed_lateness).",
+        "counter",
+        per_view(&|v| v.late_events.to_string()),
+    );
+    metric(
         "meridian_view_ok",
         "1 when the view's actor runs without error.",
         "gauge",

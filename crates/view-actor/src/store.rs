@@ -46,6 +46,12 @@ pub struct Meta {
     /// The layout of the view's state ([`STATE_FORMAT`] when written by this version).
     #[serde(default)]
     pub state_format: u32,
+    /// Event-time watermark (µs) of a view whose windows close.
+    #[serde(default)]
+    pub watermark_us: Option<i64>,
+    /// Events that changed a closed window and were not applied.
+    #[serde(default)]
+    pub late_events: u64,
 }
 
 /// The layout of a view's state: 3 stores each source row's plan slots, floats by bit pattern

@@ -363,6 +363,8 @@ fn report_view(view_id: u64, v: &RunningView) -> pb::ViewReport {
         view_rows: s.view_rows,
         view_bytes: s.view_bytes,
         plan: v.plan.clone(),
+        late_events: s.late_events,
+        watermark_us: s.watermark_us.unwrap_or(0),
         stalled: s
             .stalled
             .iter()

@@ -43,14 +43,23 @@ impl Store {
 const STREAM: &str = "CREATE EXTERNAL STREAM orders(id int64, region string, amount nullable(int64), price float64, note string, ts datetime64(3)) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
 
 fn plan(view_sql: &str) -> (ViewDef, StreamDef) {
+    plan_over(STREAM, view_sql)
+}
+
+/// A view planned over the one stream `stream_sql` creates.
+fn plan_over(stream_sql: &str, view_sql: &str) -> (ViewDef, StreamDef) {
     let mut c = Catalog::default();
-    let ch = c.plan(STREAM).expect("stream");
-    c.apply(1, STREAM, ch);
+    let ch = c.plan(stream_sql).expect("stream");
+    c.apply(1, stream_sql, ch);
     let v = match c.plan(view_sql) {
         Ok(Change::Create(Object::View(v))) => v,
         other => panic!("view {view_sql}: {other:?}"),
     };
-    (v, c.stream("orders").expect("stream").clone())
+    let stream = c.entries()[0].object.clone();
+    let Object::Stream(stream) = stream else {
+        panic!("stream")
+    };
+    (v, stream)
 }
 
 fn core(view_sql: &str) -> ViewCore {
@@ -742,13 +751,7 @@ fn random_cdc_streams_with_crashes_equal_the_duckdb_oracle() {
 fn times_group_by_minute_and_keep_exact_extremes_under_retraction() {
     let stream_sql = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), day date) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
     let view_sql = "CREATE MATERIALIZED VIEW v AS SELECT to_start_of_minute(at) AS minute, count() AS n, max(at) AS last, min(day) AS first_day FROM ev GROUP BY minute";
-    let mut cat = Catalog::default();
-    let ch = cat.plan(stream_sql).expect("stream");
-    cat.apply(1, stream_sql, ch);
-    let Ok(Change::Create(Object::View(def))) = cat.plan(view_sql) else {
-        panic!("view")
-    };
-    let stream = cat.stream("ev").expect("stream").clone();
+    let (def, stream) = plan_over(stream_sql, view_sql);
     let mut c = ViewCore::new(def, &stream, HashMap::new()).expect("core");
     let store = Store::default();
     let ts = |s: &str| Value::Timestamp(catalog::parse_timestamp(s).expect("ts"));
@@ -802,5 +805,85 @@ fn times_group_by_minute_and_keep_exact_extremes_under_retraction() {
     assert_eq!(
         out.changes[1].row.as_ref().map(|r| r[1].clone()),
         Some(Value::Int(2))
+    );
+}
+
+#[test]
+fn closed_windows_are_final_their_state_is_evicted_and_late_changes_are_counted() {
+    let stream_sql = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
+    let view_sql = "CREATE MATERIALIZED VIEW w AS SELECT window_start, count() AS n, sum(v) AS total, max(v) AS top FROM tumble(ev, at, 1m) GROUP BY window_start SETTINGS allowed_lateness='10s'";
+    let (def, stream) = plan_over(stream_sql, view_sql);
+    assert!(def.plan.window.is_some());
+    let mut c = ViewCore::new(def.clone(), &stream, HashMap::new()).expect("core");
+    let store = Store::default();
+    let ts = |s: &str| Value::Timestamp(catalog::parse_timestamp(s).expect("ts"));
+    let row = |id: i64, at: &str, v: i64| vec![Value::Int(id), ts(at), Value::Int(v)];
+    let w10 = ts("2024-03-01 10:00:00");
+    run(
+        &mut c,
+        &store,
+        &[
+            SourceEvent::Upsert(row(1, "2024-03-01 10:00:30", 5)),
+            SourceEvent::Upsert(row(2, "2024-03-01 10:00:50", 7)),
+            // Within the lateness: the 10:00 window is still open at a watermark of 10:00:55.
+            SourceEvent::Upsert(row(3, "2024-03-01 10:01:05", 1)),
+            SourceEvent::Upsert(row(4, "2024-03-01 10:00:59", 2)),
+        ],
+    );
+    assert!(!store.groups.borrow()[&vec![w10.clone()]].closed);
+    // 10:01:15 moves the watermark to 10:01:05: the 10:00 window closes.
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Upsert(row(5, "2024-03-01 10:01:15", 1))],
+    );
+    assert_eq!(
+        out.watermark,
+        Some(catalog::parse_timestamp("2024-03-01 10:01:05").expect("ts"))
+    );
+    let closed = store.groups.borrow()[&vec![w10.clone()]].clone();
+    assert!(closed.closed && closed.aggregates.is_empty(), "{closed:?}");
+    let final_row = vec![w10.clone(), Value::Int(3), Value::Int(14), Value::Int(7)];
+    assert_eq!(closed.row, Some(final_row.clone()));
+    // Late: a new event for 10:00, an update and a delete of rows in it. None is applied;
+    // the update's new version, in the open 10:01 window, is.
+    let out = run(
+        &mut c,
+        &store,
+        &[
+            SourceEvent::Upsert(row(6, "2024-03-01 10:00:40", 100)),
+            SourceEvent::Delete {
+                key: vec![Value::Int(1)],
+            },
+            SourceEvent::Upsert(row(2, "2024-03-01 10:01:20", 7)),
+        ],
+    );
+    assert_eq!(out.late_events, 3);
+    assert_eq!(
+        out.changes,
+        vec![RowChange {
+            key: vec![ts("2024-03-01 10:01:00")],
+            row: Some(vec![
+                ts("2024-03-01 10:01:00"),
+                Value::Int(3),
+                Value::Int(9),
+                Value::Int(7)
+            ]),
+        }]
+    );
+    // After a restart with the persisted watermark, a full resync lists the final row.
+    let mut reloaded = ViewCore::new(def, &stream, store.groups.borrow().clone()).expect("core");
+    reloaded.set_watermark(out.watermark);
+    let all = reloaded.all_rows().expect("rows");
+    assert_eq!(all[0].row, Some(final_row));
+    let out = run(
+        &mut reloaded,
+        &store,
+        &[SourceEvent::Upsert(row(7, "2024-03-01 10:00:01", 1))],
+    );
+    assert_eq!(
+        (out.late_events, out.changes.len()),
+        (1, 0),
+        "still closed after a restart"
     );
 }
