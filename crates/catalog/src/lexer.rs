@@ -182,7 +182,11 @@ fn is_view_query_start(tokens: &[Token], word: &str) -> bool {
 
 /// Line and column (both from 1) of a byte offset.
 pub fn position(sql: &str, offset: usize) -> Pos {
-    let before = &sql[..offset.min(sql.len())];
+    let mut offset = offset.min(sql.len());
+    while !sql.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &sql[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     Pos { line, column }

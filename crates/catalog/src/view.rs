@@ -244,8 +244,9 @@ pub struct ParsedQuery {
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueryText {
     pub text: String,
-    /// (end of a replacement in `text`, how much longer `text` is than the original from there).
-    shifts: Vec<(usize, isize)>,
+    /// Replacements: (start and end in `text`, start in the original, how much longer `text`
+    /// is than the original after it).
+    shifts: Vec<(usize, usize, usize, isize)>,
 }
 
 impl QueryText {
@@ -278,25 +279,29 @@ impl QueryText {
                 continue;
             }
             text.push_str(&original[copied..start]);
-            let replacement = format!("INTERVAL {n} {unit}");
-            text.push_str(&replacement);
+            let new_start = text.len();
+            text.push_str(&format!("INTERVAL {n} {unit}"));
             copied = end;
             let delta = text.len() as isize - end as isize;
-            shifts.push((text.len(), delta));
+            shifts.push((new_start, text.len(), start, delta));
         }
         text.push_str(&original[copied..]);
         QueryText { text, shifts }
     }
 
-    /// The offset in the original text of an offset in the rewritten one.
+    /// The offset in the original text of an offset in the rewritten one (the start of what
+    /// was written for a place inside a replacement).
     fn original(&self, at: usize) -> usize {
-        let delta = self
+        match self
             .shifts
             .iter()
-            .take_while(|(end, _)| *end <= at)
-            .last()
-            .map_or(0, |(_, d)| *d);
-        (at as isize - delta).max(0) as usize
+            .rev()
+            .find(|(start, _, _, _)| *start <= at)
+        {
+            Some((_, end, old_start, _)) if at < *end => *old_start,
+            Some((_, _, _, delta)) => (at as isize - delta).max(0) as usize,
+            None => at,
+        }
     }
 
     /// The offset in the original text of a parser location.
@@ -531,7 +536,8 @@ fn interval_micros(iv: &sqlparser::ast::Interval) -> Option<i64> {
         _ => return None,
     };
     let unit = iv.leading_field.as_ref()?.to_string().to_ascii_lowercase();
-    n.checked_mul(unit_micros(&unit)?)
+    let unit = unit.strip_suffix('s').unwrap_or(&unit);
+    n.checked_mul(unit_micros(unit)?)
 }
 
 fn unit_micros(unit: &str) -> Option<i64> {

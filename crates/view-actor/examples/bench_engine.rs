@@ -80,7 +80,7 @@ fn main() -> Result<(), String> {
             .iter()
             .filter_map(|m| decode(&stream, None, Some(m)).ok().flatten())
             .collect();
-        let dead = core.apply_batch(&events, &store)?;
+        let dead = core.apply_batch(&events, &vec![0; events.len()], &store)?;
         assert!(dead.is_empty());
         let out = core.finish_batch()?;
         changes += out.changes.len();

@@ -89,9 +89,10 @@ impl ViewActor {
         let span = info_span!("view", view = %self.def.name);
         async {
             let (meta, groups) = self.store.consistent_state()?;
-            if meta.seq > 0 && meta.state_format < crate::store::STATE_FORMAT {
+            if meta.seq > 0 && meta.state_format != crate::store::STATE_FORMAT {
                 return Err(ActorError::View(format!(
-                    "the view's central state was written by an older Meridian (state format {}, this version reads {}); drop and re-create the view",
+                    "the view's central state was written by {} Meridian (state format {}, this version reads {}); drop and re-create the view",
+                    if meta.state_format < crate::store::STATE_FORMAT { "an older" } else { "a newer" },
                     meta.state_format,
                     crate::store::STATE_FORMAT
                 )));
@@ -107,12 +108,15 @@ impl ViewActor {
                 s.source_bytes = meta.source_bytes;
                 s.view_rows = meta.view_rows;
                 s.view_bytes = meta.view_bytes;
+                s.late_events = meta.late_events;
+                s.watermark_us = meta.watermark_us;
             });
             let mut core = ViewCore::new(self.def.clone(), &self.stream, groups).map_err(ActorError::View)?;
-            core.set_watermark(meta.watermark_us);
+            core.set_event_times(meta.event_times_us.clone(), meta.watermark_us);
             let mut meta = meta;
 
             let (mut consumer, started, mut assigned) = self.subscribe(&offsets).await?;
+            core.set_partitions(&assigned);
             let mut watch = crate::progress::ProgressWatch::default();
             let mut fresh = crate::progress::FirstFetch::default();
             for &p in &assigned {
@@ -150,6 +154,7 @@ impl ViewActor {
                                 }
                                 consumer = c;
                                 assigned = now_assigned;
+                                core.set_partitions(&assigned);
                                 for &p in &assigned {
                                     fresh.positioned(p);
                                 }
@@ -229,7 +234,8 @@ impl ViewActor {
                             }
                         }
                     }
-                    for (i, reason) in core.apply_batch(&events, &self.store).map_err(ActorError::View)? {
+                    let partitions: Vec<i32> = origins.iter().map(|(_, p, _)| *p).collect();
+                    for (i, reason) in core.apply_batch(&events, &partitions, &self.store).map_err(ActorError::View)? {
                         let (topic, partition, offset) = origins[i].clone();
                         warn!(topic, partition, offset, %reason, "message sent to the dead-letter table");
                         commit.dead_letters.push(DeadLetter { topic, partition, offset, reason });
@@ -253,6 +259,7 @@ impl ViewActor {
                 }
                 let out = core.finish_batch().map_err(ActorError::View)?;
                 meta.watermark_us = out.watermark;
+                meta.event_times_us = out.event_times.clone();
                 meta.late_events += out.late_events;
                 for (key, reason) in &out.group_errors {
                     // Not a message: partition and offset -1 say the record is about a row.

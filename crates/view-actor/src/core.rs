@@ -9,7 +9,7 @@
 //! [`RowLookup`], and the rows a batch changed are returned for the shell to persist in the
 //! same atomic write as the offsets.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use catalog::eval::Evaluator;
 use catalog::{AggFunc, ColumnType, Finish, PlanKind, Ref, StreamDef, Value, ViewDef};
@@ -110,8 +110,10 @@ pub struct BatchOutput {
     pub bytes_delta: i64,
     /// Keys whose row could not be computed (it is left out of the view), and why.
     pub group_errors: Vec<(Key, String)>,
-    /// The event-time watermark after the batch (views with windows that close).
+    /// The event-time watermark after the batch (views with windows that close), and the
+    /// latest event time of each partition it comes from, to persist.
     pub watermark: Option<i64>,
+    pub event_times: BTreeMap<i32, i64>,
     /// Events of the batch that changed a closed window, and so were not applied.
     pub late_events: u64,
 }
@@ -131,9 +133,20 @@ pub struct ViewCore {
     /// view without aggregates, truncates), since the last `finish_batch`.
     gone_rows: i64,
     gone_bytes: i64,
-    /// Latest event time seen minus the allowed lateness (windows that close).
+    /// Latest event time applied from each partition (windows that close). Kafka orders
+    /// messages only within a partition, so the watermark follows the slowest one.
+    event_times: BTreeMap<i32, i64>,
+    /// The partitions the view reads (empty: those in `event_times`).
+    partitions: BTreeSet<i32>,
+    /// The smallest of `event_times` minus the allowed lateness, never going back.
     watermark: Option<i64>,
     late_events: u64,
+    /// The partition of the event being applied, and whether it touched a closed window.
+    partition: i32,
+    event_late: bool,
+    /// No open window ends before this (`None`: not known yet), so that groups are scanned for
+    /// windows to close only when one does.
+    open_end_min: Option<i64>,
 }
 
 /// A key with a total order, so that a batch's changes come out in a deterministic order.
@@ -378,8 +391,13 @@ impl ViewCore {
             finish,
             gone_rows: 0,
             gone_bytes: 0,
+            event_times: BTreeMap::new(),
+            partitions: BTreeSet::new(),
             watermark: None,
             late_events: 0,
+            partition: 0,
+            event_late: false,
+            open_end_min: None,
         };
         if core.def.plan.kind == PlanKind::Aggregate
             && core.def.plan.n_keys == 0
@@ -416,6 +434,7 @@ impl ViewCore {
     pub fn apply_batch(
         &mut self,
         events: &[SourceEvent],
+        partitions: &[i32],
         store: &dyn RowLookup,
     ) -> Result<Vec<(usize, String)>, String> {
         let mut rows: Vec<&[Value]> = Vec::new();
@@ -434,9 +453,33 @@ impl ViewCore {
         let mut projected = self.project.eval(&rows)?;
         let mut dead = Vec::new();
         for (i, event) in events.iter().enumerate() {
-            let new = match which[i] {
+            self.partition = partitions.get(i).copied().unwrap_or(0);
+            self.event_late = false;
+            self.apply_one(
+                i,
+                event,
+                which[i].map(|j| std::mem::replace(&mut projected[j], Ok(None))),
+                store,
+                &mut dead,
+            )?;
+            self.late_events += u64::from(self.event_late);
+        }
+        Ok(dead)
+    }
+
+    /// Applies one event; `projected` is its row's evaluation, if it has a row.
+    fn apply_one(
+        &mut self,
+        i: usize,
+        event: &SourceEvent,
+        projected: Option<catalog::eval::RowResult>,
+        store: &dyn RowLookup,
+        dead: &mut Vec<(usize, String)>,
+    ) -> Result<(), String> {
+        {
+            let new = match projected {
                 None => None,
-                Some(j) => match std::mem::replace(&mut projected[j], Ok(None)) {
+                Some(result) => match result {
                     Ok(p) => p,
                     Err(reason) => {
                         dead.push((
@@ -457,7 +500,7 @@ impl ViewCore {
                             }
                             _ => {}
                         }
-                        continue;
+                        return Ok(());
                     }
                 },
             };
@@ -465,7 +508,7 @@ impl ViewCore {
                 SourceEvent::Append(_) => {
                     if let Some(t) = new {
                         if self.is_late(&t) {
-                            self.late_events += 1;
+                            self.event_late = true;
                         } else {
                             self.add(&t, 1);
                         }
@@ -485,7 +528,7 @@ impl ViewCore {
                 SourceEvent::Truncate => self.truncate(),
             }
         }
-        Ok(dead)
+        Ok(())
     }
 
     fn pk(&self, row: &[Value]) -> Key {
@@ -545,16 +588,47 @@ impl ViewCore {
                     }
                     self.advance(new);
                 }
-                self.late_events += u64::from(late);
+                self.event_late |= late;
                 self.pending_rows.insert(pk, stored);
             }
         }
         Ok(())
     }
 
-    /// Restores the watermark persisted with the view's last batch.
-    pub fn set_watermark(&mut self, watermark: Option<i64>) {
+    /// Restores the event times and watermark persisted with the view's last batch.
+    pub fn set_event_times(&mut self, event_times: BTreeMap<i32, i64>, watermark: Option<i64>) {
+        self.event_times = event_times;
         self.watermark = watermark;
+    }
+
+    /// The partitions the view reads: the watermark waits until each has delivered an event
+    /// (a partition that never does holds windows open).
+    pub fn set_partitions(&mut self, partitions: &[i32]) {
+        self.partitions = partitions.iter().copied().collect();
+        self.update_watermark();
+    }
+
+    /// The watermark follows the slowest partition and never goes back.
+    fn update_watermark(&mut self) {
+        let Some(w) = &self.def.plan.window else {
+            return;
+        };
+        let slowest = if self.partitions.is_empty() {
+            self.event_times.values().min().copied()
+        } else {
+            let mut min: Option<i64> = None;
+            for p in &self.partitions {
+                let Some(t) = self.event_times.get(p) else {
+                    return;
+                };
+                min = Some(min.map_or(*t, |m| m.min(*t)));
+            }
+            min
+        };
+        if let Some(t) = slowest {
+            let candidate = t.saturating_sub(w.lateness_us);
+            self.watermark = Some(self.watermark.map_or(candidate, |m| m.max(candidate)));
+        }
     }
 
     /// Whether a row's contribution falls in a closed window.
@@ -565,12 +639,16 @@ impl ViewCore {
         matches!(t.get(w.start_key), Some(Value::Timestamp(start)) if start.saturating_add(w.size_us) <= wm)
     }
 
-    /// Moves the watermark with a row's event time.
+    /// Moves the event partition's time, and so perhaps the watermark, with a row applied.
     fn advance(&mut self, t: &Row) {
-        if let Some(w) = &self.def.plan.window {
-            if let Some(Value::Timestamp(at)) = t.get(w.time_slot) {
-                let candidate = at.saturating_sub(w.lateness_us);
-                self.watermark = Some(self.watermark.map_or(candidate, |m| m.max(candidate)));
+        let Some(w) = &self.def.plan.window else {
+            return;
+        };
+        if let Some(Value::Timestamp(at)) = t.get(w.time_slot) {
+            let latest = self.event_times.entry(self.partition).or_insert(*at);
+            if *at >= *latest {
+                *latest = *at;
+                self.update_watermark();
             }
         }
     }
@@ -598,6 +676,10 @@ impl ViewCore {
         }
         self.pending_rows.clear();
         self.truncated = true;
+        // Every window went with the rows: the source starts over, and so does event time.
+        self.event_times.clear();
+        self.watermark = None;
+        self.open_end_min = None;
     }
 
     fn lookup(&self, pk: &Key, store: &dyn RowLookup) -> Result<Option<Row>, String> {
@@ -613,6 +695,13 @@ impl ViewCore {
         let n_keys = self.def.plan.n_keys;
         let key: Key = t[..n_keys].to_vec();
         let def = &self.def;
+        if let Some(w) = &def.plan.window {
+            if let (Some(Value::Timestamp(start)), Some(min)) =
+                (key.get(w.start_key), self.open_end_min)
+            {
+                self.open_end_min = Some(min.min(start.saturating_add(w.size_us)));
+            }
+        }
         let group = self
             .groups
             .entry(key.clone())
@@ -725,6 +814,7 @@ impl ViewCore {
         }
         self.close_windows(&mut out)?;
         out.watermark = self.watermark;
+        out.event_times = self.event_times.clone();
         out.late_events = std::mem::take(&mut self.late_events);
         out.rows = self.pending_rows.drain().collect();
         out.truncate_rows = std::mem::take(&mut self.truncated);
@@ -737,15 +827,25 @@ impl ViewCore {
         let (Some(w), Some(wm)) = (self.def.plan.window.clone(), self.watermark) else {
             return Ok(());
         };
-        let closing: Vec<Key> = self
-            .groups
-            .iter()
-            .filter(|(key, g)| {
-                !g.closed
-                    && matches!(key.get(w.start_key), Some(Value::Timestamp(start)) if start.saturating_add(w.size_us) <= wm)
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
+        if self.open_end_min.is_some_and(|end| end > wm) {
+            return Ok(());
+        }
+        let mut closing: Vec<Key> = Vec::new();
+        let mut open_end_min = i64::MAX;
+        for (key, g) in &self.groups {
+            if g.closed {
+                continue;
+            }
+            if let Some(Value::Timestamp(start)) = key.get(w.start_key) {
+                let end = start.saturating_add(w.size_us);
+                if end <= wm {
+                    closing.push(key.clone());
+                } else {
+                    open_end_min = open_end_min.min(end);
+                }
+            }
+        }
+        self.open_end_min = Some(open_end_min);
         if closing.is_empty() {
             return Ok(());
         }

@@ -46,17 +46,21 @@ pub struct Meta {
     /// The layout of the view's state ([`STATE_FORMAT`] when written by this version).
     #[serde(default)]
     pub state_format: u32,
-    /// Event-time watermark (µs) of a view whose windows close.
+    /// Event-time watermark (µs) of a view whose windows close, and the latest event time
+    /// applied from each partition.
     #[serde(default)]
     pub watermark_us: Option<i64>,
+    #[serde(default)]
+    pub event_times_us: std::collections::BTreeMap<i32, i64>,
     /// Events that changed a closed window and were not applied.
     #[serde(default)]
     pub late_events: u64,
 }
 
-/// The layout of a view's state: 3 stores each source row's plan slots, floats by bit pattern
-/// and float sums exactly (2 stored floats as JSON numbers, 1 stored the source row).
-pub const STATE_FORMAT: u32 = 3;
+/// The layout of a view's state: 4 adds closed windows; 3 stores each source row's plan
+/// slots, floats by bit pattern and float sums exactly (2 stored floats as JSON numbers, 1
+/// stored the source row).
+pub const STATE_FORMAT: u32 = 4;
 
 /// Serialises the read-modify-write of epochs (shippers of several regions may race on one).
 static EPOCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

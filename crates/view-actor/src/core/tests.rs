@@ -20,6 +20,17 @@ fn stored<T: serde::Serialize + serde::de::DeserializeOwned>(v: &T) -> T {
     serde_json::from_str(&serde_json::to_string(v).expect("to json")).expect("from json")
 }
 
+impl ViewCore {
+    /// Every event from partition 0.
+    fn apply_batch_p0(
+        &mut self,
+        events: &[SourceEvent],
+        store: &dyn RowLookup,
+    ) -> Result<Vec<(usize, String)>, String> {
+        self.apply_batch(events, &vec![0; events.len()], store)
+    }
+}
+
 impl Store {
     fn persist(&self, out: &BatchOutput) {
         if out.truncate_rows {
@@ -83,7 +94,9 @@ fn text(s: &str) -> Value {
 }
 
 fn run(c: &mut ViewCore, store: &Store, events: &[SourceEvent]) -> BatchOutput {
-    let dead = c.apply_batch(events, store).expect("apply");
+    let dead = c
+        .apply_batch(events, &vec![0; events.len()], store)
+        .expect("apply");
     assert!(dead.is_empty(), "{dead:?}");
     let out = c.finish_batch().expect("finish");
     store.persist(&out);
@@ -296,7 +309,7 @@ fn a_row_that_fails_to_evaluate_is_a_dead_letter_and_changes_nothing() {
     let mut bad = order(2, "eu", Some(1));
     bad[4] = text("{\"k\": \"seven\"}");
     let dead = c
-        .apply_batch(
+        .apply_batch_p0(
             &[
                 SourceEvent::Upsert(order(1, "eu", Some(1))),
                 SourceEvent::Upsert(bad),
@@ -314,7 +327,7 @@ fn a_row_that_fails_to_evaluate_is_a_dead_letter_and_changes_nothing() {
     let mut bad = order(3, "eu", Some(1));
     bad[4] = text("{\"k\": \"eight\"}");
     let dead = c
-        .apply_batch(
+        .apply_batch_p0(
             &[SourceEvent::Move {
                 old_key: vec![Value::Int(1)],
                 row: bad,
@@ -341,7 +354,7 @@ fn a_sum_beyond_int64_leaves_its_row_out_with_a_reason_and_comes_back() {
     let store = Store::default();
     let big = 5_000_000_000_000_000_000;
     let dead = c
-        .apply_batch(
+        .apply_batch_p0(
             &[
                 SourceEvent::Upsert(order(1, "eu", Some(big))),
                 SourceEvent::Upsert(order(2, "eu", Some(big))),
@@ -698,11 +711,14 @@ fn random_cdc_streams_with_crashes_equal_the_duckdb_oracle() {
                 if rng.below(5) == 0 {
                     // A crash before the commit: the batch's effects are lost with the
                     // process; the restarted core sees only what was persisted.
-                    c.apply_batch(&events, &store).expect("apply");
+                    c.apply_batch(&events, &vec![0; events.len()], &store)
+                        .expect("apply");
                     c = ViewCore::new(def.clone(), &stream, store.groups.borrow().clone())
                         .expect("core");
                 }
-                let dead = c.apply_batch(&events, &store).expect("apply");
+                let dead = c
+                    .apply_batch(&events, &vec![0; events.len()], &store)
+                    .expect("apply");
                 assert!(dead.is_empty(), "case {case} seed {seed}: {dead:?}");
                 let out = c.finish_batch().expect("finish");
                 store.persist(&out);
@@ -873,7 +889,7 @@ fn closed_windows_are_final_their_state_is_evicted_and_late_changes_are_counted(
     );
     // After a restart with the persisted watermark, a full resync lists the final row.
     let mut reloaded = ViewCore::new(def, &stream, store.groups.borrow().clone()).expect("core");
-    reloaded.set_watermark(out.watermark);
+    reloaded.set_event_times(out.event_times.clone(), out.watermark);
     let all = reloaded.all_rows().expect("rows");
     assert_eq!(all[0].row, Some(final_row));
     let out = run(
@@ -885,5 +901,61 @@ fn closed_windows_are_final_their_state_is_evicted_and_late_changes_are_counted(
         (out.late_events, out.changes.len()),
         (1, 0),
         "still closed after a restart"
+    );
+}
+
+/// Kafka orders messages only within a partition: a partition read ahead must not close the
+/// windows another partition is still filling.
+#[test]
+fn the_watermark_follows_the_slowest_partition() {
+    let (def, stream) = plan_over(
+        "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'",
+        "CREATE MATERIALIZED VIEW w AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start SETTINGS allowed_lateness='10s'",
+    );
+    let mut c = ViewCore::new(def, &stream, HashMap::new()).expect("core");
+    c.set_partitions(&[0, 1]);
+    let store = Store::default();
+    let ts = |s: &str| Value::Timestamp(catalog::parse_timestamp(s).expect("ts"));
+    let row = |id: i64, at: &str| SourceEvent::Upsert(vec![Value::Int(id), ts(at), Value::Int(1)]);
+    let mut batch = |events: &[SourceEvent], partitions: &[i32]| {
+        let dead = c.apply_batch(events, partitions, &store).expect("apply");
+        assert!(dead.is_empty());
+        let out = c.finish_batch().expect("finish");
+        store.persist(&out);
+        out
+    };
+    // Partition 0 runs five minutes ahead; partition 1 has said nothing yet.
+    let out = batch(
+        &[row(1, "2024-03-01 10:00:10"), row(2, "2024-03-01 10:05:00")],
+        &[0, 0],
+    );
+    assert_eq!(out.watermark, None);
+    let out = batch(&[row(3, "2024-03-01 10:00:20")], &[1]);
+    assert_eq!(out.late_events, 0, "partition 1's 10:00 event is on time");
+    assert_eq!(
+        out.watermark,
+        Some(catalog::parse_timestamp("2024-03-01 10:00:10").expect("ts"))
+    );
+    let out = batch(&[row(4, "2024-03-01 10:06:00")], &[1]);
+    let w10 = vec![ts("2024-03-01 10:00:00")];
+    let closed = store.groups.borrow()[&w10].clone();
+    assert!(closed.closed, "both partitions are past 10:01:10 now");
+    assert_eq!(
+        closed.row,
+        Some(vec![ts("2024-03-01 10:00:00"), Value::Int(2)])
+    );
+    assert_eq!(out.late_events, 0);
+    // A truncate starts event time over: the re-snapshot fills the window again.
+    let out = batch(
+        &[SourceEvent::Truncate, row(1, "2024-03-01 10:00:10")],
+        &[0, 0],
+    );
+    assert_eq!(out.late_events, 0);
+    assert!(
+        out.changes
+            .iter()
+            .any(|ch| ch.key == w10 && ch.row == Some(vec![w10[0].clone(), Value::Int(1)])),
+        "{:?}",
+        out.changes
     );
 }
