@@ -61,6 +61,11 @@ pub enum AggFunc {
     Avg,
     Min,
     Max,
+    /// `latest(x)` / `any_last(x)`: the non-null value of the row changed last (by arrival).
+    Latest,
+    /// `earliest(x)` / `any(x)`: the non-null value of the row changed first, of those still in
+    /// the group.
+    Earliest,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -581,14 +586,14 @@ const AGGREGATES: &[&str] = &[
     "avg",
     "min",
     "max",
+    "latest",
+    "earliest",
+    "any",
+    "any_last",
 ];
 /// Aggregates of Proton that Meridian does not compute yet (refused by name, not taken for
 /// unknown scalar functions).
 const AGGREGATES_LATER: &[&str] = &[
-    "any",
-    "any_last",
-    "latest",
-    "earliest",
     "top_k",
     "arg_min",
     "arg_max",
@@ -617,7 +622,7 @@ const AGGREGATES_LATER: &[&str] = &[
     "last_value",
     "sum_distinct",
 ];
-const AGGREGATES_HELP: &str = "supported aggregates: count(), count(x), count(DISTINCT x), count_distinct(x), uniq(x), uniq_exact(x), count_if(cond), sum(x), avg(x), min(x), max(x)";
+const AGGREGATES_HELP: &str = "supported aggregates: count(), count(x), count(DISTINCT x), count_distinct(x), uniq(x), uniq_exact(x), count_if(cond), sum(x), avg(x), min(x), max(x), latest(x), earliest(x), any(x), any_last(x)";
 
 /// Functions whose result depends on when or where a row is processed; a view replayed after
 /// a crash must compute the same rows.
@@ -1379,6 +1384,8 @@ impl<'a> Planner<'a> {
             ("avg", false, true) => AggFunc::Avg,
             ("min", false, true) => AggFunc::Min,
             ("max", false, true) => AggFunc::Max,
+            ("latest" | "any_last", false, true) => AggFunc::Latest,
+            ("earliest" | "any", false, true) => AggFunc::Earliest,
             (_, true, _) => {
                 return Err(self.err(
                     span,
@@ -1917,7 +1924,9 @@ pub fn plan(
                     }
                     AggFunc::Sum => arg_ty.unwrap_or(ColumnType::Int64),
                     AggFunc::Avg => ColumnType::Float64,
-                    AggFunc::Min | AggFunc::Max => arg_ty.unwrap_or(ColumnType::Int64),
+                    AggFunc::Min | AggFunc::Max | AggFunc::Latest | AggFunc::Earliest => {
+                        arg_ty.unwrap_or(ColumnType::Int64)
+                    }
                 };
                 aggregates.push(Aggregate {
                     func: *func,

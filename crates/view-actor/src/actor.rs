@@ -113,6 +113,7 @@ impl ViewActor {
             });
             let mut core = ViewCore::new(self.def.clone(), &self.stream, groups).map_err(ActorError::View)?;
             core.set_event_times(meta.event_times_us.clone(), meta.watermark_us);
+            core.set_arrival(meta.arrival);
             let mut meta = meta;
 
             let (mut consumer, started, mut assigned) = self.subscribe(&offsets).await?;
@@ -260,6 +261,7 @@ impl ViewActor {
                 let out = core.finish_batch().map_err(ActorError::View)?;
                 meta.watermark_us = out.watermark;
                 meta.event_times_us = out.event_times.clone();
+                meta.arrival = out.arrival;
                 meta.late_events += out.late_events;
                 for (key, reason) in &out.group_errors {
                     // Not a message: partition and offset -1 say the record is about a row.

@@ -83,6 +83,9 @@ pub enum Accumulator {
     /// `min`, `max` and `count(DISTINCT)` stay exact when values are retracted (deleting the
     /// current max reveals the next), with state bounded by the distinct values of the group.
     Values(Vec<(Value, i64)>),
+    /// `latest` / `earliest`: the group's non-null values by the arrival number of the event
+    /// that brought them, sorted; a retraction removes its own arrival.
+    Ordered(Vec<(u64, Value)>),
 }
 
 /// One change of the view's rows.
@@ -114,6 +117,8 @@ pub struct BatchOutput {
     /// latest event time of each partition it comes from, to persist.
     pub watermark: Option<i64>,
     pub event_times: BTreeMap<i32, i64>,
+    /// The arrival number of the next event.
+    pub arrival: u64,
     /// Events of the batch that changed a closed window, and so were not applied.
     pub late_events: u64,
 }
@@ -144,6 +149,10 @@ pub struct ViewCore {
     /// The partition of the event being applied, and whether it touched a closed window.
     partition: i32,
     event_late: bool,
+    /// The arrival number of the next event (views with `latest` or `earliest`), persisted.
+    arrival: u64,
+    /// The plan has `latest` or `earliest`: stored slots end with their arrival number.
+    ordered: bool,
     /// No open window ends before this (`None`: not known yet), so that groups are scanned for
     /// windows to close only when one does.
     open_end_min: Option<i64>,
@@ -305,6 +314,12 @@ fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Result<Row, String> {
             (AggFunc::Max, Accumulator::Values(v)) => {
                 v.last().map_or(Value::Null, |(x, _)| x.clone())
             }
+            (AggFunc::Latest, Accumulator::Ordered(v)) => {
+                v.last().map_or(Value::Null, |(_, x)| x.clone())
+            }
+            (AggFunc::Earliest, Accumulator::Ordered(v)) => {
+                v.first().map_or(Value::Null, |(_, x)| x.clone())
+            }
             (
                 _,
                 Accumulator::SumInt { non_null: 0, .. } | Accumulator::SumFloat { non_null: 0, .. },
@@ -340,6 +355,7 @@ fn new_group(def: &ViewDef) -> GroupState {
                 AggFunc::CountDistinct | AggFunc::Min | AggFunc::Max => {
                     Accumulator::Values(Vec::new())
                 }
+                AggFunc::Latest | AggFunc::Earliest => Accumulator::Ordered(Vec::new()),
                 AggFunc::Sum | AggFunc::Avg => {
                     let float = a
                         .arg
@@ -397,8 +413,16 @@ impl ViewCore {
             late_events: 0,
             partition: 0,
             event_late: false,
+            arrival: 0,
+            ordered: false,
             open_end_min: None,
         };
+        core.ordered = core
+            .def
+            .plan
+            .aggregates
+            .iter()
+            .any(|a| matches!(a.func, AggFunc::Latest | AggFunc::Earliest));
         if core.def.plan.kind == PlanKind::Aggregate
             && core.def.plan.n_keys == 0
             && !core.groups.contains_key(&Vec::new())
@@ -455,13 +479,15 @@ impl ViewCore {
         for (i, event) in events.iter().enumerate() {
             self.partition = partitions.get(i).copied().unwrap_or(0);
             self.event_late = false;
-            self.apply_one(
-                i,
-                event,
-                which[i].map(|j| std::mem::replace(&mut projected[j], Ok(None))),
-                store,
-                &mut dead,
-            )?;
+            let mut result = which[i].map(|j| std::mem::replace(&mut projected[j], Ok(None)));
+            if self.ordered {
+                // The row's contribution remembers which event brought it.
+                if let Some(Ok(Some(t))) = &mut result {
+                    t.push(Value::Int(i64::try_from(self.arrival).unwrap_or(i64::MAX)));
+                }
+            }
+            self.arrival += 1;
+            self.apply_one(i, event, result, store, &mut dead)?;
             self.late_events += u64::from(self.event_late);
         }
         Ok(dead)
@@ -595,6 +621,11 @@ impl ViewCore {
         Ok(())
     }
 
+    /// Restores the arrival number persisted with the view's last batch.
+    pub fn set_arrival(&mut self, arrival: u64) {
+        self.arrival = arrival;
+    }
+
     /// Restores the event times and watermark persisted with the view's last batch.
     pub fn set_event_times(&mut self, event_times: BTreeMap<i32, i64>, watermark: Option<i64>) {
         self.event_times = event_times;
@@ -694,6 +725,7 @@ impl ViewCore {
     fn add(&mut self, t: &Row, sign: i64) {
         let n_keys = self.def.plan.n_keys;
         let key: Key = t[..n_keys].to_vec();
+        let arrival_slot = self.def.plan.project.len();
         let def = &self.def;
         if let Some(w) = &def.plan.window {
             if let (Some(Value::Timestamp(start)), Some(min)) =
@@ -723,6 +755,20 @@ impl ViewCore {
                 (Accumulator::SumFloat { sum, non_null }, Value::Int(v)) => {
                     sum.add(*v as f64, sign);
                     *non_null += sign;
+                }
+                (Accumulator::Ordered(values), v) => {
+                    let at = match t.get(arrival_slot) {
+                        Some(Value::Int(a)) => u64::try_from(*a).unwrap_or(0),
+                        _ => 0,
+                    };
+                    match values.binary_search_by(|(a, _)| a.cmp(&at)) {
+                        Ok(i) if sign < 0 => {
+                            values.remove(i);
+                        }
+                        Ok(_) => {}
+                        Err(i) if sign > 0 => values.insert(i, (at, v.clone())),
+                        Err(_) => {}
+                    }
                 }
                 (Accumulator::Values(values), v) => {
                     match values.binary_search_by(|(x, _)| x.total_cmp(v)) {
@@ -815,6 +861,7 @@ impl ViewCore {
         self.close_windows(&mut out)?;
         out.watermark = self.watermark;
         out.event_times = self.event_times.clone();
+        out.arrival = self.arrival;
         out.late_events = std::mem::take(&mut self.late_events);
         out.rows = self.pending_rows.drain().collect();
         out.truncate_rows = std::mem::take(&mut self.truncated);

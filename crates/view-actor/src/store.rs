@@ -52,6 +52,9 @@ pub struct Meta {
     pub watermark_us: Option<i64>,
     #[serde(default)]
     pub event_times_us: std::collections::BTreeMap<i32, i64>,
+    /// The arrival number of the next event (views with `latest` or `earliest`).
+    #[serde(default)]
+    pub arrival: u64,
     /// Events that changed a closed window and were not applied.
     #[serde(default)]
     pub late_events: u64,

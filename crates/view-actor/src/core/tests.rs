@@ -7,6 +7,7 @@ use std::cell::RefCell;
 struct Store {
     rows: RefCell<HashMap<Key, Row>>,
     groups: RefCell<HashMap<Key, GroupState>>,
+    arrival: std::cell::Cell<u64>,
 }
 
 impl RowLookup for Store {
@@ -33,6 +34,7 @@ impl ViewCore {
 
 impl Store {
     fn persist(&self, out: &BatchOutput) {
+        self.arrival.set(out.arrival);
         if out.truncate_rows {
             self.rows.borrow_mut().clear();
         }
@@ -548,6 +550,10 @@ fn random_row(rng: &mut Rng, id: i64) -> Row {
 /// written by hand: the oracle does not share the translation under test.
 const CASES: &[(&str, &str)] = &[
     (
+        "CREATE MATERIALIZED VIEW v AS SELECT region, latest(amount) AS last, earliest(price) AS first, any_last(note:k) AS k, count() AS n FROM orders GROUP BY region",
+        "SELECT region, arg_max(amount, seq) FILTER (WHERE amount IS NOT NULL), arg_min(price, seq), arg_max(json_extract_string(note, '$.k'), seq) FILTER (WHERE json_extract_string(note, '$.k') IS NOT NULL), count(*) FROM src GROUP BY region",
+    ),
+    (
         "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, count() AS n, sum(amount) AS s, max(ts) AS last FROM tumble(orders, ts, 10m) GROUP BY window_start, window_end",
         "SELECT make_timestamp(CAST(floor(epoch_us(ts) / 600000000) AS BIGINT) * 600000000) AS ws, ws + INTERVAL 10 MINUTE, count(*), sum(amount), max(ts) FROM src GROUP BY ws",
     ),
@@ -590,7 +596,7 @@ fn same(a: &Value, b: &Value) -> bool {
 fn oracle(oracle_sql: &str, rows: &HashMap<i64, Row>) -> Vec<Row> {
     let conn = duckdb::Connection::open_in_memory().expect("duckdb");
     conn.execute_batch(
-        "CREATE TABLE src(id BIGINT, region VARCHAR, amount BIGINT, price DOUBLE, note VARCHAR, ts TIMESTAMP)",
+        "CREATE TABLE src(id BIGINT, region VARCHAR, amount BIGINT, price DOUBLE, note VARCHAR, ts TIMESTAMP, seq BIGINT)",
     )
     .expect("create");
     {
@@ -659,7 +665,10 @@ fn random_cdc_streams_with_crashes_equal_the_duckdb_oracle() {
             for _batch in 0..40 {
                 let mut events = Vec::new();
                 let mut after = source.clone();
-                for _ in 0..rng.below(25) {
+                // The arrival number each event gets: the source rows keep the one of their
+                // current version, for latest() and earliest().
+                let first_arrival = store.arrival.get() as i64;
+                for arrival in first_arrival..first_arrival + rng.below(25) as i64 {
                     let id = rng.below(40) as i64;
                     let e = match rng.below(20) {
                         0..=11 => SourceEvent::Upsert(random_row(&mut rng, id)),
@@ -676,6 +685,11 @@ fn random_cdc_streams_with_crashes_equal_the_duckdb_oracle() {
                         _ if rng.below(4) == 0 => SourceEvent::Truncate,
                         _ => SourceEvent::Upsert(random_row(&mut rng, id)),
                     };
+                    let versioned = |r: &Row| {
+                        let mut r = r.clone();
+                        r.push(Value::Int(arrival));
+                        r
+                    };
                     match &e {
                         SourceEvent::Upsert(r) => {
                             after.insert(
@@ -683,7 +697,7 @@ fn random_cdc_streams_with_crashes_equal_the_duckdb_oracle() {
                                     Value::Int(i) => i,
                                     _ => unreachable!(),
                                 },
-                                r.clone(),
+                                versioned(r),
                             );
                         }
                         SourceEvent::Delete { key } => {
@@ -700,7 +714,7 @@ fn random_cdc_streams_with_crashes_equal_the_duckdb_oracle() {
                                     Value::Int(i) => i,
                                     _ => unreachable!(),
                                 },
-                                row.clone(),
+                                versioned(row),
                             );
                         }
                         SourceEvent::Truncate => after.clear(),
@@ -715,6 +729,7 @@ fn random_cdc_streams_with_crashes_equal_the_duckdb_oracle() {
                         .expect("apply");
                     c = ViewCore::new(def.clone(), &stream, store.groups.borrow().clone())
                         .expect("core");
+                    c.set_arrival(store.arrival.get());
                 }
                 let dead = c
                     .apply_batch(&events, &vec![0; events.len()], &store)
