@@ -3,11 +3,14 @@
 //! one Debezium stream through Kafka, on both regions. Each replica must equal DuckDB running
 //! the same query, written by hand in DuckDB's dialect, over the source's final rows.
 
+use std::time::Duration;
+
 use meridian::sample::OrdersGenerator;
 use meridian_tests::{
-    changes, check_replicas, oracle, orders_cluster, orders_setup, produce, runtime, Workdir,
-    CONVERGE_TIMEOUT,
+    changes, check_replicas, create_topic, oracle, orders_cluster, orders_setup, produce, runtime,
+    Broker, Cluster, Workdir, CONVERGE_TIMEOUT,
 };
+use rdkafka::producer::FutureRecord;
 
 /// (view name, its DDL's query, the columns read back, the oracle's query over `orders`).
 const VIEWS: &[(&str, &str, &str, &str)] = &[
@@ -66,4 +69,114 @@ fn views_of_each_kind_equal_the_oracle_on_every_replica() {
         check_replicas(&rt, &cluster, name, columns, &want, seq);
         eprintln!("{name}: {} rows on 6 replicas equal the oracle", want.len());
     }
+}
+
+/// Sends JSON payloads to one partition, in order.
+fn produce_to(
+    rt: &tokio::runtime::Runtime,
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    payloads: &[String],
+) {
+    let producer = meridian::sample::producer(brokers).expect("producer");
+    rt.block_on(async {
+        for p in payloads {
+            let record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+                .partition(partition)
+                .payload(p.as_str());
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("send");
+        }
+    });
+}
+
+/// Tumbling windows that close, through Kafka: partition 0 is produced a whole ten minutes
+/// ahead of partition 1, and no on-time reading of partition 1 may be lost to partition 0's
+/// progress. Readings for a window both partitions have passed are late: counted, not applied.
+#[test]
+fn windows_close_by_the_slowest_partition_and_late_events_are_counted() {
+    let rt = runtime();
+    let work = Workdir::new("e2e-windows");
+    let broker = Broker::start(&work);
+    rt.block_on(create_topic(&broker.addr, "readings", 2))
+        .expect("create topic");
+    let cluster = Cluster::start(&work);
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .expect("regions elect leaders");
+    cluster
+        .sql(&format!("CREATE EXTERNAL STREAM readings(sensor int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='{}', topic='readings', data_format='JSONEachRow'", broker.addr))
+        .expect("stream");
+    cluster
+        .sql("CREATE MATERIALIZED VIEW per_minute AS SELECT window_start, count() AS n, sum(v) AS total FROM tumble(readings, at, 1m) GROUP BY window_start SETTINGS allowed_lateness='0s'")
+        .expect("view");
+    let reading = |sensor: i64, minute: i64, second: i64, v: i64| {
+        format!("{{\"sensor\": {sensor}, \"at\": \"2024-03-01T10:{minute:02}:{second:02}Z\", \"v\": {v}}}")
+    };
+    let mut on_time = Vec::new();
+    for partition in 0..2i64 {
+        let payloads: Vec<String> = (0..11)
+            .flat_map(|minute| (0..6).map(move |s| (minute, s * 10)))
+            .map(|(minute, second)| {
+                reading(partition, minute, second, minute * 100 + second + partition)
+            })
+            .collect();
+        for (minute, second) in (0..11).flat_map(|minute| (0..6).map(move |s| (minute, s * 10))) {
+            on_time.push(format!(
+                "({partition}, TIMESTAMP '2024-03-01 10:{minute:02}:{second:02}', {})",
+                minute * 100 + second + partition
+            ));
+        }
+        produce_to(&rt, &broker.addr, "readings", partition as i32, &payloads);
+    }
+    let n_on_time = on_time.len() as u64;
+    cluster
+        .wait_converged("per_minute", n_on_time, CONVERGE_TIMEOUT)
+        .expect("converges");
+    // Both partitions are at 10:10:50: every window up to 10:10 is closed. Late readings:
+    produce_to(
+        &rt,
+        &broker.addr,
+        "readings",
+        0,
+        &[reading(0, 3, 30, 1_000_000)],
+    );
+    produce_to(
+        &rt,
+        &broker.addr,
+        "readings",
+        1,
+        &[reading(1, 9, 59, 1_000_000)],
+    );
+    let seq = cluster
+        .wait_converged("per_minute", n_on_time + 2, CONVERGE_TIMEOUT)
+        .expect("converges");
+    let setup = vec![
+        "CREATE TABLE r(sensor BIGINT, t TIMESTAMP, v BIGINT)".to_string(),
+        format!("INSERT INTO r VALUES {}", on_time.join(", ")),
+    ];
+    let want = oracle(
+        &setup,
+        "SELECT CAST(make_timestamp(CAST(floor(epoch_us(t) / 60000000) AS BIGINT) * 60000000) AS VARCHAR) AS w, count(*), sum(v) FROM r GROUP BY w ORDER BY ALL",
+    );
+    assert_eq!(want.len(), 11);
+    check_replicas(
+        &rt,
+        &cluster,
+        "per_minute",
+        "CAST(window_start AS VARCHAR), n, total",
+        &want,
+        seq,
+    );
+    let status = cluster.status().expect("status");
+    let view = status["views"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["view"] == "per_minute"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(view["late_events"].as_u64(), Some(2), "{view:#}");
 }

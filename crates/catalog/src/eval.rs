@@ -136,7 +136,12 @@ pub fn storage_type(duck: &str, sql: &str) -> Result<(ColumnType, String), Strin
         "UBIGINT" | "HUGEINT" | "UHUGEINT" => (ColumnType::Int64, format!("CAST({sql} AS BIGINT)")),
         "DOUBLE" => (ColumnType::Float64, sql.to_string()),
         "FLOAT" => (ColumnType::Float64, format!("CAST({sql} AS DOUBLE)")),
-        _ if t.starts_with("DECIMAL") => (ColumnType::Float64, format!("CAST({sql} AS DOUBLE)")),
+        // Not silently made a float: exact decimals are not stored yet.
+        _ if t.starts_with("DECIMAL") => {
+            return Err(format!(
+                "its type is {duck}, and exact decimals are not supported yet in views; use to_float64(...) for an approximate value"
+            ))
+        }
         "VARCHAR" => (ColumnType::String, sql.to_string()),
         "BOOLEAN" => (ColumnType::Bool, sql.to_string()),
         "DATE" => (ColumnType::Date, sql.to_string()),
@@ -148,7 +153,7 @@ pub fn storage_type(duck: &str, sql: &str) -> Result<(ColumnType, String), Strin
         "\"NULL\"" | "NULL" => (ColumnType::String, format!("CAST({sql} AS VARCHAR)")),
         other => {
             return Err(format!(
-                "its type is {other}, which a view cannot store yet (supported: integers, floating point, decimal as float64, string, bool, date, timestamp); convert it, for example with to_string(...)"
+                "its type is {other}, which a view cannot store yet (supported: integers, floating point, string, bool, date, timestamp); convert it, for example with to_string(...)"
             ))
         }
     })

@@ -166,6 +166,7 @@ fn refused_statements_name_the_problem_and_position() {
         ("CREATE MATERIALIZED VIEW v AS SELECT region AS status, count() AS n FROM orders GROUP BY region HAVING status = 'x'", "both a column of stream 'orders' and the alias", 104),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region SETTINGS allowed_lateness='5s'", "allowed_lateness needs FROM tumble", 108),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region SETTINGS allowed_lateness='soon'", "write a duration such as '30s'", 108),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, sum(amount::decimal(12,2)) AS s FROM orders GROUP BY region", "exact decimals are not supported yet", 31),
         ("CREATE EXTERNAL STREAM s(a int64) SETTINGS type='kafka', brokers='b:1', topic='t', colour='red'", "unknown stream setting 'colour'", 84),
         ("CREATE EXTERNAL STREAM s(a decimal(10)) SETTINGS type='kafka', brokers='b:1', topic='t'", "unsupported type", 28),
         ("CREATE EXTERNAL STREAM s(a int64) SETTINGS type='kafka', brokers='<bootstrap-servers>', topic='t'", "not a host:port list", 66),
