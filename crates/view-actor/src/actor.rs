@@ -235,14 +235,25 @@ impl ViewActor {
                             }
                         }
                     }
-                    let partitions: Vec<i32> = origins.iter().map(|(_, p, _)| *p).collect();
-                    for (i, reason) in core.apply_batch(&events, &partitions, &self.store).map_err(ActorError::View)? {
-                        let (topic, partition, offset) = origins[i].clone();
-                        warn!(topic, partition, offset, %reason, "message sent to the dead-letter table");
-                        commit.dead_letters.push(DeadLetter { topic, partition, offset, reason });
-                    }
                     Ok(())
                 })?;
+                // The batch is evaluated (DuckDB) and applied (store reads) off the runtime's
+                // threads; the core comes back with the result.
+                let partitions: Vec<i32> = origins.iter().map(|(_, p, _)| *p).collect();
+                let store = self.store.clone();
+                let (back, applied) = tokio::task::spawn_blocking(move || {
+                    let applied = core.apply_batch(&events, &partitions, &store);
+                    (core, applied)
+                })
+                .instrument(span.clone())
+                .await
+                .map_err(|e| ActorError::Join(e.to_string()))?;
+                core = back;
+                for (i, reason) in applied.map_err(ActorError::View)? {
+                    let (topic, partition, offset) = origins[i].clone();
+                    span.in_scope(|| warn!(topic, partition, offset, %reason, "message sent to the dead-letter table"));
+                    commit.dead_letters.push(DeadLetter { topic, partition, offset, reason });
+                }
                 for (partition, next) in gap_rewinds {
                     let stream = self.stream.clone();
                     let low = tokio::task::spawn_blocking(move || partition_marks(&stream))
@@ -258,7 +269,15 @@ impl ViewActor {
                 if consumed == 0 && !core.has_pending_changes() {
                     continue;
                 }
-                let out = core.finish_batch().map_err(ActorError::View)?;
+                let (back, out) = tokio::task::spawn_blocking(move || {
+                    let out = core.finish_batch();
+                    (core, out)
+                })
+                .instrument(span.clone())
+                .await
+                .map_err(|e| ActorError::Join(e.to_string()))?;
+                core = back;
+                let out = out.map_err(ActorError::View)?;
                 meta.watermark_us = out.watermark;
                 meta.event_times_us = out.event_times.clone();
                 meta.arrival = out.arrival;
