@@ -355,7 +355,7 @@ impl ViewDef {
         stmt: &ast::CreateView,
         stream: &StreamDef,
     ) -> Result<ViewDef, SqlError> {
-        let planned = crate::view::plan(sql, &stmt.name, &stmt.query, stream)?;
+        let planned = crate::view::plan(sql, &stmt.query, stream)?;
         Ok(ViewDef {
             name: stmt.name.value.clone(),
             stream: stream.name.clone(),

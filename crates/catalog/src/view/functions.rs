@@ -1,0 +1,435 @@
+//! Functions and aggregates: Proton's names, what they are in DuckDB, and what is refused.
+
+use super::*;
+
+pub(super) const AGGREGATES: &[&str] = &[
+    "count",
+    "count_if",
+    "count_distinct",
+    "uniq",
+    "uniq_exact",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "latest",
+    "earliest",
+    "any",
+    "any_last",
+];
+/// Aggregates of Proton that Meridian does not compute yet (refused by name, not taken for
+/// unknown scalar functions).
+pub(super) const AGGREGATES_LATER: &[&str] = &[
+    "top_k",
+    "arg_min",
+    "arg_max",
+    "median",
+    "quantile",
+    "p90",
+    "p95",
+    "p99",
+    "group_array",
+    "group_uniq_array",
+    "stddev_pop",
+    "stddev_samp",
+    "var_pop",
+    "var_samp",
+    "sum_if",
+    "avg_if",
+    "min_if",
+    "max_if",
+    "uniq_combined",
+    "count_distinct_if",
+    "moving_sum",
+    "lag",
+    "lags",
+    "latest_if",
+    "first_value",
+    "last_value",
+    "sum_distinct",
+];
+pub(super) const AGGREGATES_HELP: &str = "supported aggregates: count(), count(x), count(DISTINCT x), count_distinct(x), uniq(x), uniq_exact(x), count_if(cond), sum(x), avg(x), min(x), max(x), latest(x), earliest(x), any(x), any_last(x)";
+
+/// Functions whose result depends on when or where a row is processed; a view replayed after
+/// a crash must compute the same rows.
+/// Proton's conversion functions: `to_int32(x)` is `CAST(x AS INTEGER)`.
+pub(super) const CONVERSIONS: &[(&str, &str)] = &[
+    ("to_string", "VARCHAR"),
+    ("to_int8", "TINYINT"),
+    ("to_int16", "SMALLINT"),
+    ("to_int32", "INTEGER"),
+    ("to_int", "INTEGER"),
+    ("to_int64", "BIGINT"),
+    ("to_uint8", "UTINYINT"),
+    ("to_uint16", "USMALLINT"),
+    ("to_uint32", "UINTEGER"),
+    ("to_float32", "FLOAT"),
+    ("to_float64", "DOUBLE"),
+    ("to_float", "DOUBLE"),
+    ("to_bool", "BOOLEAN"),
+    ("to_date", "DATE"),
+];
+
+pub(super) const NONDETERMINISTIC: &[&str] = &[
+    "now",
+    "now64",
+    "today",
+    "yesterday",
+    "rand",
+    "rand64",
+    "random",
+    "rand_constant",
+    "uuid",
+    "generate_uuidv4",
+    "gen_random_uuid",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "localtimestamp",
+    "local_timestamp",
+    "timezone",
+    "hostname",
+    "version",
+    "uptime",
+    "row_number",
+    "rank",
+    "nextval",
+    "current_setting",
+];
+
+impl<'a> Planner<'a> {
+    pub(super) fn function_args<'f>(
+        &self,
+        f: &'f Function,
+        name: &str,
+    ) -> Result<(bool, Vec<&'f FunctionArgExpr>), SqlError> {
+        if f.over.is_some() {
+            return Err(self.err(f.name.span(), format!("window functions ({name}(...) OVER ...) are not supported in materialized views")));
+        }
+        if f.filter.is_some() || !f.within_group.is_empty() || f.null_treatment.is_some() {
+            return Err(self.err(
+                f.name.span(),
+                format!("FILTER, WITHIN GROUP and IGNORE NULLS are not supported ({name})"),
+            ));
+        }
+        if !matches!(f.parameters, FunctionArguments::None) {
+            return Err(self.err(
+                f.name.span(),
+                format!("parametric functions such as {name}(...)(...) are not supported yet"),
+            ));
+        }
+        match &f.args {
+            FunctionArguments::None => Ok((false, Vec::new())),
+            FunctionArguments::Subquery(_) => Err(self.err(
+                f.name.span(),
+                format!("{name}() with a subquery is not supported"),
+            )),
+            FunctionArguments::List(list) => {
+                if !list.clauses.is_empty() {
+                    return Err(self.err(
+                        f.name.span(),
+                        format!("clauses inside {name}(...) are not supported"),
+                    ));
+                }
+                let mut args = Vec::new();
+                for a in &list.args {
+                    match a {
+                        FunctionArg::Unnamed(x) => args.push(x),
+                        _ => {
+                            return Err(self.err(
+                                f.name.span(),
+                                format!("named arguments are not supported ({name})"),
+                            ))
+                        }
+                    }
+                }
+                Ok((
+                    matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct)),
+                    args,
+                ))
+            }
+        }
+    }
+
+    pub(super) fn function(&mut self, f: &Function, mode: Mode) -> Result<String, SqlError> {
+        let Some(name) = object_name(&f.name).map(|n| n.to_ascii_lowercase()) else {
+            return Err(self.err(f.name.span(), format!("unsupported function '{}'", f.name)));
+        };
+        let span = f.name.span();
+        if AGGREGATES.contains(&name.as_str()) {
+            if mode == Mode::Row {
+                return Err(self.err(span, format!("aggregate function '{name}' is not allowed here (not in WHERE, GROUP BY, or inside another aggregate)")));
+            }
+            return self.aggregate(f, &name);
+        }
+        if AGGREGATES_LATER.contains(&name.as_str()) {
+            return Err(self.err(
+                span,
+                format!("aggregate '{name}' is not supported yet; {AGGREGATES_HELP}"),
+            ));
+        }
+        if NONDETERMINISTIC.contains(&name.as_str()) {
+            return Err(self.err(span, format!("{name}() is not deterministic: a view's rows must not depend on when a message is processed (a replay after a crash would compute other rows); use a time column of the stream")));
+        }
+        let (distinct, raw) = self.function_args(f, &name)?;
+        if distinct {
+            return Err(self.err(
+                span,
+                format!("DISTINCT is only supported in count(DISTINCT x), not in {name}"),
+            ));
+        }
+        let mut args = Vec::new();
+        let mut exprs = Vec::new();
+        for a in &raw {
+            match a {
+                FunctionArgExpr::Expr(x) => {
+                    exprs.push(x);
+                    args.push(self.walk(x, mode)?);
+                }
+                _ => return Err(self.err(span, format!("'*' is not an argument of {name}"))),
+            }
+        }
+        let n = args.len();
+        let arity = |want: &[usize]| -> Result<(), SqlError> {
+            if want.contains(&n) {
+                Ok(())
+            } else {
+                let w: Vec<String> = want.iter().map(usize::to_string).collect();
+                Err(self.err(
+                    span,
+                    format!("{name}() takes {} arguments, got {n}", w.join(" or ")),
+                ))
+            }
+        };
+        let call = |f: &str| format!("{f}({})", args.join(", "));
+        let conversion = CONVERSIONS.iter().find(|(f, _)| *f == name);
+        let cast = |t: &str| -> String {
+            format!("CAST({} AS {t})", args.first().cloned().unwrap_or_default())
+        };
+        // A JSON path argument: '$.a.b' as is, a plain key as '$.key'.
+        let json_path = |p: &Planner, i: usize| -> Result<String, SqlError> {
+            match exprs.get(i).map(|x| x as &Expr) {
+                Some(Expr::Value(v)) => match &v.value {
+                    SqlValue::SingleQuotedString(s) if s.starts_with('$') => Ok(quote_str(s)),
+                    SqlValue::SingleQuotedString(s) => {
+                        Ok(quote_str(&format!("$.\"{}\"", s.replace('"', "\\\""))))
+                    }
+                    _ => Err(p.err(
+                        span,
+                        format!("{name}() takes a JSON path as a quoted string"),
+                    )),
+                },
+                _ => Err(p.err(
+                    span,
+                    format!("{name}() takes a JSON path as a quoted string"),
+                )),
+            }
+        };
+        Ok(match name.as_str() {
+            // The same function in DuckDB.
+            "lower" | "upper" | "concat" | "trim" | "ltrim" | "rtrim" | "replace" | "reverse"
+            | "starts_with" | "ends_with" | "abs" | "floor" | "ceil" | "sqrt" | "exp" | "ln"
+            | "log10" | "log2" | "pow" | "power" | "greatest" | "least" | "coalesce" | "nullif"
+            | "ifnull" | "substring" | "substr" | "left" | "right" | "lpad" | "rpad"
+            | "repeat" | "sign" | "round" | "position" | "md5" | "sha256" | "regexp_replace"
+            | "regexp_extract" | "split_part" | "year" | "month" | "hour" | "minute"
+            | "second" | "date_trunc" | "date_diff" | "json_extract_string" | "json_valid" => {
+                call(&name)
+            }
+            "length" | "char_length" | "length_utf8" => {
+                arity(&[1])?;
+                call("length")
+            }
+            "empty" => { arity(&[1])?; format!("(length({}) = 0)", args[0]) }
+            "not_empty" => { arity(&[1])?; format!("(length({}) > 0)", args[0]) }
+            "match" => { arity(&[2])?; call("regexp_matches") }
+            "if" => {
+                arity(&[3])?;
+                format!("(CASE WHEN {} THEN {} ELSE {} END)", args[0], args[1], args[2])
+            }
+            "multi_if" => {
+                if n < 3 || n % 2 == 0 {
+                    return Err(self.err(span, "multi_if() takes cond1, then1, [cond2, then2, ...], else"));
+                }
+                let mut out = String::from("(CASE");
+                for pair in args[..n - 1].chunks(2) {
+                    out.push_str(&format!(" WHEN {} THEN {}", pair[0], pair[1]));
+                }
+                out.push_str(&format!(" ELSE {} END)", args[n - 1]));
+                out
+            }
+            "if_null" => { arity(&[2])?; call("ifnull") }
+            "null_if" => { arity(&[2])?; call("nullif") }
+            _ if conversion.is_some() => {
+                arity(&[1])?;
+                cast(conversion.map_or("", |(_, t)| *t))
+            }
+            "to_datetime" | "to_datetime64" => { arity(&[1, 2])?; format!("CAST({} AS TIMESTAMP)", args[0]) }
+            "to_start_of_second" | "to_start_of_minute" | "to_start_of_hour" | "to_start_of_day"
+            | "to_start_of_month" | "to_start_of_quarter" | "to_start_of_year" => {
+                arity(&[1])?;
+                let unit = name.trim_start_matches("to_start_of_");
+                format!("date_trunc('{unit}', {})", args[0])
+            }
+            "to_year" => { arity(&[1])?; call("year") }
+            "to_quarter" => { arity(&[1])?; call("quarter") }
+            "to_month" => { arity(&[1])?; call("month") }
+            "to_day_of_month" => { arity(&[1])?; call("day") }
+            "to_day_of_year" => { arity(&[1])?; call("dayofyear") }
+            "to_day_of_week" => { arity(&[1])?; call("isodow") }
+            "to_hour" => { arity(&[1])?; call("hour") }
+            "to_minute" => { arity(&[1])?; call("minute") }
+            "to_second" => { arity(&[1])?; call("second") }
+            "int_div" => { arity(&[2])?; format!("({} // {})", args[0], args[1]) }
+            "json_value" => { arity(&[2])?; format!("json_extract_string({}, {})", args[0], json_path(self, 1)?) }
+            "json_extract_int" | "json_extract_float" | "json_extract_bool" => {
+                arity(&[2])?;
+                let t = match name.as_str() {
+                    "json_extract_int" => "BIGINT",
+                    "json_extract_float" => "DOUBLE",
+                    _ => "BOOLEAN",
+                };
+                format!("TRY_CAST(json_extract_string({}, {}) AS {t})", args[0], json_path(self, 1)?)
+            }
+            "json_has" => { arity(&[2])?; format!("(json_extract({}, {}) IS NOT NULL)", args[0], json_path(self, 1)?) }
+            _ => {
+                return Err(self.err(span, format!("unsupported function '{name}' in a materialized view (string, number, date, JSON and conditional functions are supported; see EXPLAIN for what a view computes)")))
+            }
+        })
+    }
+
+    pub(super) fn aggregate(&mut self, f: &Function, name: &str) -> Result<String, SqlError> {
+        let span = f.name.span();
+        let (distinct, raw) = self.function_args(f, name)?;
+        let star = matches!(raw.as_slice(), [FunctionArgExpr::Wildcard]);
+        let arg = match raw.as_slice() {
+            [] => None,
+            [FunctionArgExpr::Wildcard] => None,
+            [FunctionArgExpr::Expr(x)] => Some(x),
+            [_] => return Err(self.err(span, format!("unsupported argument of {name}()"))),
+            _ => return Err(self.err(span, format!("{name}() takes one argument"))),
+        };
+        let func = match (name, distinct, arg.is_some()) {
+            ("count", false, false) => AggFunc::Count,
+            ("count", false, true) | ("count_if", false, true) => AggFunc::CountNonNull,
+            ("count", true, true) | ("count_distinct" | "uniq" | "uniq_exact", false, true) => {
+                AggFunc::CountDistinct
+            }
+            ("sum", false, true) => AggFunc::Sum,
+            ("avg", false, true) => AggFunc::Avg,
+            ("min", false, true) => AggFunc::Min,
+            ("max", false, true) => AggFunc::Max,
+            ("latest" | "any_last", false, true) => AggFunc::Latest,
+            ("earliest" | "any", false, true) => AggFunc::Earliest,
+            (_, true, _) => {
+                return Err(self.err(
+                    span,
+                    format!("DISTINCT is only supported in count(DISTINCT x); {AGGREGATES_HELP}"),
+                ))
+            }
+            (_, _, false) if star && name != "count" => {
+                return Err(self.err(span, format!("{name}(*) is not supported")))
+            }
+            (_, _, false) => return Err(self.err(span, format!("{name}() needs an argument"))),
+            (_, _, true) => return Err(self.err(span, format!("{name}() takes no argument"))),
+        };
+        let slot = match arg {
+            None => None,
+            Some(x) => {
+                if let Some(inner) = self.find_aggregate(x) {
+                    return Err(self.err(inner, "an aggregate cannot be inside another aggregate"));
+                }
+                let mut sql = self.walk(x, Mode::Row)?;
+                if name == "count_if" {
+                    sql = format!("(CASE WHEN {sql} THEN 1 END)");
+                }
+                Some(match self.args.iter().position(|a| *a == sql) {
+                    Some(i) => i,
+                    None => {
+                        self.args.push(sql);
+                        self.args.len() - 1
+                    }
+                })
+            }
+        };
+        let text = f.to_string();
+        let j = match self
+            .aggs
+            .iter()
+            .position(|(g, s, _, _)| *g == func && *s == slot)
+        {
+            Some(j) => j,
+            None => {
+                self.aggs.push((func, slot, text, self.at(span)));
+                self.aggs.len() - 1
+            }
+        };
+        Ok(format!("a{j}"))
+    }
+
+    /// Where an aggregate call is inside `e`, if one is.
+    pub(super) fn find_aggregate(&self, e: &Expr) -> Option<Span> {
+        let mut found = None;
+        let _ = sqlparser_visit(e, &mut |x| {
+            if let Expr::Function(f) = x {
+                if object_name(&f.name)
+                    .is_some_and(|n| AGGREGATES.contains(&n.to_ascii_lowercase().as_str()))
+                {
+                    found = Some(f.name.span());
+                    return true;
+                }
+            }
+            false
+        });
+        found
+    }
+}
+
+/// Calls `f` on `e` and every sub-expression the planner supports, depth first, until it
+/// returns true.
+pub(super) fn sqlparser_visit(e: &Expr, f: &mut dyn FnMut(&Expr) -> bool) -> bool {
+    if f(e) {
+        return true;
+    }
+    let children: Vec<&Expr> = match e {
+        Expr::Nested(x) | Expr::UnaryOp { expr: x, .. } | Expr::IsNull(x) | Expr::IsNotNull(x) => {
+            vec![x]
+        }
+        Expr::Cast { expr, .. } => vec![expr],
+        Expr::JsonAccess { value, .. } => vec![value],
+        Expr::BinaryOp { left, right, .. } => vec![left, right],
+        Expr::In {
+            expr,
+            target: InTarget::List(list),
+            ..
+        } => std::iter::once(expr.as_ref()).chain(list).collect(),
+        Expr::Between {
+            expr, low, high, ..
+        } => vec![expr, low, high],
+        Expr::Like { expr, pattern, .. } | Expr::ILike { expr, pattern, .. } => vec![expr, pattern],
+        Expr::Case {
+            operand,
+            conditions,
+            else_result,
+            ..
+        } => operand
+            .iter()
+            .map(|b| b.as_ref())
+            .chain(conditions.iter().flat_map(|w| [&w.condition, &w.result]))
+            .chain(else_result.iter().map(|b| b.as_ref()))
+            .collect(),
+        Expr::Function(func) => match &func.args {
+            FunctionArguments::List(l) => l
+                .args
+                .iter()
+                .filter_map(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => Some(x),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    children.into_iter().any(|c| sqlparser_visit(c, f))
+}

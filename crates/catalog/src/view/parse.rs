@@ -1,0 +1,311 @@
+//! Reading a view's query: Proton's shorthand rewritten, sqlparser, positions mapped back,
+//! and the stream it reads found.
+
+use super::*;
+
+/// A view's query after parsing, before it is planned against its stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedQuery {
+    pub query: Box<Query>,
+    /// Byte offset of the query in the statement.
+    pub offset: usize,
+    pub from: Spanned<String>,
+    /// The text sqlparser read, with Proton's interval shorthand rewritten.
+    pub text: QueryText,
+}
+
+/// A query's text as the parser reads it: Proton's `5m` becomes `INTERVAL 5 MINUTE`, and
+/// positions map back to what the user wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueryText {
+    pub text: String,
+    /// Replacements: (start and end in `text`, start in the original, how much longer `text`
+    /// is than the original after it).
+    shifts: Vec<(usize, usize, usize, isize)>,
+}
+
+impl QueryText {
+    pub(super) fn rewrite(
+        original: &str,
+        tokens: &[sqlparser::tokenizer::TokenWithSpan],
+    ) -> QueryText {
+        let mut text = String::with_capacity(original.len());
+        let mut shifts = Vec::new();
+        let mut copied = 0;
+        for pair in tokens.windows(2) {
+            let (Token::Number(n, _), Token::Word(w)) = (&pair[0].token, &pair[1].token) else {
+                continue;
+            };
+            let unit = match w.value.to_ascii_lowercase().as_str() {
+                "us" => "MICROSECOND",
+                "ms" => "MILLISECOND",
+                "s" => "SECOND",
+                "m" => "MINUTE",
+                "h" => "HOUR",
+                "d" => "DAY",
+                "w" => "WEEK",
+                _ => continue,
+            };
+            if pair[0].span.end != pair[1].span.start || w.quote_style.is_some() {
+                continue;
+            }
+            let (start, end) = (
+                offset_of(original, pair[0].span.start),
+                offset_of(original, pair[1].span.end),
+            );
+            if start < copied || end > original.len() {
+                continue;
+            }
+            text.push_str(&original[copied..start]);
+            let new_start = text.len();
+            text.push_str(&format!("INTERVAL {n} {unit}"));
+            copied = end;
+            let delta = text.len() as isize - end as isize;
+            shifts.push((new_start, text.len(), start, delta));
+        }
+        text.push_str(&original[copied..]);
+        QueryText { text, shifts }
+    }
+
+    /// The offset in the original text of an offset in the rewritten one (the start of what
+    /// was written for a place inside a replacement).
+    pub(super) fn original(&self, at: usize) -> usize {
+        match self
+            .shifts
+            .iter()
+            .rev()
+            .find(|(start, _, _, _)| *start <= at)
+        {
+            Some((_, end, old_start, _)) if at < *end => *old_start,
+            Some((_, _, _, delta)) => (at as isize - delta).max(0) as usize,
+            None => at,
+        }
+    }
+
+    /// The offset in the original text of a parser location.
+    pub(super) fn locate(&self, loc: Location) -> usize {
+        self.original(offset_of(&self.text, loc))
+    }
+}
+
+pub(super) fn parser_error(sql: &str, base: usize, text: &QueryText, e: ParserError) -> SqlError {
+    let msg = match e {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
+        ParserError::RecursionLimitExceeded => {
+            return SqlError::at(
+                sql,
+                base,
+                format!("expression nested deeper than {EXPR_DEPTH_MAX} levels"),
+            )
+        }
+    };
+    // sqlparser ends its messages with " at Line: L, Column: C".
+    if let Some(i) = msg.rfind(" at Line: ") {
+        let loc = &msg[i + " at Line: ".len()..];
+        let mut parts = loc.split(", Column: ");
+        let line = parts.next().and_then(|l| l.trim().parse::<u64>().ok());
+        let column = parts.next().and_then(|c| c.trim().parse::<u64>().ok());
+        if let (Some(line), Some(column)) = (line, column) {
+            let offset = base + text.locate(Location { line, column });
+            return SqlError::at(sql, offset, msg[..i].to_string());
+        }
+    }
+    SqlError::at(sql, base, msg)
+}
+
+/// Byte offset in `text` of a sqlparser location (line and column from 1, in characters).
+pub(super) fn offset_of(text: &str, loc: Location) -> usize {
+    if loc.line == 0 {
+        return 0;
+    }
+    let mut line = 1;
+    let mut column = 1;
+    for (i, ch) in text.char_indices() {
+        if line == loc.line && column == loc.column {
+            return i;
+        }
+        if ch == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    text.len()
+}
+
+/// Parses the query of `CREATE MATERIALIZED VIEW ... AS <query>`, which starts at `offset`.
+pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
+    let original = sql[offset..].trim_end();
+    let original = original.strip_suffix(';').unwrap_or(original).trim_end();
+    let dialect = ClickHouseDialect {};
+    let as_is = QueryText {
+        text: original.to_string(),
+        shifts: Vec::new(),
+    };
+    let tokens = Tokenizer::new(&dialect, original)
+        .tokenize_with_location()
+        .map_err(|e| {
+            parser_error(
+                sql,
+                offset,
+                &as_is,
+                ParserError::TokenizerError(e.to_string()),
+            )
+        })?;
+    let significant = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .count();
+    if significant > QUERY_TOKENS_MAX {
+        return Err(SqlError::at(
+            sql,
+            offset,
+            format!("the view's query has more than {QUERY_TOKENS_MAX} tokens; too many expression terms"),
+        ));
+    }
+    // Proton's EMIT clause has no counterpart in the parser; say so rather than "expected end".
+    let mut depth = 0i32;
+    for t in &tokens {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(w)
+                if depth == 0
+                    && w.quote_style.is_none()
+                    && w.value.eq_ignore_ascii_case("emit") =>
+            {
+                return Err(SqlError::at(
+                    sql,
+                    offset + offset_of(original, t.span.start),
+                    "EMIT clauses are not supported yet: a view emits its changes at the end of every batch".to_string(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let text = QueryText::rewrite(original, &tokens);
+    let mut parser = Parser::new(&dialect)
+        .with_recursion_limit(EXPR_DEPTH_MAX)
+        .try_with_sql(&text.text)
+        .map_err(|e| parser_error(sql, offset, &text, e))?;
+    let query = parser
+        .parse_query()
+        .map_err(|e| parser_error(sql, offset, &text, e))?;
+    let next = parser.peek_token();
+    if next.token != Token::EOF {
+        return Err(SqlError::at(
+            sql,
+            offset + text.locate(next.span.start),
+            format!("expected end of statement, found '{}'", next.token),
+        ));
+    }
+    let at = |span: Span| offset + text.locate(span.start);
+    let select = match query.body.as_ref() {
+        SetExpr::Select(s) => s,
+        other => {
+            return Err(SqlError::at(
+                sql,
+                at(other.span()),
+                "a materialized view's query must be one SELECT (UNION, VALUES and the like are not supported)".to_string(),
+            ))
+        }
+    };
+    let from = match select.from.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(SqlError::at(
+                sql,
+                at(select.select_token.0.span),
+                "a materialized view needs FROM a stream".to_string(),
+            ))
+        }
+        [_, second, ..] => {
+            return Err(SqlError::at(
+                sql,
+                at(second.relation.span()),
+                "joins are not supported yet in materialized views (FROM a, b)".to_string(),
+            ))
+        }
+    };
+    if let Some(j) = from.joins.first() {
+        return Err(SqlError::at(
+            sql,
+            at(j.relation.span()),
+            "joins are not supported yet in materialized views".to_string(),
+        ));
+    }
+    let name = match &from.relation {
+        TableFactor::Table {
+            name, args: None, ..
+        } => name,
+        TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } => {
+            let f = object_name(name).unwrap_or_default().to_ascii_lowercase();
+            let stream_arg = match args.args.first() {
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(id)))) => Some(id),
+                _ => None,
+            };
+            match (f.as_str(), stream_arg) {
+                ("tumble", Some(id)) => {
+                    let from = Spanned {
+                        value: id.value.clone(),
+                        offset: at(id.span),
+                    };
+                    return Ok(ParsedQuery { query: query.clone(), offset, from, text });
+                }
+                ("tumble", None) => {
+                    return Err(SqlError::at(sql, at(name.span()), "tumble() takes a stream first: tumble(stream, time_column, INTERVAL 1 MINUTE)".to_string()))
+                }
+                ("hop" | "session", _) => {
+                    return Err(SqlError::at(sql, at(name.span()), format!("{f}() windows are not supported yet in materialized views (tumble() is)")))
+                }
+                _ => {
+                    return Err(SqlError::at(sql, at(name.span()), format!("table function '{f}' is not supported in materialized views; read FROM a stream or tumble(stream, ...)")))
+                }
+            }
+        }
+        TableFactor::Derived { .. } => {
+            return Err(SqlError::at(
+                sql,
+                at(from.relation.span()),
+                "subqueries in FROM are not supported yet in materialized views".to_string(),
+            ))
+        }
+        other => {
+            return Err(SqlError::at(
+                sql,
+                at(other.span()),
+                "a materialized view reads FROM a stream".to_string(),
+            ))
+        }
+    };
+    let Some(from_name) = object_name(name) else {
+        return Err(SqlError::at(
+            sql,
+            at(name.span()),
+            format!("'{name}' is not a stream name"),
+        ));
+    };
+    let from = Spanned {
+        value: from_name,
+        offset: at(name.span()),
+    };
+    Ok(ParsedQuery {
+        query,
+        offset,
+        from,
+        text,
+    })
+}
+
+/// A one-part name's text.
+pub(super) fn object_name(name: &ObjectName) -> Option<String> {
+    match name.0.as_slice() {
+        [ObjectNamePart::Identifier(id)] => Some(id.value.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,204 @@
+//! The plan of a view: its stages, and how EXPLAIN prints them.
+
+use super::*;
+
+/// What a view keeps per key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlanKind {
+    /// GROUP BY and aggregates: one row per group.
+    Aggregate,
+    /// No aggregates: one row per source row, keyed by the stream's primary key.
+    Project,
+}
+
+/// One value computed per source row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Slot {
+    /// DuckDB SQL over the stream's columns.
+    pub sql: String,
+    pub ty: ColumnType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AggFunc {
+    /// `count()`: rows in the group.
+    Count,
+    /// `count(x)`, `count_if(c)`: rows where the argument is not NULL.
+    CountNonNull,
+    /// `count(DISTINCT x)`, `count_distinct`, `uniq`, `uniq_exact`: distinct non-NULL values.
+    CountDistinct,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    /// `latest(x)` / `any_last(x)`: the non-null value of the row changed last (by arrival).
+    Latest,
+    /// `earliest(x)` / `any(x)`: the non-null value of the row changed first, of those still in
+    /// the group.
+    Earliest,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub func: AggFunc,
+    /// Index into [`Plan::project`] of the argument; `None` for `count()`.
+    pub arg: Option<usize>,
+    /// The result type.
+    pub ty: ColumnType,
+    /// As written, for EXPLAIN.
+    pub text: String,
+}
+
+/// How an aggregate view's output columns come from a group's keys and aggregates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Finish {
+    /// Each output column is a key (`Key(i)`) or an aggregate (`Agg(j)`), and there is no
+    /// HAVING.
+    Direct(Vec<Ref>),
+    /// DuckDB SQL over a table of `k0..` (keys) and `a0..` (aggregates): one expression per
+    /// output column, and the HAVING condition.
+    Eval {
+        exprs: Vec<String>,
+        having: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ref {
+    Key(usize),
+    Agg(usize),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub kind: PlanKind,
+    /// DuckDB SQL over the stream's columns; rows where it is not true are not in the view.
+    pub filter: Option<String>,
+    /// Aggregate: the GROUP BY keys (`n_keys` of them), then the aggregates' arguments.
+    /// Project: the output columns.
+    pub project: Vec<Slot>,
+    pub n_keys: usize,
+    pub aggregates: Vec<Aggregate>,
+    pub finish: Finish,
+    /// Windows that close (`tumble()` grouped by `window_start`, with `allowed_lateness`).
+    #[serde(default)]
+    pub window: Option<WindowPlan>,
+}
+
+/// A tumbling window's rules: the watermark is the latest event time seen minus the allowed
+/// lateness; a window whose end is at or below it is closed and final.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowPlan {
+    /// The key (GROUP BY position) that is `window_start`.
+    pub start_key: usize,
+    /// The project slot holding each row's event time.
+    pub time_slot: usize,
+    pub size_us: i64,
+    pub lateness_us: i64,
+}
+
+impl Plan {
+    /// The input columns of the per-group stage: `k0..` and `a0..` with their DuckDB types.
+    pub fn group_columns(&self) -> Vec<(String, String)> {
+        let keys = self.project[..self.n_keys]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("k{i}"), s.ty.duckdb_type().to_string()));
+        let aggs = self
+            .aggregates
+            .iter()
+            .enumerate()
+            .map(|(j, a)| (format!("a{j}"), a.ty.duckdb_type().to_string()));
+        keys.chain(aggs).collect()
+    }
+
+    /// The plan as `EXPLAIN MATERIALIZED VIEW` prints it: one operator a line, source first.
+    pub fn explain(&self, stream: &StreamDef, outputs: &[Output]) -> String {
+        let mut lines = vec![format!(
+            "scan: stream {} ({:?}{})",
+            stream.name,
+            stream.format,
+            if stream.primary_key.is_empty() {
+                ", append-only".to_string()
+            } else {
+                let pk: Vec<&str> = stream
+                    .primary_key
+                    .iter()
+                    .map(|&i| stream.columns[i].name.as_str())
+                    .collect();
+                format!(", primary key {}", pk.join(", "))
+            }
+        )];
+        if let Some(f) = &self.filter {
+            lines.push(format!("filter: {f}"));
+        }
+        let slots: Vec<String> = self
+            .project
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let name = match self.kind {
+                    PlanKind::Aggregate if i < self.n_keys => format!("k{i}"),
+                    PlanKind::Aggregate => format!("p{}", i - self.n_keys),
+                    PlanKind::Project => outputs[i].name.clone(),
+                };
+                format!("{name} = {} :: {}", s.sql, s.ty)
+            })
+            .collect();
+        lines.push(format!("project: {}", slots.join(", ")));
+        if self.kind == PlanKind::Aggregate {
+            let aggs: Vec<String> = self
+                .aggregates
+                .iter()
+                .enumerate()
+                .map(|(j, a)| {
+                    let arg = a
+                        .arg
+                        .map_or(String::new(), |p| match p.checked_sub(self.n_keys) {
+                            Some(p) => format!("p{p}"),
+                            None => format!("k{p}"),
+                        });
+                    format!("a{j} = {:?}({arg}) :: {}", a.func, a.ty).to_lowercase()
+                })
+                .collect();
+            let keys: Vec<String> = (0..self.n_keys).map(|i| format!("k{i}")).collect();
+            lines.push(format!(
+                "aggregate: by ({}) compute {}",
+                keys.join(", "),
+                if aggs.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    aggs.join(", ")
+                }
+            ));
+            if let Some(w) = &self.window {
+                lines.push(format!(
+                    "window: k{} closes {} s after its end by event time (p{}); late changes to a closed window are counted and not applied",
+                    w.start_key,
+                    w.lateness_us as f64 / 1e6,
+                    w.time_slot - self.n_keys
+                ));
+            }
+            match &self.finish {
+                Finish::Direct(_) => {}
+                Finish::Eval { exprs, having } => {
+                    if let Some(h) = having {
+                        lines.push(format!("having: {h}"));
+                    }
+                    let outs: Vec<String> = exprs
+                        .iter()
+                        .zip(outputs)
+                        .map(|(e, o)| format!("{} = {e}", o.name))
+                        .collect();
+                    lines.push(format!("compute: {}", outs.join(", ")));
+                }
+            }
+        }
+        let outs: Vec<String> = outputs
+            .iter()
+            .map(|o| format!("{} {}", o.name, o.ty))
+            .collect();
+        lines.push(format!("output: {}", outs.join(", ")));
+        lines.join("\n")
+    }
+}
