@@ -18,7 +18,12 @@ use serde::{Deserialize, Serialize};
 use crate::decode::SourceEvent;
 
 mod fsum;
+mod output;
+mod window;
+
 pub use fsum::ExactSum;
+use output::{agg_row, exists};
+pub use output::{all_rows, Finisher};
 
 pub type Key = Vec<Value>;
 pub type Row = Vec<Value>;
@@ -178,167 +183,6 @@ impl Ord for KeyOrd {
         }
         self.0.len().cmp(&other.0.len())
     }
-}
-
-/// The per-group stage of an aggregate view: output columns from keys and aggregates.
-pub struct Finisher {
-    eval: Option<Evaluator>,
-}
-
-impl Finisher {
-    pub fn new(def: &ViewDef) -> Result<Finisher, String> {
-        let eval = match &def.plan.finish {
-            Finish::Eval { exprs, having } if def.plan.kind == PlanKind::Aggregate => Some(
-                Evaluator::new(&def.plan.group_columns(), exprs, having.as_deref())
-                    .map_err(|e| format!("view '{}': {e}", def.name))?,
-            ),
-            _ => None,
-        };
-        Ok(Finisher { eval })
-    }
-
-    /// The output rows of groups given as keys and aggregate values: `Ok(None)` when HAVING
-    /// is false, `Err` when the group's row cannot be computed (the reason, for the
-    /// dead-letter record). An `Err` of the whole call is a fault of the evaluator.
-    #[allow(clippy::type_complexity)]
-    fn rows(
-        &mut self,
-        def: &ViewDef,
-        groups: &[Result<Row, String>],
-    ) -> Result<Vec<Result<Option<Row>, String>>, String> {
-        match (&def.plan.finish, &mut self.eval) {
-            (Finish::Direct(refs), _) => Ok(groups
-                .iter()
-                .map(|g| {
-                    let g = g.as_ref().map_err(Clone::clone)?;
-                    Ok(Some(
-                        refs.iter()
-                            .map(|r| match r {
-                                Ref::Key(i) => g[*i].clone(),
-                                Ref::Agg(j) => g[def.plan.n_keys + j].clone(),
-                            })
-                            .collect(),
-                    ))
-                })
-                .collect()),
-            (Finish::Eval { .. }, Some(eval)) => {
-                let ok: Vec<&[Value]> = groups
-                    .iter()
-                    .filter_map(|g| g.as_ref().ok().map(Vec::as_slice))
-                    .collect();
-                let mut evaluated = eval.eval(&ok)?.into_iter();
-                Ok(groups
-                    .iter()
-                    .map(|g| match g {
-                        Err(e) => Err(e.clone()),
-                        Ok(_) => evaluated.next().unwrap_or(Ok(None)).map_err(|e| {
-                            format!("computing the view's output columns failed: {e}")
-                        }),
-                    })
-                    .collect())
-            }
-            (Finish::Eval { .. }, None) => Err("the view's output stage is missing".to_string()),
-        }
-    }
-}
-
-/// Every row of the view, from its groups, in key order.
-pub fn all_rows(
-    def: &ViewDef,
-    groups: &HashMap<Key, GroupState>,
-    finish: &mut Finisher,
-) -> Result<Vec<RowChange>, String> {
-    let mut keys: Vec<KeyOrd> = groups.keys().cloned().map(KeyOrd).collect();
-    keys.sort();
-    let mut out = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(FINISH_CHUNK) {
-        let mut present = Vec::new();
-        let mut agg_rows = Vec::new();
-        for KeyOrd(key) in chunk {
-            let Some(g) = groups.get(key) else { continue };
-            match def.plan.kind {
-                PlanKind::Project => {
-                    if let Some(row) = &g.row {
-                        out.push(RowChange {
-                            key: key.clone(),
-                            row: Some(row.clone()),
-                        });
-                    }
-                }
-                PlanKind::Aggregate if g.closed => {
-                    if let Some(row) = &g.row {
-                        out.push(RowChange {
-                            key: key.clone(),
-                            row: Some(row.clone()),
-                        });
-                    }
-                }
-                PlanKind::Aggregate if exists(key, g) => {
-                    present.push(key.clone());
-                    agg_rows.push(agg_row(def, key, g));
-                }
-                PlanKind::Aggregate => {}
-            }
-        }
-        for (key, row) in present.into_iter().zip(finish.rows(def, &agg_rows)?) {
-            // A group whose row cannot be computed is left out, as in the incremental path.
-            if let Ok(Some(row)) = row {
-                out.push(RowChange {
-                    key,
-                    row: Some(row),
-                });
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Whether an aggregate group has a row: while it has source rows, and always for a view
-/// without GROUP BY (SQL answers one row even over no rows).
-fn exists(key: &Key, g: &GroupState) -> bool {
-    g.rows > 0 || key.is_empty()
-}
-
-/// A group's keys followed by its aggregates' values; an error when a value does not fit its
-/// column (an integer sum beyond int64, which DuckDB would widen).
-fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Result<Row, String> {
-    let mut row = key.clone();
-    for (acc, agg) in g.aggregates.iter().zip(&def.plan.aggregates) {
-        row.push(match (agg.func, acc) {
-            (AggFunc::Count, _) => Value::Int(g.rows),
-            (_, Accumulator::CountColumn(n)) => Value::Int(*n),
-            (AggFunc::CountDistinct, Accumulator::Values(v)) => Value::Int(v.len() as i64),
-            (AggFunc::Min, Accumulator::Values(v)) => {
-                v.first().map_or(Value::Null, |(x, _)| x.clone())
-            }
-            (AggFunc::Max, Accumulator::Values(v)) => {
-                v.last().map_or(Value::Null, |(x, _)| x.clone())
-            }
-            (AggFunc::Latest, Accumulator::Ordered(v)) => {
-                v.last().map_or(Value::Null, |(_, x)| x.clone())
-            }
-            (AggFunc::Earliest, Accumulator::Ordered(v)) => {
-                v.first().map_or(Value::Null, |(_, x)| x.clone())
-            }
-            (
-                _,
-                Accumulator::SumInt { non_null: 0, .. } | Accumulator::SumFloat { non_null: 0, .. },
-            ) => Value::Null,
-            (AggFunc::Avg, Accumulator::SumInt { sum, non_null }) => {
-                Value::Float(*sum as f64 / *non_null as f64)
-            }
-            (AggFunc::Avg, Accumulator::SumFloat { sum, non_null }) => {
-                Value::Float(sum.value() / *non_null as f64)
-            }
-            (_, Accumulator::SumInt { sum, .. }) => Value::Int(
-                i64::try_from(*sum)
-                    .map_err(|_| format!("{} = {sum} does not fit in int64", agg.text))?,
-            ),
-            (_, Accumulator::SumFloat { sum, .. }) => Value::Float(sum.value()),
-            _ => Value::Null,
-        });
-    }
-    Ok(row)
 }
 
 /// The accumulators of a group with no rows yet.
@@ -626,64 +470,6 @@ impl ViewCore {
         self.arrival = arrival;
     }
 
-    /// Restores the event times and watermark persisted with the view's last batch.
-    pub fn set_event_times(&mut self, event_times: BTreeMap<i32, i64>, watermark: Option<i64>) {
-        self.event_times = event_times;
-        self.watermark = watermark;
-    }
-
-    /// The partitions the view reads: the watermark waits until each has delivered an event
-    /// (a partition that never does holds windows open).
-    pub fn set_partitions(&mut self, partitions: &[i32]) {
-        self.partitions = partitions.iter().copied().collect();
-        self.update_watermark();
-    }
-
-    /// The watermark follows the slowest partition and never goes back.
-    fn update_watermark(&mut self) {
-        let Some(w) = &self.def.plan.window else {
-            return;
-        };
-        let slowest = if self.partitions.is_empty() {
-            self.event_times.values().min().copied()
-        } else {
-            let mut min: Option<i64> = None;
-            for p in &self.partitions {
-                let Some(t) = self.event_times.get(p) else {
-                    return;
-                };
-                min = Some(min.map_or(*t, |m| m.min(*t)));
-            }
-            min
-        };
-        if let Some(t) = slowest {
-            let candidate = t.saturating_sub(w.lateness_us);
-            self.watermark = Some(self.watermark.map_or(candidate, |m| m.max(candidate)));
-        }
-    }
-
-    /// Whether a row's contribution falls in a closed window.
-    fn is_late(&self, t: &Row) -> bool {
-        let (Some(w), Some(wm)) = (&self.def.plan.window, self.watermark) else {
-            return false;
-        };
-        matches!(t.get(w.start_key), Some(Value::Timestamp(start)) if start.saturating_add(w.size_us) <= wm)
-    }
-
-    /// Moves the event partition's time, and so perhaps the watermark, with a row applied.
-    fn advance(&mut self, t: &Row) {
-        let Some(w) = &self.def.plan.window else {
-            return;
-        };
-        if let Some(Value::Timestamp(at)) = t.get(w.time_slot) {
-            let latest = self.event_times.entry(self.partition).or_insert(*at);
-            if *at >= *latest {
-                *latest = *at;
-                self.update_watermark();
-            }
-        }
-    }
-
     /// A key's state is dropped: its emitted row no longer counts.
     fn forget(&mut self, g: &GroupState) {
         if g.out_bytes > 0 {
@@ -866,51 +652,6 @@ impl ViewCore {
         out.rows = self.pending_rows.drain().collect();
         out.truncate_rows = std::mem::take(&mut self.truncated);
         Ok(out)
-    }
-
-    /// Closes the windows the watermark has passed: each keeps its final row and drops its
-    /// accumulators (their state is evicted); later changes to it are late.
-    fn close_windows(&mut self, out: &mut BatchOutput) -> Result<(), String> {
-        let (Some(w), Some(wm)) = (self.def.plan.window.clone(), self.watermark) else {
-            return Ok(());
-        };
-        if self.open_end_min.is_some_and(|end| end > wm) {
-            return Ok(());
-        }
-        let mut closing: Vec<Key> = Vec::new();
-        let mut open_end_min = i64::MAX;
-        for (key, g) in &self.groups {
-            if g.closed {
-                continue;
-            }
-            if let Some(Value::Timestamp(start)) = key.get(w.start_key) {
-                let end = start.saturating_add(w.size_us);
-                if end <= wm {
-                    closing.push(key.clone());
-                } else {
-                    open_end_min = open_end_min.min(end);
-                }
-            }
-        }
-        self.open_end_min = Some(open_end_min);
-        if closing.is_empty() {
-            return Ok(());
-        }
-        let agg_rows: Vec<Result<Row, String>> = closing
-            .iter()
-            .filter_map(|k| self.groups.get(k).map(|g| agg_row(&self.def, k, g)))
-            .collect();
-        let rows = self.finish.rows(&self.def, &agg_rows)?;
-        for (key, row) in closing.into_iter().zip(rows) {
-            if let Some(g) = self.groups.get_mut(&key) {
-                g.row = row.ok().flatten();
-                g.aggregates = Vec::new();
-                g.closed = true;
-                // After any earlier entry for the key: the last write of a key wins.
-                out.groups.push((key, Some(g.clone())));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -1,0 +1,165 @@
+//! The per-group stage: a group's keys and aggregates made into its output row (output
+//! expressions and HAVING), and every row of the view for a full resynchronisation.
+
+use super::*;
+
+/// The per-group stage of an aggregate view: output columns from keys and aggregates.
+pub struct Finisher {
+    eval: Option<Evaluator>,
+}
+
+impl Finisher {
+    pub fn new(def: &ViewDef) -> Result<Finisher, String> {
+        let eval = match &def.plan.finish {
+            Finish::Eval { exprs, having } if def.plan.kind == PlanKind::Aggregate => Some(
+                Evaluator::new(&def.plan.group_columns(), exprs, having.as_deref())
+                    .map_err(|e| format!("view '{}': {e}", def.name))?,
+            ),
+            _ => None,
+        };
+        Ok(Finisher { eval })
+    }
+
+    /// The output rows of groups given as keys and aggregate values: `Ok(None)` when HAVING
+    /// is false, `Err` when the group's row cannot be computed (the reason, for the
+    /// dead-letter record). An `Err` of the whole call is a fault of the evaluator.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn rows(
+        &mut self,
+        def: &ViewDef,
+        groups: &[Result<Row, String>],
+    ) -> Result<Vec<Result<Option<Row>, String>>, String> {
+        match (&def.plan.finish, &mut self.eval) {
+            (Finish::Direct(refs), _) => Ok(groups
+                .iter()
+                .map(|g| {
+                    let g = g.as_ref().map_err(Clone::clone)?;
+                    Ok(Some(
+                        refs.iter()
+                            .map(|r| match r {
+                                Ref::Key(i) => g[*i].clone(),
+                                Ref::Agg(j) => g[def.plan.n_keys + j].clone(),
+                            })
+                            .collect(),
+                    ))
+                })
+                .collect()),
+            (Finish::Eval { .. }, Some(eval)) => {
+                let ok: Vec<&[Value]> = groups
+                    .iter()
+                    .filter_map(|g| g.as_ref().ok().map(Vec::as_slice))
+                    .collect();
+                let mut evaluated = eval.eval(&ok)?.into_iter();
+                Ok(groups
+                    .iter()
+                    .map(|g| match g {
+                        Err(e) => Err(e.clone()),
+                        Ok(_) => evaluated.next().unwrap_or(Ok(None)).map_err(|e| {
+                            format!("computing the view's output columns failed: {e}")
+                        }),
+                    })
+                    .collect())
+            }
+            (Finish::Eval { .. }, None) => Err("the view's output stage is missing".to_string()),
+        }
+    }
+}
+
+/// Every row of the view, from its groups, in key order.
+pub fn all_rows(
+    def: &ViewDef,
+    groups: &HashMap<Key, GroupState>,
+    finish: &mut Finisher,
+) -> Result<Vec<RowChange>, String> {
+    let mut keys: Vec<KeyOrd> = groups.keys().cloned().map(KeyOrd).collect();
+    keys.sort();
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(FINISH_CHUNK) {
+        let mut present = Vec::new();
+        let mut agg_rows = Vec::new();
+        for KeyOrd(key) in chunk {
+            let Some(g) = groups.get(key) else { continue };
+            match def.plan.kind {
+                PlanKind::Project => {
+                    if let Some(row) = &g.row {
+                        out.push(RowChange {
+                            key: key.clone(),
+                            row: Some(row.clone()),
+                        });
+                    }
+                }
+                PlanKind::Aggregate if g.closed => {
+                    if let Some(row) = &g.row {
+                        out.push(RowChange {
+                            key: key.clone(),
+                            row: Some(row.clone()),
+                        });
+                    }
+                }
+                PlanKind::Aggregate if exists(key, g) => {
+                    present.push(key.clone());
+                    agg_rows.push(agg_row(def, key, g));
+                }
+                PlanKind::Aggregate => {}
+            }
+        }
+        for (key, row) in present.into_iter().zip(finish.rows(def, &agg_rows)?) {
+            // A group whose row cannot be computed is left out, as in the incremental path.
+            if let Ok(Some(row)) = row {
+                out.push(RowChange {
+                    key,
+                    row: Some(row),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an aggregate group has a row: while it has source rows, and always for a view
+/// without GROUP BY (SQL answers one row even over no rows).
+pub(super) fn exists(key: &Key, g: &GroupState) -> bool {
+    g.rows > 0 || key.is_empty()
+}
+
+/// A group's keys followed by its aggregates' values; an error when a value does not fit its
+/// column (an integer sum beyond int64, which DuckDB would widen).
+pub(super) fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Result<Row, String> {
+    let mut row = key.clone();
+    for (acc, agg) in g.aggregates.iter().zip(&def.plan.aggregates) {
+        row.push(match (agg.func, acc) {
+            (AggFunc::Count, _) => Value::Int(g.rows),
+            (_, Accumulator::CountColumn(n)) => Value::Int(*n),
+            (AggFunc::CountDistinct, Accumulator::Values(v)) => Value::Int(v.len() as i64),
+            (AggFunc::Min, Accumulator::Values(v)) => {
+                v.first().map_or(Value::Null, |(x, _)| x.clone())
+            }
+            (AggFunc::Max, Accumulator::Values(v)) => {
+                v.last().map_or(Value::Null, |(x, _)| x.clone())
+            }
+            (AggFunc::Latest, Accumulator::Ordered(v)) => {
+                v.last().map_or(Value::Null, |(_, x)| x.clone())
+            }
+            (AggFunc::Earliest, Accumulator::Ordered(v)) => {
+                v.first().map_or(Value::Null, |(_, x)| x.clone())
+            }
+            (
+                _,
+                Accumulator::SumInt { non_null: 0, .. } | Accumulator::SumFloat { non_null: 0, .. },
+            ) => Value::Null,
+            (AggFunc::Avg, Accumulator::SumInt { sum, non_null }) => {
+                Value::Float(*sum as f64 / *non_null as f64)
+            }
+            (AggFunc::Avg, Accumulator::SumFloat { sum, non_null }) => {
+                Value::Float(sum.value() / *non_null as f64)
+            }
+            (_, Accumulator::SumInt { sum, .. }) => Value::Int(
+                i64::try_from(*sum)
+                    .map_err(|_| format!("{} = {sum} does not fit in int64", agg.text))?,
+            ),
+            (_, Accumulator::SumFloat { sum, .. }) => Value::Float(sum.value()),
+            _ => Value::Null,
+        });
+    }
+    Ok(row)
+}

@@ -1,0 +1,200 @@
+//! Times and windows: grouping by time, windows that close, the watermark.
+
+use super::*;
+
+#[test]
+fn times_group_by_minute_and_keep_exact_extremes_under_retraction() {
+    let stream_sql = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), day date) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
+    let view_sql = "CREATE MATERIALIZED VIEW v AS SELECT to_start_of_minute(at) AS minute, count() AS n, max(at) AS last, min(day) AS first_day FROM ev GROUP BY minute";
+    let (def, stream) = plan_over(stream_sql, view_sql);
+    let mut c = ViewCore::new(def, &stream, HashMap::new()).expect("core");
+    let store = Store::default();
+    let ts = |s: &str| Value::Timestamp(catalog::parse_timestamp(s).expect("ts"));
+    let day = |s: &str| Value::Date(catalog::parse_date(s).expect("date"));
+    let row = |id: i64, at: &str, d: &str| vec![Value::Int(id), ts(at), day(d)];
+    run(
+        &mut c,
+        &store,
+        &[
+            SourceEvent::Upsert(row(1, "2024-03-01 10:00:05", "2024-03-01")),
+            SourceEvent::Upsert(row(2, "2024-03-01 10:00:59.999", "2024-02-28")),
+            SourceEvent::Upsert(row(3, "2024-03-01 10:01:00", "2024-03-01")),
+        ],
+    );
+    // The latest event of 10:00 and the earliest day go: the next ones show.
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Delete {
+            key: vec![Value::Int(2)],
+        }],
+    );
+    assert_eq!(
+        out.changes,
+        vec![RowChange {
+            key: vec![ts("2024-03-01 10:00:00")],
+            row: Some(vec![
+                ts("2024-03-01 10:00:00"),
+                Value::Int(1),
+                ts("2024-03-01 10:00:05"),
+                day("2024-03-01")
+            ]),
+        }]
+    );
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Upsert(row(
+            1,
+            "2024-03-01 10:01:30",
+            "2024-03-01",
+        ))],
+    );
+    assert_eq!(
+        out.changes.len(),
+        2,
+        "row 1 moves to 10:01: {:?}",
+        out.changes
+    );
+    assert_eq!(out.changes[0].row, None);
+    assert_eq!(
+        out.changes[1].row.as_ref().map(|r| r[1].clone()),
+        Some(Value::Int(2))
+    );
+}
+
+#[test]
+fn closed_windows_are_final_their_state_is_evicted_and_late_changes_are_counted() {
+    let stream_sql = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
+    let view_sql = "CREATE MATERIALIZED VIEW w AS SELECT window_start, count() AS n, sum(v) AS total, max(v) AS top FROM tumble(ev, at, 1m) GROUP BY window_start SETTINGS allowed_lateness='10s'";
+    let (def, stream) = plan_over(stream_sql, view_sql);
+    assert!(def.plan.window.is_some());
+    let mut c = ViewCore::new(def.clone(), &stream, HashMap::new()).expect("core");
+    let store = Store::default();
+    let ts = |s: &str| Value::Timestamp(catalog::parse_timestamp(s).expect("ts"));
+    let row = |id: i64, at: &str, v: i64| vec![Value::Int(id), ts(at), Value::Int(v)];
+    let w10 = ts("2024-03-01 10:00:00");
+    run(
+        &mut c,
+        &store,
+        &[
+            SourceEvent::Upsert(row(1, "2024-03-01 10:00:30", 5)),
+            SourceEvent::Upsert(row(2, "2024-03-01 10:00:50", 7)),
+            // Within the lateness: the 10:00 window is still open at a watermark of 10:00:55.
+            SourceEvent::Upsert(row(3, "2024-03-01 10:01:05", 1)),
+            SourceEvent::Upsert(row(4, "2024-03-01 10:00:59", 2)),
+        ],
+    );
+    assert!(!store.groups.borrow()[&vec![w10.clone()]].closed);
+    // 10:01:15 moves the watermark to 10:01:05: the 10:00 window closes.
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Upsert(row(5, "2024-03-01 10:01:15", 1))],
+    );
+    assert_eq!(
+        out.watermark,
+        Some(catalog::parse_timestamp("2024-03-01 10:01:05").expect("ts"))
+    );
+    let closed = store.groups.borrow()[&vec![w10.clone()]].clone();
+    assert!(closed.closed && closed.aggregates.is_empty(), "{closed:?}");
+    let final_row = vec![w10.clone(), Value::Int(3), Value::Int(14), Value::Int(7)];
+    assert_eq!(closed.row, Some(final_row.clone()));
+    // Late: a new event for 10:00, an update and a delete of rows in it. None is applied;
+    // the update's new version, in the open 10:01 window, is.
+    let out = run(
+        &mut c,
+        &store,
+        &[
+            SourceEvent::Upsert(row(6, "2024-03-01 10:00:40", 100)),
+            SourceEvent::Delete {
+                key: vec![Value::Int(1)],
+            },
+            SourceEvent::Upsert(row(2, "2024-03-01 10:01:20", 7)),
+        ],
+    );
+    assert_eq!(out.late_events, 3);
+    assert_eq!(
+        out.changes,
+        vec![RowChange {
+            key: vec![ts("2024-03-01 10:01:00")],
+            row: Some(vec![
+                ts("2024-03-01 10:01:00"),
+                Value::Int(3),
+                Value::Int(9),
+                Value::Int(7)
+            ]),
+        }]
+    );
+    // After a restart with the persisted watermark, a full resync lists the final row.
+    let mut reloaded = ViewCore::new(def, &stream, store.groups.borrow().clone()).expect("core");
+    reloaded.set_event_times(out.event_times.clone(), out.watermark);
+    let all = reloaded.all_rows().expect("rows");
+    assert_eq!(all[0].row, Some(final_row));
+    let out = run(
+        &mut reloaded,
+        &store,
+        &[SourceEvent::Upsert(row(7, "2024-03-01 10:00:01", 1))],
+    );
+    assert_eq!(
+        (out.late_events, out.changes.len()),
+        (1, 0),
+        "still closed after a restart"
+    );
+}
+
+/// Kafka orders messages only within a partition: a partition read ahead must not close the
+/// windows another partition is still filling.
+#[test]
+fn the_watermark_follows_the_slowest_partition() {
+    let (def, stream) = plan_over(
+        "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'",
+        "CREATE MATERIALIZED VIEW w AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start SETTINGS allowed_lateness='10s'",
+    );
+    let mut c = ViewCore::new(def, &stream, HashMap::new()).expect("core");
+    c.set_partitions(&[0, 1]);
+    let store = Store::default();
+    let ts = |s: &str| Value::Timestamp(catalog::parse_timestamp(s).expect("ts"));
+    let row = |id: i64, at: &str| SourceEvent::Upsert(vec![Value::Int(id), ts(at), Value::Int(1)]);
+    let mut batch = |events: &[SourceEvent], partitions: &[i32]| {
+        let dead = c.apply_batch(events, partitions, &store).expect("apply");
+        assert!(dead.is_empty());
+        let out = c.finish_batch().expect("finish");
+        store.persist(&out);
+        out
+    };
+    // Partition 0 runs five minutes ahead; partition 1 has said nothing yet.
+    let out = batch(
+        &[row(1, "2024-03-01 10:00:10"), row(2, "2024-03-01 10:05:00")],
+        &[0, 0],
+    );
+    assert_eq!(out.watermark, None);
+    let out = batch(&[row(3, "2024-03-01 10:00:20")], &[1]);
+    assert_eq!(out.late_events, 0, "partition 1's 10:00 event is on time");
+    assert_eq!(
+        out.watermark,
+        Some(catalog::parse_timestamp("2024-03-01 10:00:10").expect("ts"))
+    );
+    let out = batch(&[row(4, "2024-03-01 10:06:00")], &[1]);
+    let w10 = vec![ts("2024-03-01 10:00:00")];
+    let closed = store.groups.borrow()[&w10].clone();
+    assert!(closed.closed, "both partitions are past 10:01:10 now");
+    assert_eq!(
+        closed.row,
+        Some(vec![ts("2024-03-01 10:00:00"), Value::Int(2)])
+    );
+    assert_eq!(out.late_events, 0);
+    // A truncate starts event time over: the re-snapshot fills the window again.
+    let out = batch(
+        &[SourceEvent::Truncate, row(1, "2024-03-01 10:00:10")],
+        &[0, 0],
+    );
+    assert_eq!(out.late_events, 0);
+    assert!(
+        out.changes
+            .iter()
+            .any(|ch| ch.key == w10 && ch.row == Some(vec![w10[0].clone(), Value::Int(1)])),
+        "{:?}",
+        out.changes
+    );
+}

@@ -1,0 +1,109 @@
+//! Windows that close: per-partition event time, the watermark, late changes, and closing
+//! the windows the watermark has passed.
+
+use super::*;
+
+impl ViewCore {
+    /// Restores the event times and watermark persisted with the view's last batch.
+    pub fn set_event_times(&mut self, event_times: BTreeMap<i32, i64>, watermark: Option<i64>) {
+        self.event_times = event_times;
+        self.watermark = watermark;
+    }
+
+    /// The partitions the view reads: the watermark waits until each has delivered an event
+    /// (a partition that never does holds windows open).
+    pub fn set_partitions(&mut self, partitions: &[i32]) {
+        self.partitions = partitions.iter().copied().collect();
+        self.update_watermark();
+    }
+
+    /// The watermark follows the slowest partition and never goes back.
+    pub(super) fn update_watermark(&mut self) {
+        let Some(w) = &self.def.plan.window else {
+            return;
+        };
+        let slowest = if self.partitions.is_empty() {
+            self.event_times.values().min().copied()
+        } else {
+            let mut min: Option<i64> = None;
+            for p in &self.partitions {
+                let Some(t) = self.event_times.get(p) else {
+                    return;
+                };
+                min = Some(min.map_or(*t, |m| m.min(*t)));
+            }
+            min
+        };
+        if let Some(t) = slowest {
+            let candidate = t.saturating_sub(w.lateness_us);
+            self.watermark = Some(self.watermark.map_or(candidate, |m| m.max(candidate)));
+        }
+    }
+
+    /// Whether a row's contribution falls in a closed window.
+    pub(super) fn is_late(&self, t: &Row) -> bool {
+        let (Some(w), Some(wm)) = (&self.def.plan.window, self.watermark) else {
+            return false;
+        };
+        matches!(t.get(w.start_key), Some(Value::Timestamp(start)) if start.saturating_add(w.size_us) <= wm)
+    }
+
+    /// Moves the event partition's time, and so perhaps the watermark, with a row applied.
+    pub(super) fn advance(&mut self, t: &Row) {
+        let Some(w) = &self.def.plan.window else {
+            return;
+        };
+        if let Some(Value::Timestamp(at)) = t.get(w.time_slot) {
+            let latest = self.event_times.entry(self.partition).or_insert(*at);
+            if *at >= *latest {
+                *latest = *at;
+                self.update_watermark();
+            }
+        }
+    }
+
+    /// Closes the windows the watermark has passed: each keeps its final row and drops its
+    /// accumulators (their state is evicted); later changes to it are late.
+    pub(super) fn close_windows(&mut self, out: &mut BatchOutput) -> Result<(), String> {
+        let (Some(w), Some(wm)) = (self.def.plan.window.clone(), self.watermark) else {
+            return Ok(());
+        };
+        if self.open_end_min.is_some_and(|end| end > wm) {
+            return Ok(());
+        }
+        let mut closing: Vec<Key> = Vec::new();
+        let mut open_end_min = i64::MAX;
+        for (key, g) in &self.groups {
+            if g.closed {
+                continue;
+            }
+            if let Some(Value::Timestamp(start)) = key.get(w.start_key) {
+                let end = start.saturating_add(w.size_us);
+                if end <= wm {
+                    closing.push(key.clone());
+                } else {
+                    open_end_min = open_end_min.min(end);
+                }
+            }
+        }
+        self.open_end_min = Some(open_end_min);
+        if closing.is_empty() {
+            return Ok(());
+        }
+        let agg_rows: Vec<Result<Row, String>> = closing
+            .iter()
+            .filter_map(|k| self.groups.get(k).map(|g| agg_row(&self.def, k, g)))
+            .collect();
+        let rows = self.finish.rows(&self.def, &agg_rows)?;
+        for (key, row) in closing.into_iter().zip(rows) {
+            if let Some(g) = self.groups.get_mut(&key) {
+                g.row = row.ok().flatten();
+                g.aggregates = Vec::new();
+                g.closed = true;
+                // After any earlier entry for the key: the last write of a key wins.
+                out.groups.push((key, Some(g.clone())));
+            }
+        }
+        Ok(())
+    }
+}
