@@ -2,7 +2,9 @@
 //! two regions of three Raft nodes, each its own process. The oracle for a view is the same SQL
 //! run by DuckDB over the source table's final rows; every replica must equal it exactly.
 
-// The view engine's end-to-end test shares this binary (one link instead of two).
+// The view engine's and the central cluster's end-to-end tests share this binary (one link
+// instead of three).
+mod central;
 mod views;
 
 use std::collections::BTreeMap;

@@ -84,6 +84,8 @@ fn a_view_positioned_inside_a_producer_batch_does_not_stall() {
         latest,
         status: status.clone(),
         check_interval: Duration::from_millis(500),
+        start: None,
+        caught_up: None,
     });
     let (stop, stop_rx) = watch::channel(false);
     let running = rt.spawn({

@@ -195,7 +195,8 @@ pub struct Cluster<'w> {
     work: &'w Workdir,
     pub coordinator: String,
     coordinator_proc: Option<Proc>,
-    central: Option<Proc>,
+    /// Central workers by name (`central` is the one every cluster starts with).
+    centrals: Vec<(String, Option<Proc>)>,
     central_starts: usize,
     nodes: Vec<(NodeAddr, Option<Proc>)>,
     /// Extra arguments of every `meridian region` process.
@@ -237,7 +238,7 @@ impl<'w> Cluster<'w> {
             work,
             coordinator,
             coordinator_proc: Some(coordinator_proc),
-            central: None,
+            centrals: Vec::new(),
             central_starts: 0,
             nodes: Vec::new(),
             region_args: region_args.iter().map(|a| a.to_string()).collect(),
@@ -367,16 +368,88 @@ impl<'w> Cluster<'w> {
     }
 
     pub fn start_central(&mut self) {
+        self.start_worker("central");
+    }
+
+    /// Starts (again) the central worker `name`, with its own data dir under that name.
+    pub fn start_worker(&mut self, name: &str) {
         self.central_starts += 1;
-        let name = format!("central-{}", self.central_starts);
-        self.central = Some(spawn(
+        let log = format!("{name}-{}", self.central_starts);
+        let proc = spawn(
             self.work,
-            &name,
+            &log,
             Command::new(meridian_bin())
-                .args(["central", "--coordinator", &self.coordinator, "--data-dir"])
-                .arg(self.work.path.join("central"))
+                .args([
+                    "central",
+                    "--coordinator",
+                    &self.coordinator,
+                    "--name",
+                    name,
+                ])
+                .arg("--data-dir")
+                .arg(self.work.path.join(name))
                 .args(&self.central_args),
-        ));
+        );
+        match self.centrals.iter_mut().find(|(n, _)| n == name) {
+            Some((_, p)) => *p = Some(proc),
+            None => self.centrals.push((name.to_string(), Some(proc))),
+        }
+    }
+
+    fn worker_proc(&mut self, name: &str) -> Option<&mut Proc> {
+        self.centrals
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, p)| p.as_mut())
+    }
+
+    /// SIGKILL a central worker.
+    pub fn kill_worker(&mut self, name: &str) {
+        if let Some((_, slot)) = self.centrals.iter_mut().find(|(n, _)| n == name) {
+            if let Some(mut p) = slot.take() {
+                p.child.kill().expect("SIGKILL the central worker");
+                let _ = p.child.wait();
+                eprintln!("killed {}", p.name);
+            }
+        }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`) to a central worker.
+    pub fn signal_worker(&mut self, name: &str, signal: &str) {
+        let pid = self
+            .worker_proc(name)
+            .map(|p| p.child.id())
+            .unwrap_or_else(|| panic!("no running central worker '{name}'"));
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
+    /// Whether the worker's process is still running (false once it exited or was killed).
+    pub fn worker_running(&mut self, name: &str) -> bool {
+        self.worker_proc(name)
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    /// Everything central worker `name` logged, over all its starts.
+    pub fn worker_log(&self, name: &str) -> String {
+        (1..=self.central_starts)
+            .map(|n| self.work.log_text(&format!("{name}-{n}")))
+            .collect()
+    }
+
+    /// The worker that holds `view`'s lease, and the lease epoch, as the coordinator says.
+    pub fn view_owner(&self, view: &str) -> Option<(String, u64)> {
+        let s = self.status().ok()?;
+        let v = s["views"]
+            .as_array()?
+            .iter()
+            .find(|v| v["view"] == view)?
+            .clone();
+        let owner = v["owner"].as_str().filter(|o| !o.is_empty())?.to_string();
+        Some((owner, v["lease_epoch"].as_u64()?))
     }
 
     /// Replaces every node of `region` with an empty one: the region is rebuilt from scratch.
@@ -430,11 +503,7 @@ impl<'w> Cluster<'w> {
 
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill_central(&mut self) {
-        if let Some(mut p) = self.central.take() {
-            p.child.kill().expect("SIGKILL the central worker");
-            let _ = p.child.wait();
-            eprintln!("killed {}", p.name);
-        }
+        self.kill_worker("central");
     }
 
     /// Restarts the coordinator on the same port and data dir.

@@ -11,6 +11,7 @@ use rdkafka::ClientConfig;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::placement::{Change as PlacementChange, Placement};
 use crate::store::CatalogStore;
 
 /// A metadata request to a stream's brokers, at CREATE, may take this long.
@@ -57,6 +58,12 @@ pub struct CoordinatorService {
     topic_check: TopicCheck,
     nodes: Mutex<BTreeMap<(String, u64), NodeSeen>>,
     views: Mutex<BTreeMap<String, pb::ViewReport>>,
+    /// Which worker runs which view, under which lease epoch.
+    placement: Mutex<Placement>,
+    /// The catalog's views (name, id), as of the last statement: read under the `placement`
+    /// lock, so that placement never sees an older list than a decision it already made, and
+    /// never waits on a statement in progress (which holds `catalog` across a broker check).
+    view_ids: Mutex<Vec<(String, u64)>>,
 }
 
 impl CoordinatorService {
@@ -64,17 +71,94 @@ impl CoordinatorService {
         store: CatalogStore,
         topic_check: Option<TopicCheck>,
     ) -> anyhow::Result<CoordinatorService> {
+        Self::open_with_lease(store, topic_check, crate::placement::DEFAULT_LEASE)
+    }
+
+    /// `lease`: how long a central worker keeps its views without renewing its lease.
+    pub fn open_with_lease(
+        store: CatalogStore,
+        topic_check: Option<TopicCheck>,
+        lease: Duration,
+    ) -> anyhow::Result<CoordinatorService> {
         let mut catalog = Catalog::load(store.load()?)
             .map_err(|e| anyhow::anyhow!("stored catalog does not load: {e}"))?;
         catalog.reserve_ids_below(store.next_id()?);
-        info!(entries = catalog.entries().len(), "catalog loaded");
+        let grants = store.load_grants()?;
+        info!(
+            entries = catalog.entries().len(),
+            leases = grants.len(),
+            "catalog loaded"
+        );
+        let view_ids = Self::view_ids(&catalog);
+        // Change logs were stamped with the time in milliseconds before epochs came from
+        // leases: a view's first lease epoch is above any such epoch.
+        let epoch_floor = (now_ms().max(0) as u64 >> 32) + 1;
         Ok(CoordinatorService {
             catalog: tokio::sync::Mutex::new(catalog),
             store: Arc::new(store),
             topic_check: topic_check.unwrap_or_else(kafka_topic_check),
             nodes: Mutex::new(BTreeMap::new()),
             views: Mutex::new(BTreeMap::new()),
+            placement: Mutex::new(Placement::new(lease, Instant::now(), grants, epoch_floor)),
+            view_ids: Mutex::new(view_ids),
         })
+    }
+
+    fn view_ids(catalog: &Catalog) -> Vec<(String, u64)> {
+        catalog
+            .entries()
+            .iter()
+            .filter(|e| matches!(e.object, Object::View(_)))
+            .map(|e| (e.object.name().to_string(), e.id))
+            .collect()
+    }
+
+    fn refresh_view_ids(&self, catalog: &Catalog) {
+        *self.view_ids.lock().unwrap_or_else(|p| p.into_inner()) = Self::view_ids(catalog);
+    }
+
+    fn placement(&self) -> std::sync::MutexGuard<'_, Placement> {
+        self.placement.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Plans placement, persists what it grants (synced), then makes it visible.
+    fn place(
+        &self,
+        placement: &mut Placement,
+        views: &[u64],
+        reporting: Option<(&str, u64)>,
+    ) -> Result<(), Status> {
+        let changes = placement.plan(views, Instant::now());
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let persist: Vec<(u64, Option<&crate::placement::Grant>)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                PlacementChange::Grant { view, grant } => Some((*view, Some(grant))),
+                PlacementChange::Forget { view } => Some((*view, None)),
+                PlacementChange::Release { .. } => None,
+            })
+            .collect();
+        self.store
+            .put_grants(&persist)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        for c in &changes {
+            match c {
+                PlacementChange::Grant { view, grant } => info!(
+                    view_id = view,
+                    worker = %grant.holder.worker,
+                    epoch = grant.epoch,
+                    "view assigned"
+                ),
+                PlacementChange::Release { view } => {
+                    info!(view_id = view, "view released from its worker, to move")
+                }
+                PlacementChange::Forget { .. } => {}
+            }
+        }
+        placement.apply(&changes, reporting);
+        Ok(())
     }
 
     fn entries(catalog: &Catalog) -> Vec<pb::CatalogEntry> {
@@ -123,6 +207,7 @@ impl CoordinatorService {
             .map_err(|e| Status::internal(e.to_string()))?;
         info!(id, "{message}");
         catalog.apply(id, sql, change);
+        self.refresh_view_ids(catalog);
         Ok(message)
     }
 
@@ -163,6 +248,7 @@ impl CoordinatorService {
                         .remove(name);
                 }
                 catalog.apply(id, sql, change);
+                self.refresh_view_ids(&catalog);
                 msg
             }
             Change::Show(kind) => {
@@ -259,10 +345,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         _req: Request<pb::GetCatalogRequest>,
     ) -> Result<Response<pb::Catalog>, Status> {
-        let entries = Self::entries(&*self.catalog.lock().await);
+        let (entries, next_id) = {
+            let catalog = self.catalog.lock().await;
+            (Self::entries(&catalog), catalog.next_id())
+        };
         Ok(Response::new(pb::Catalog {
             entries,
             regions: self.regions(),
+            next_id,
         }))
     }
 
@@ -289,6 +379,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             );
         }
         let catalog = self.catalog.lock().await;
+        let placement = self.placement();
         let live_views = catalog
             .entries()
             .iter()
@@ -297,6 +388,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     name: v.name.clone(),
                     view_id: e.id,
                     schema: Some(meridian_proto::view_schema(v, e.id)),
+                    lease_epoch: placement.grant(e.id).map_or(0, |g| g.epoch),
                 }),
                 _ => None,
             })
@@ -312,26 +404,121 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         req: Request<pb::CentralReport>,
     ) -> Result<Response<pb::ReportAck>, Status> {
         let report = req.into_inner();
-        let current: Vec<(String, u64)> = self
-            .catalog
-            .lock()
-            .await
-            .entries()
+        let running: std::collections::BTreeSet<u64> = report
+            .views
             .iter()
-            .map(|e| (e.object.name().to_string(), e.id))
+            .map(|v| v.view_id)
+            .chain(report.stopping.iter().copied())
             .collect();
+        let sizes: Vec<(u64, u64)> = report
+            .views
+            .iter()
+            .map(|v| (v.view_id, v.view_rows))
+            .collect();
+        let (leases, lease_ms, drain, current) = {
+            let mut placement = self.placement();
+            let current = self
+                .view_ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let view_ids: Vec<u64> = current.iter().map(|(_, id)| *id).collect();
+            placement
+                .heartbeat(
+                    &report.worker,
+                    report.session,
+                    report.draining,
+                    running,
+                    &sizes,
+                    Instant::now(),
+                )
+                .map_err(Status::failed_precondition)?;
+            self.place(
+                &mut placement,
+                &view_ids,
+                Some((&report.worker, report.session)),
+            )?;
+            (
+                placement.leases(&report.worker, report.session),
+                placement.lease().as_millis() as u64,
+                placement.draining(&report.worker),
+                current,
+            )
+        };
         let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
-        for v in report.views {
+        for mut v in report.views {
             // A report sent before a DROP may arrive after it, or after the view was created
-            // again under the same name.
-            if current
+            // again under the same name; a worker that no longer holds the view's lease is
+            // not its owner.
+            let current_view = current
                 .iter()
-                .any(|(name, id)| *name == v.view && *id == v.view_id)
-            {
-                views.insert(v.view.clone(), v);
+                .any(|(name, id)| *name == v.view && *id == v.view_id);
+            if let Some(&(_, epoch)) = leases.iter().find(|(id, _)| *id == v.view_id) {
+                if current_view {
+                    v.owner = report.worker.clone();
+                    v.lease_epoch = epoch;
+                    views.insert(v.view.clone(), v);
+                }
             }
         }
-        Ok(Response::new(pb::ReportAck {}))
+        Ok(Response::new(pb::ReportAck {
+            leases: leases
+                .into_iter()
+                .map(|(view_id, epoch)| pb::ViewLease { view_id, epoch })
+                .collect(),
+            lease_ms,
+            drain,
+        }))
+    }
+
+    async fn record_start(
+        &self,
+        req: Request<pb::RecordStartRequest>,
+    ) -> Result<Response<pb::RecordStartResponse>, Status> {
+        let r = req.into_inner();
+        let holds = self.placement().grant(r.view_id).is_some_and(|g| {
+            g.epoch == r.lease_epoch && g.holder.worker == r.worker && g.holder.session == r.session
+        });
+        if !holds {
+            return Err(Status::failed_precondition(format!(
+                "worker '{}' does not hold view {}'s lease at epoch {}",
+                r.worker, r.view_id, r.lease_epoch
+            )));
+        }
+        let offsets: Vec<(i32, i64)> = r
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.offset))
+            .collect();
+        let store = self.store.clone();
+        let view_id = r.view_id;
+        let recorded = tokio::task::spawn_blocking(move || store.record_start(view_id, &offsets))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::RecordStartResponse {
+            partitions: recorded
+                .into_iter()
+                .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
+                .collect(),
+        }))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let worker = req.into_inner().worker;
+        let n = self
+            .placement()
+            .drain(&worker, Instant::now())
+            .map_err(Status::not_found)?;
+        info!(worker = %worker, views = n, "draining a central worker");
+        Ok(Response::new(pb::DrainResponse {
+            message: format!(
+                "draining '{worker}': its {n} view(s) move to other workers, then it exits"
+            ),
+        }))
     }
 
     async fn status(
@@ -365,20 +552,75 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 .collect()
         };
         let views = {
-            let names: Vec<&str> = catalog
+            let names: Vec<(&str, u64)> = catalog
                 .iter()
                 .filter(|e| e.kind == "view")
-                .map(|e| e.name.as_str())
+                .map(|e| (e.name.as_str(), e.id))
                 .collect();
             let reports = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            let placement = self.placement();
             names
                 .iter()
-                .map(|n| {
-                    reports.get(*n).cloned().unwrap_or_else(|| pb::ViewReport {
-                        view: n.to_string(),
-                        error: "no central worker has reported this view yet".into(),
-                        ..Default::default()
-                    })
+                .map(|(n, id)| {
+                    let mut r = reports
+                        .get(*n)
+                        .filter(|r| r.view_id == *id)
+                        .cloned()
+                        .unwrap_or_else(|| pb::ViewReport {
+                            view: n.to_string(),
+                            view_id: *id,
+                            error: "no central worker has reported this view yet".into(),
+                            ..Default::default()
+                        });
+                    // The assignment as it stands, which may be newer than the last report:
+                    // a report from a former owner says nothing about the view now.
+                    match placement.grant(*id) {
+                        Some(g) => {
+                            if r.owner != g.holder.worker || r.lease_epoch != g.epoch {
+                                r = pb::ViewReport {
+                                    view: n.to_string(),
+                                    view_id: *id,
+                                    plan: r.plan,
+                                    error: format!(
+                                        "assigned to worker '{}' (lease {}), which has not reported it yet",
+                                        g.holder.worker, g.epoch
+                                    ),
+                                    ..Default::default()
+                                };
+                            }
+                            r.owner = g.holder.worker.clone();
+                            r.lease_epoch = g.epoch;
+                        }
+                        None => {
+                            r.owner.clear();
+                            r.lease_epoch = 0;
+                        }
+                    }
+                    r
+                })
+                .collect()
+        };
+        let workers = {
+            let placement = self.placement();
+            let names: BTreeMap<u64, String> = catalog
+                .iter()
+                .filter(|e| e.kind == "view")
+                .map(|e| (e.id, e.name.clone()))
+                .collect();
+            placement
+                .workers(Instant::now())
+                .into_iter()
+                .map(|w| pb::WorkerStatus {
+                    name: w.name,
+                    session: w.session,
+                    report_age_ms: w.age.as_millis() as i64,
+                    live: w.live,
+                    draining: w.draining,
+                    views: w
+                        .views
+                        .iter()
+                        .filter_map(|v| names.get(v).cloned())
+                        .collect(),
                 })
                 .collect()
         };
@@ -387,6 +629,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             views,
             catalog,
             now_ms: now_ms(),
+            workers,
         }))
     }
 }

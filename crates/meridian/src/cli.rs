@@ -27,7 +27,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Run the coordinator: the catalog and the cluster's status.
     Coordinator(CoordinatorArgs),
-    /// Run a central worker: one actor per view, shipping change logs to the regions.
+    /// Run a central worker: one actor per view it is assigned, shipping change logs to the
+    /// regions (`meridian central drain NAME` moves a worker's views away before a restart).
     Central(CentralArgs),
     /// Run one node of a region's Raft group.
     Region(RegionArgs),
@@ -64,10 +65,11 @@ pub enum Command {
 impl Command {
     /// Long-running roles log at info; one-shot commands stay quiet.
     pub fn is_server(&self) -> bool {
-        matches!(
-            self,
-            Command::Dev(_) | Command::Coordinator(_) | Command::Central(_) | Command::Region(_)
-        )
+        match self {
+            Command::Central(c) => c.action.is_none(),
+            Command::Dev(_) | Command::Coordinator(_) | Command::Region(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -101,19 +103,27 @@ pub struct CoordinatorArgs {
     /// Where the catalog (RocksDB) lives.
     #[arg(long, default_value = "./meridian-data/coordinator")]
     pub data_dir: PathBuf,
+    /// How long a central worker keeps its views without renewing its lease (milliseconds):
+    /// after that, its views move to another worker, under a new epoch.
+    #[arg(long, env = "MERIDIAN_LEASE_MS", default_value_t = 4_000)]
+    pub lease_ms: u64,
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct CentralArgs {
+    #[command(subcommand)]
+    pub action: Option<CentralAction>,
     /// The coordinator to take the catalog from and report to.
     #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub coordinator: String,
     /// Where view state, offsets and change logs (RocksDB) live.
     #[arg(long, default_value = "./meridian-data/central")]
     pub data_dir: PathBuf,
-    /// Name in status reports.
-    #[arg(long, default_value = "central-1")]
-    pub name: String,
+    /// This worker's name, unique in the cluster (default: the name kept in the data dir, made
+    /// up on first start).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Change batches kept behind the slowest region; a region further behind gets a full
     /// batch with every row of the view instead.
     #[arg(long, default_value_t = 1_000)]
@@ -122,6 +132,19 @@ pub struct CentralArgs {
     /// stalled partitions, and each region's position in the change log.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+pub enum CentralAction {
+    /// Move every view off a running worker (to the others) before a planned restart; the
+    /// worker exits once it holds none.
+    Drain {
+        /// The coordinator's gRPC URL (the default is where `meridian dev` listens).
+        #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+        /// The worker's name, as `meridian status` lists it.
+        worker: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -199,6 +222,14 @@ impl Cli {
             Command::Coordinator(args) => {
                 crate::roles::coordinator(args, crate::roles::ctrl_c()).await
             }
+            Command::Central(CentralArgs {
+                action:
+                    Some(CentralAction::Drain {
+                        coordinator,
+                        worker,
+                    }),
+                ..
+            }) => crate::status::drain(&coordinator, &worker).await,
             Command::Central(args) => crate::roles::central(args, crate::roles::ctrl_c()).await,
             Command::Region(args) => crate::roles::region(args, crate::roles::ctrl_c()).await,
             Command::Sql {

@@ -29,6 +29,8 @@ const EXTREMES_SELECT: &str = "SELECT country, count() AS orders, min(amount) AS
 const MARKER: &str = ".meridian-dev-embedded";
 /// Partitions of the sample topic.
 const PARTITIONS: i32 = 3;
+/// Central workers `meridian dev` runs.
+const CENTRAL_WORKERS: u16 = 2;
 /// How long the demo waits for the regions to elect leaders and for the view to catch up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -112,19 +114,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         CoordinatorArgs {
             listen: coordinator_addr,
             data_dir: args.data_dir.join("coordinator"),
+            lease_ms: 4_000,
         },
         shutdown.clone(),
     )));
-    tasks.push(tokio::spawn(crate::roles::central(
-        CentralArgs {
-            coordinator: coordinator_url.clone(),
-            data_dir: args.data_dir.join("central"),
-            name: "central-1".into(),
-            change_log_retain: 1_000,
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], args.port_base + 1000))),
-        },
-        shutdown.clone(),
-    )));
+    // Two central workers: the coordinator spreads the views over them, and moves a worker's
+    // views to the other when it stops.
+    for w in 1..=CENTRAL_WORKERS {
+        tasks.push(tokio::spawn(crate::roles::central(
+            CentralArgs {
+                action: None,
+                coordinator: coordinator_url.clone(),
+                data_dir: args.data_dir.join(format!("central-{w}")),
+                name: Some(format!("central-{w}")),
+                change_log_retain: 1_000,
+                metrics_listen: Some(SocketAddr::from((
+                    [127, 0, 0, 1],
+                    args.port_base + 1000 - 1 + w,
+                ))),
+            },
+            shutdown.clone(),
+        )));
+    }
     for (r, region) in REGIONS.iter().enumerate() {
         let grpc_port = |n: u16| base + 100 * (r as u16 + 1) + n;
         let peers: Vec<String> = (1..=3)

@@ -48,7 +48,11 @@ pub async fn coordinator(
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store =
         CatalogStore::open(&args.data_dir.join("catalog")).context("opening the catalog")?;
-    let service = CoordinatorService::open(store, None)?;
+    let service = CoordinatorService::open_with_lease(
+        store,
+        None,
+        std::time::Duration::from_millis(args.lease_ms.max(500)),
+    )?;
     serve_coordinator(service, args.listen, shutdown).await
 }
 

@@ -20,6 +20,25 @@ pub async fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
     Ok(CoordinatorClient::new(channel))
 }
 
+/// `meridian central drain NAME`.
+pub async fn drain(url: &str, worker: &str) -> anyhow::Result<()> {
+    let mut c = connect(url).await?;
+    let resp = c
+        .drain(pb::DrainRequest {
+            worker: worker.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("{}", resp.message);
+    Ok(())
+}
+
+/// A change log's epoch as `lease.generation`.
+pub fn epoch_text(epoch: u64) -> String {
+    format!("{}.{}", epoch >> 32, epoch & 0xffff_ffff)
+}
+
 pub async fn sql(url: &str, statement: &str) -> anyhow::Result<()> {
     let mut c = connect(url).await?;
     let resp = c
@@ -155,7 +174,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                     let views: Vec<_> = st
                         .positions
                         .iter()
-                        .map(|p| json!({"view": p.view, "view_id": p.view_id, "applied_seq": p.applied_seq, "produced_at_ms": p.produced_at_ms, "applied_at_ms": p.applied_at_ms, "lag_ms": (p.applied_at_ms - p.produced_at_ms).max(0)}))
+                        .map(|p| json!({"view": p.view, "view_id": p.view_id, "applied_seq": p.applied_seq, "produced_at_ms": p.produced_at_ms, "applied_at_ms": p.applied_at_ms, "lag_ms": (p.applied_at_ms - p.produced_at_ms).max(0), "epoch": p.epoch}))
                         .collect();
                     json!({
                         "node_id": st.node_id, "role": st.role, "term": st.term, "leader_id": st.leader_id,
@@ -175,6 +194,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
         .map(|v| {
             json!({
                 "view": v.view, "view_id": v.view_id, "seq": v.seq, "log_first_seq": v.log_first_seq, "events": v.events, "dead_letters": v.dead_letters, "error": v.error,
+                "owner": v.owner, "lease_epoch": v.lease_epoch, "events_per_s": v.events_per_s,
                 "last_batch_at_ms": v.last_batch_at_ms,
                 "source_bytes": v.source_bytes, "view_rows": v.view_rows, "view_bytes": v.view_bytes,
                 "reduction": {"rows": ratio(v.view_rows, v.events), "bytes": ratio(v.view_bytes, v.source_bytes)},
@@ -191,7 +211,12 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
         .iter()
         .map(|e| json!({"id": e.id, "kind": e.kind, "name": e.name, "sql": e.sql}))
         .collect();
-    json!({"now_ms": s.now_ms, "regions": regions, "views": views, "catalog": catalog})
+    let workers: Vec<_> = s
+        .workers
+        .iter()
+        .map(|w| json!({"name": w.name, "session": format!("{:x}", w.session), "live": w.live, "draining": w.draining, "report_age_ms": w.report_age_ms, "views": w.views}))
+        .collect();
+    json!({"now_ms": s.now_ms, "regions": regions, "views": views, "catalog": catalog, "workers": workers})
 }
 
 pub fn render(s: &pb::ClusterStatus) -> String {
@@ -256,7 +281,10 @@ pub fn render(s: &pb::ClusterStatus) -> String {
             .map(|sh| {
                 let mut out = format!(
                     "{}@{}/{} epoch {}",
-                    sh.region, sh.acked_seq, v.seq, sh.epoch
+                    sh.region,
+                    sh.acked_seq,
+                    v.seq,
+                    epoch_text(sh.epoch)
                 );
                 if !sh.error.is_empty() {
                     out.push_str(&format!(" ({})", sh.error));
@@ -275,8 +303,13 @@ pub fn render(s: &pb::ClusterStatus) -> String {
         };
         rows.push(vec![
             v.view.clone(),
+            if v.owner.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{} (lease {})", v.owner, v.lease_epoch)
+            },
             v.seq.to_string(),
-            v.events.to_string(),
+            format!("{} ({:.0}/s)", v.events, v.events_per_s),
             v.dead_letters.to_string(),
             format!(
                 "{} rows, {}",
@@ -319,6 +352,7 @@ pub fn render(s: &pb::ClusterStatus) -> String {
         out.push_str(&table(
             &[
                 "VIEW",
+                "OWNER",
                 "SEQ",
                 "EVENTS",
                 "DEAD_LETTERS",
@@ -329,6 +363,27 @@ pub fn render(s: &pb::ClusterStatus) -> String {
             ],
             &rows,
         ));
+    }
+    if !s.workers.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .workers
+            .iter()
+            .map(|w| {
+                vec![
+                    w.name.clone(),
+                    if !w.live {
+                        format!("gone ({} s without a report)", w.report_age_ms / 1000)
+                    } else if w.draining {
+                        "draining".to_string()
+                    } else {
+                        "live".to_string()
+                    },
+                    w.views.join(", "),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["CENTRAL WORKER", "STATE", "VIEWS"], &rows));
     }
     for v in &s.views {
         for d in &v.recent_dead_letters {

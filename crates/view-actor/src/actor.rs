@@ -48,7 +48,19 @@ pub enum ActorError {
     View(String),
     #[error("task failed: {0}")]
     Join(String),
+    #[error("recording the view's starting offsets at the coordinator: {0}")]
+    Start(String),
 }
+
+/// Records where a view starts reading partitions it has no offsets for, where any later
+/// owner of the view finds it (the coordinator), and answers the recorded offsets: the first
+/// worker to start a partition decides, so a view that moves never starts over from a later
+/// point (messages deleted since are then detected as lost, not skipped).
+pub type StartRecorder = Arc<
+    dyn Fn(Vec<(i32, i64)>) -> futures::future::BoxFuture<'static, Result<Vec<(i32, i64)>, String>>
+        + Send
+        + Sync,
+>;
 
 /// What the actor reports for `meridian status`.
 #[derive(Clone, Debug, Default)]
@@ -80,6 +92,12 @@ pub struct ViewActor {
     /// How often to look for new partitions and check progress
     /// ([`PARTITION_CHECK_INTERVAL`]; shorter in tests).
     pub check_interval: Duration,
+    /// Where starting offsets are recorded (`None`: only in this view's store).
+    pub start: Option<StartRecorder>,
+    /// Set once the view has consumed every partition up to its high watermark as of the
+    /// actor's start: until then a new owner's state is behind what the regions may hold
+    /// from the previous owner, and the shippers wait rather than take the regions back.
+    pub caught_up: Option<watch::Sender<bool>>,
 }
 
 impl ViewActor {
@@ -133,6 +151,24 @@ impl ViewActor {
                 offsets.extend(started);
             }
             self.set_status(|s| s.error.clear());
+            // Where "caught up" is, as of now.
+            let mut catch_up: Option<HashMap<i32, i64>> = match &self.caught_up {
+                Some(tx) if !*tx.borrow() => {
+                    let stream = self.stream.clone();
+                    let marks = tokio::task::spawn_blocking(move || partition_marks(&stream))
+                        .await
+                        .map_err(|e| ActorError::Join(e.to_string()))?;
+                    match marks {
+                        Ok(m) => Some(m.into_iter().map(|(p, (_, high))| (p, high)).collect()),
+                        Err(e) => {
+                            warn!(error = %e, "reading the partitions' high watermarks failed; shipping without waiting to catch up");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            self.check_caught_up(&offsets, &mut catch_up);
             loop {
                 if tokio::time::Instant::now() >= next_check {
                     next_check = tokio::time::Instant::now() + self.check_interval;
@@ -327,6 +363,7 @@ impl ViewActor {
                 tokio::task::spawn_blocking(move || store.commit(commit)).instrument(span.clone()).await.map_err(|e| ActorError::Join(e.to_string()))??;
                 span.in_scope(|| debug!(seq = meta.seq, events = consumed, changes = out.changes.len(), "committed batch"));
                 self.latest.send_replace(meta.seq);
+                self.check_caught_up(&offsets, &mut catch_up);
                 let recent = if n_dead > 0 { Some(self.store.recent_dead_letters(RECENT_DEAD_LETTERS_MAX)?) } else { None };
                 self.set_status(|s| {
                     s.seq = meta.seq;
@@ -346,6 +383,23 @@ impl ViewActor {
         }
         .instrument(span)
         .await
+    }
+
+    /// Signals `caught_up` once every partition's offset reached its mark.
+    fn check_caught_up(&self, offsets: &HashMap<i32, i64>, marks: &mut Option<HashMap<i32, i64>>) {
+        let done = marks.as_ref().is_none_or(|m| {
+            m.iter()
+                .all(|(p, high)| offsets.get(p).copied().unwrap_or(0) >= *high)
+        });
+        if done {
+            if let Some(tx) = &self.caught_up {
+                if !*tx.borrow() {
+                    info!("caught up with the stream; shipping");
+                    tx.send_replace(true);
+                }
+            }
+            *marks = None;
+        }
     }
 
     fn set_status(&self, f: impl FnOnce(&mut ActorStatus)) {
@@ -379,6 +433,30 @@ impl ViewActor {
         })
         .await
         .map_err(|e| ActorError::Join(e.to_string()))??;
+        let started = match (&self.start, started.is_empty()) {
+            (Some(record), false) => {
+                let recorded = record(started.clone()).await.map_err(ActorError::Start)?;
+                let mut agreed = Vec::with_capacity(started.len());
+                for (p, low) in started {
+                    let Some(&(_, o)) = recorded.iter().find(|(q, _)| *q == p) else {
+                        return Err(ActorError::Start(format!(
+                            "the answer has no starting offset for partition {p}"
+                        )));
+                    };
+                    if o != low {
+                        info!(
+                            partition = p,
+                            offset = o,
+                            oldest = low,
+                            "starting where the view first started"
+                        );
+                    }
+                    agreed.push((p, o));
+                }
+                agreed
+            }
+            _ => started,
+        };
         let consumer: StreamConsumer =
             consumer_config(&self.stream, &format!("meridian-view-{}", self.def.name)).create()?;
         let mut tpl = TopicPartitionList::new();

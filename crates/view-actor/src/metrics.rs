@@ -205,6 +205,7 @@ mod tests {
                 }],
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let text = render(&report, 31_000);
         for line in [

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::store::{StoreError, ViewStore};
+use crate::store::{lease_of, StoreError, ViewStore};
 use crate::wire::change_to_wire;
 use catalog::ViewDef;
 
@@ -67,6 +67,21 @@ pub struct ShipState {
     pub last_reseed: String,
 }
 
+/// The view's lease as the worker holds it: its epoch, and until when it is valid (measured
+/// from when the renewing report was sent, on the monotonic clock, which keeps running while
+/// the process is paused). Nothing is pushed once `until` has passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub epoch: u64,
+    pub until: tokio::time::Instant,
+}
+
+impl Lease {
+    pub fn valid(&self) -> bool {
+        tokio::time::Instant::now() < self.until
+    }
+}
+
 /// A region's applied position of a view, as its leader answered a push.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RegionPosition {
@@ -85,6 +100,9 @@ pub enum Plan {
     /// The central state was rolled back or diverged from what the region applied: start a new
     /// epoch above `above`, then send a full batch.
     NewEpoch { above: u64, why: String },
+    /// The region holds an epoch of a newer lease: another worker owns the view now. Push
+    /// nothing more.
+    Fenced(String),
 }
 
 /// Decides how to continue with a region (sans IO). `central_seq` and `central_checksum` are
@@ -97,6 +115,14 @@ pub fn plan(
     need_full: &str,
 ) -> Plan {
     let fresh = region.epoch == 0 && region.seq == 0 && region.checksum == 0;
+    if lease_of(region.epoch) > lease_of(epoch) {
+        return Plan::Fenced(format!(
+            "the region holds epoch {:#x} of lease {}, newer than this worker's lease {}: the view moved to another worker",
+            region.epoch,
+            lease_of(region.epoch),
+            lease_of(epoch)
+        ));
+    }
     if region.epoch > epoch {
         return Plan::NewEpoch {
             above: region.epoch,
@@ -152,12 +178,6 @@ async fn on_store_thread<T: Send + 'static>(
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 pub struct Shipper {
     pub region: String,
     pub def: ViewDef,
@@ -166,6 +186,10 @@ pub struct Shipper {
     pub latest: watch::Receiver<u64>,
     /// gRPC addresses of the region's nodes, kept fresh from the coordinator.
     pub nodes: watch::Receiver<Vec<String>>,
+    /// The view's lease, renewed by the worker.
+    pub lease: watch::Receiver<Lease>,
+    /// Whether the view caught up with its stream (see `ViewActor::caught_up`).
+    pub ready: watch::Receiver<bool>,
     pub state: Arc<Mutex<ShipState>>,
     pub seed: u64,
 }
@@ -180,10 +204,12 @@ impl Shipper {
             let mut next_node = 0usize;
             let mut acked: Option<RegionPosition> = None;
             let mut want_full = false;
+            let lease_epoch = self.lease.borrow().epoch;
             let mut epoch = loop {
                 let store = self.store.clone();
-                match on_store_thread(move || store.epoch(now_ms())).await {
-                    Ok(e) => break e,
+                match on_store_thread(move || store.epoch(lease_epoch)).await {
+                    Ok(Some(e)) => break e,
+                    Ok(None) => self.set(|s| s.error = format!("this worker's lease {lease_epoch} of the view is older than one its state has seen; pushing nothing")),
                     Err(e) => self.set(|s| s.error = e),
                 }
                 tokio::select! {
@@ -192,6 +218,16 @@ impl Shipper {
                 }
             };
             self.set(|s| s.epoch = epoch);
+            // A state rebuilt from the stream is behind what the region may hold from the
+            // view's previous owner: nothing is shipped before it caught up.
+            while !*self.ready.borrow() {
+                self.set(|s| s.error = "catching up with the stream before shipping".into());
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = self.ready.changed() => {}
+                }
+            }
+            self.set(|s| s.error.clear());
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -262,6 +298,17 @@ impl Shipper {
                         }
                     },
                 };
+                // A worker whose lease lapsed (paused, cut off from the coordinator) pushes
+                // nothing: another worker may own the view by now.
+                if !self.lease.borrow().valid() {
+                    self.set(|s| s.error = "the view's lease lapsed; pushing nothing until it is renewed".into());
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = self.lease.changed() => {}
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                    }
+                    continue;
+                }
                 let push_span = ship_span(&addr, &batches);
                 let request = pb::PushRequest {
                     schema: Some(self.schema.clone()),
@@ -312,10 +359,29 @@ impl Shipper {
                                 self.set(|s| s.last_reseed = why);
                                 want_full = true;
                             }
+                            Plan::Fenced(why) => {
+                                warn!(applied_epoch = region.epoch, epoch, reason = %why, "fenced: pushing nothing more");
+                                self.set(|s| s.error = why);
+                                tokio::select! {
+                                    _ = shutdown.changed() => return,
+                                    _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                                }
+                                continue;
+                            }
                             Plan::NewEpoch { above, why } => {
                                 let store = self.store.clone();
-                                match on_store_thread(move || store.bump_epoch(now_ms(), above)).await {
-                                    Ok(e) => {
+                                match on_store_thread(move || store.bump_epoch(lease_epoch, above)).await {
+                                    Ok(None) => {
+                                        let why = format!("the region holds epoch {above:#x}, beyond this worker's lease {lease_epoch}: the view moved to another worker");
+                                        warn!(reason = %why, "fenced: pushing nothing more");
+                                        self.set(|s| s.error = why);
+                                        tokio::select! {
+                                            _ = shutdown.changed() => return,
+                                            _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                                        }
+                                        continue;
+                                    }
+                                    Ok(Some(e)) => {
                                         warn!(applied_seq = region.seq, applied_epoch = region.epoch, old_epoch = epoch, new_epoch = e, reason = %why, "change log diverged from a region; starting a new epoch and re-seeding");
                                         epoch = e;
                                         self.set(|s| {
@@ -489,5 +555,19 @@ mod tests {
         ));
         // A fresh region told to take a full batch gets one.
         assert!(matches!(plan(100, 5, 55, &at(0, 0, 0), "x"), Plan::Full(_)));
+        // A region holding an epoch of a newer lease: the view moved; nothing is pushed, not
+        // even a new epoch, however the histories compare.
+        use crate::store::first_epoch;
+        for region in [at(1, first_epoch(3), 7), at(9, first_epoch(3) + 4, 1)] {
+            assert!(matches!(
+                plan(first_epoch(2) + 9, 5, 55, &region, ""),
+                Plan::Fenced(_)
+            ));
+        }
+        // An older lease's epoch in the region is re-seeded under this one.
+        assert!(matches!(
+            plan(first_epoch(3), 5, 55, &at(9, first_epoch(2) + 9, 1), ""),
+            Plan::Full(_)
+        ));
     }
 }

@@ -65,6 +65,23 @@ pub struct Meta {
 /// stored the source row).
 pub const STATE_FORMAT: u32 = 4;
 
+/// A change log's epoch is its lease epoch (granted by the coordinator, larger on every grant
+/// to a worker session) in the high 32 bits, and a generation within the lease (a new one
+/// whenever the central state is found rolled back or diverged) in the low 32: an epoch of a
+/// newer lease is above every epoch of an older one, so a worker that lost a view can never
+/// out-bid its new owner.
+pub const EPOCH_LEASE_SHIFT: u32 = 32;
+
+/// The lease epoch an epoch belongs to.
+pub fn lease_of(epoch: u64) -> u64 {
+    epoch >> EPOCH_LEASE_SHIFT
+}
+
+/// The first epoch of a lease.
+pub fn first_epoch(lease: u64) -> u64 {
+    (lease << EPOCH_LEASE_SHIFT) | 1
+}
+
 /// Serialises the read-modify-write of epochs (shippers of several regions may race on one).
 static EPOCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -214,26 +231,37 @@ impl ViewStore {
         Ok(())
     }
 
-    /// The change log's epoch, created on first use: a view whose central state is new (or was
-    /// wiped) gets a new epoch, larger than any it had if the clock has not gone back.
-    pub fn epoch(&self, now_ms: u64) -> Result<u64, StoreError> {
+    /// The change log's epoch under lease epoch `lease`: kept while it was made under that
+    /// lease, else the first epoch of the lease (a view whose central state is new or wiped
+    /// gets the same, and a region's checksum tells them apart). `None` when this store has
+    /// seen a newer lease: its worker lost the view.
+    pub fn epoch(&self, lease: u64) -> Result<Option<u64>, StoreError> {
         let _guard = EPOCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         match self.read_epoch()? {
-            Some(e) => Ok(e),
-            None => self.write_epoch(now_ms.max(1)),
+            Some(e) if lease_of(e) == lease => Ok(Some(e)),
+            Some(e) if lease_of(e) > lease => Ok(None),
+            _ => self.write_epoch(first_epoch(lease)).map(Some),
         }
     }
 
-    /// Starts a new epoch above both the current one and `above` (an epoch a region holds), as
-    /// the central state was found rolled back or diverged. Synced before it is used.
-    pub fn bump_epoch(&self, now_ms: u64, above: u64) -> Result<u64, StoreError> {
+    /// Starts a new epoch of lease `lease` above both the current one and `above` (an epoch a
+    /// region holds), as the central state was found rolled back or diverged. Synced before
+    /// it is used. `None` when that would leave the lease: the region holds a newer lease's
+    /// epoch, so this worker no longer owns the view.
+    pub fn bump_epoch(&self, lease: u64, above: u64) -> Result<Option<u64>, StoreError> {
         let _guard = EPOCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.read_epoch()?.unwrap_or(0);
-        if current > above {
+        if current > above && lease_of(current) == lease {
             // Another shipper of this view bumped it already.
-            return Ok(current);
+            return Ok(Some(current));
         }
-        self.write_epoch(now_ms.max(current + 1).max(above + 1))
+        let next = (current.saturating_add(1))
+            .max(above.saturating_add(1))
+            .max(first_epoch(lease));
+        if lease_of(next) != lease {
+            return Ok(None);
+        }
+        self.write_epoch(next).map(Some)
     }
 
     fn read_epoch(&self) -> Result<Option<u64>, StoreError> {
@@ -399,10 +427,52 @@ pub fn open_db(path: &std::path::Path) -> Result<Arc<DB>, StoreError> {
     Ok(Arc::new(DB::open(&opts, path)?))
 }
 
+/// The ids of the views that have state in `db`.
+pub fn stored_view_ids(db: &DB) -> Result<Vec<u64>, StoreError> {
+    let mut ids = Vec::new();
+    let mut from = b"view/".to_vec();
+    loop {
+        let Some(item) = db
+            .iterator(IteratorMode::From(&from, Direction::Forward))
+            .next()
+        else {
+            break;
+        };
+        let (k, _) = item?;
+        let Some(id) = k
+            .strip_prefix(b"view/")
+            .and_then(|rest| rest.get(..16))
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        else {
+            break;
+        };
+        ids.push(id);
+        let Some(next) = id.checked_add(1) else {
+            break;
+        };
+        from = format!("view/{next:016x}/").into_bytes();
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use catalog::Value;
+
+    #[test]
+    fn stored_views_are_listed_and_a_destroyed_one_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_db(dir.path()).expect("open");
+        for id in [3u64, 17, 4] {
+            let store = ViewStore::new(db.clone(), id);
+            store.epoch(1).expect("epoch");
+        }
+        assert_eq!(stored_view_ids(&db).expect("list"), vec![3, 4, 17]);
+        ViewStore::new(db.clone(), 4).destroy().expect("destroy");
+        assert_eq!(stored_view_ids(&db).expect("list"), vec![3, 17]);
+    }
 
     #[test]
     fn commit_is_read_back() {
@@ -546,29 +616,37 @@ mod truncation_tests {
     }
 
     #[test]
-    fn epochs_are_created_once_and_only_grow() {
+    fn epochs_are_created_once_and_only_grow_within_their_lease() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = open_db(dir.path()).expect("open");
         let store = ViewStore::new(db.clone(), 3);
-        let e1 = store.epoch(1_000).expect("epoch");
-        assert_eq!(e1, 1_000);
+        let e1 = store.epoch(2).expect("epoch").expect("lease");
+        assert_eq!(e1, first_epoch(2));
+        assert_eq!(lease_of(e1), 2);
         assert_eq!(
-            store.epoch(5_000).expect("epoch"),
-            1_000,
+            store.epoch(2).expect("epoch"),
+            Some(e1),
             "kept, not re-created"
         );
-        // Above a region's epoch even when the clock is behind it.
-        let e2 = store.bump_epoch(900, 7_000).expect("bump");
-        assert_eq!(e2, 7_001);
+        // Above a region's epoch of the same lease.
+        let e2 = store.bump_epoch(2, e1 + 5).expect("bump");
+        assert_eq!(e2, Some(e1 + 6));
         // A second shipper asking to go above the old epoch sees the new one.
-        assert_eq!(store.bump_epoch(900, 1_000).expect("bump"), 7_001);
-        assert_eq!(store.bump_epoch(9_000, 7_001).expect("bump"), 9_000);
+        assert_eq!(store.bump_epoch(2, e1).expect("bump"), Some(e1 + 6));
+        // A region holding a newer lease's epoch cannot be out-bid: this worker lost the view.
+        assert_eq!(store.bump_epoch(2, first_epoch(3)).expect("bump"), None);
         drop(store);
         let store = ViewStore::new(db, 3);
-        assert_eq!(store.epoch(1).expect("epoch"), 9_000, "persisted");
-        // A wiped store starts a new epoch from the clock.
+        assert_eq!(store.epoch(2).expect("epoch"), Some(e1 + 6), "persisted");
+        // A new lease starts above every epoch of the old one; the old lease is then refused.
+        let e3 = store.epoch(5).expect("epoch").expect("lease");
+        assert_eq!(e3, first_epoch(5));
+        assert!(e3 > e1 + 6);
+        assert_eq!(store.epoch(4).expect("epoch"), None);
+        assert_eq!(store.bump_epoch(4, 0).expect("bump"), None);
+        // A wiped store starts the lease's first epoch again.
         store.destroy().expect("destroy");
-        assert_eq!(store.epoch(12_000).expect("epoch"), 12_000);
+        assert_eq!(store.epoch(5).expect("epoch"), Some(first_epoch(5)));
     }
 
     #[test]

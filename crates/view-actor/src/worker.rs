@@ -1,8 +1,9 @@
-//! The central worker: hosts one [`ViewActor`] per view and one [`Shipper`] per (view,
-//! region), following the coordinator's catalog, and reports their progress back.
+//! The central worker: hosts one [`ViewActor`] per view it holds the lease of, and one
+//! [`Shipper`] per (view, region), following the coordinator's catalog and leases, and reports
+//! their progress back (which renews the leases).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,17 +13,20 @@ use meridian_proto::v1 as pb;
 use meridian_proto::v1::coordinator_client::CoordinatorClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Endpoint;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
 use tracing::{error, info, warn};
 
-use crate::actor::{ActorStatus, ViewActor};
-use crate::ship::{Backoff, ShipState, Shipper};
-use crate::store::{open_db, StoreError, ViewStore};
+use crate::actor::{ActorStatus, StartRecorder, ViewActor};
+use crate::ship::{Backoff, Lease, ShipState, Shipper};
+use crate::store::{open_db, stored_view_ids, StoreError, ViewStore};
 use crate::wire::schema;
 use crate::{Clock, SystemClock};
 
-/// How often the worker fetches the catalog and reports progress.
+/// How often the worker fetches the catalog and reports progress (which renews its leases).
 pub const CATALOG_POLL: Duration = Duration::from_millis(500);
+/// A request to the coordinator that takes longer is abandoned.
+const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CentralError {
@@ -30,13 +34,18 @@ pub enum CentralError {
     Store(#[from] StoreError),
     #[error("bad coordinator address '{0}': {1}")]
     Address(String, String),
+    #[error("bad worker name '{0}': use 1 to 64 letters, digits, '-', '_' or '.'")]
+    Name(String),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
 }
 
 pub struct CentralConfig {
     pub coordinator: String,
     pub data_dir: PathBuf,
-    /// Names this worker in status reports.
-    pub name: String,
+    /// Names this worker in the coordinator's registry and in status (`None`: the name stored
+    /// in the data dir, or a new one stored there).
+    pub name: Option<String>,
     /// Change batches kept behind the slowest region's acknowledged position; a region that
     /// falls further behind is resynchronised with a full batch.
     pub log_retain: u64,
@@ -56,12 +65,81 @@ struct RunningView {
     shippers: HashMap<String, RunningShipper>,
     /// The change log is truncated up to here (inclusive).
     truncated_to: u64,
+    lease: watch::Sender<Lease>,
+    /// Whether the actor caught up with the stream (shippers wait for it).
+    ready: watch::Receiver<bool>,
+    /// Events counted at the last report, and when: for events/s.
+    rate_mark: (u64, Instant),
 }
 
 struct RunningShipper {
     state: Arc<Mutex<ShipState>>,
     nodes: watch::Sender<Vec<String>>,
     stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// A view being stopped: the worker still counts it as running until every task has ended,
+/// and starts it again only then (one actor per view store).
+struct Stopping {
+    view_id: u64,
+    tasks: Vec<JoinHandle<()>>,
+    /// Set when the view was dropped: its state is deleted once its tasks have ended.
+    destroy: Option<ViewStore>,
+}
+
+/// A number drawn at start: tells this run of the worker from an earlier or a concurrent one.
+fn new_session() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The worker's name: given, or kept in the data dir (made up and stored on first start).
+fn worker_name(
+    data_dir: &Path,
+    given: Option<String>,
+    session: u64,
+) -> Result<String, CentralError> {
+    let path = data_dir.join("worker-name");
+    let name = match given {
+        Some(n) => n,
+        None => match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let n = format!("central-{:06x}", session & 0xff_ffff);
+                std::fs::write(&path, format!("{n}\n"))
+                    .map_err(|e| CentralError::Io(path.display().to_string(), e))?;
+                n
+            }
+            Err(e) => return Err(CentralError::Io(path.display().to_string(), e)),
+        },
+    };
+    if !valid_name(&name) {
+        return Err(CentralError::Name(name));
+    }
+    Ok(name)
+}
+
+/// Who this worker is to the coordinator.
+#[derive(Clone)]
+struct Identity {
+    name: String,
+    session: u64,
+    coordinator: CoordinatorClient<Channel>,
 }
 
 pub async fn run(
@@ -72,17 +150,33 @@ pub async fn run(
         what: "data dir",
         detail: e.to_string(),
     })?;
+    let session = new_session();
+    let name = worker_name(&cfg.data_dir, cfg.name.clone(), session)?;
     let db = open_db(&cfg.data_dir.join("central"))?;
     let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
         .map_err(|e| CentralError::Address(cfg.coordinator.clone(), e.to_string()))?;
     let mut coordinator = CoordinatorClient::new(
         endpoint
             .connect_timeout(Duration::from_secs(2))
+            .timeout(COORDINATOR_TIMEOUT)
             .connect_lazy(),
     );
+    let me = Identity {
+        name: name.clone(),
+        session,
+        coordinator: coordinator.clone(),
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut views: HashMap<u64, RunningView> = HashMap::new();
+    let mut stopping: Vec<Stopping> = Vec::new();
+    let mut catalog: Option<pb::Catalog> = None;
     let mut catalog_error_logged = false;
+    let mut refused_logged = false;
+    let mut lapse_logged = false;
+    let mut draining = false;
+    // No lease until the coordinator grants one.
+    let mut lease_until: Option<Instant> = None;
+    let mut leases: HashMap<u64, u64> = HashMap::new();
     let latest_report = Arc::new(Mutex::new(pb::CentralReport::default()));
     if let Some(addr) = cfg.metrics_listen {
         let listener = crate::metrics::serve(addr, latest_report.clone(), shutdown.clone());
@@ -92,12 +186,12 @@ pub async fn run(
             }
         });
     }
-    info!(coordinator = %cfg.coordinator, "central worker started");
+    info!(coordinator = %cfg.coordinator, worker = %name, session = format_args!("{session:x}"), "central worker started");
     loop {
         match coordinator.get_catalog(pb::GetCatalogRequest {}).await {
             Ok(resp) => {
                 catalog_error_logged = false;
-                reconcile(&db, &clock, &mut views, resp.into_inner());
+                catalog = Some(resp.into_inner());
             }
             Err(e) if !catalog_error_logged => {
                 warn!(error = %e.message(), "cannot fetch the catalog; retrying");
@@ -108,38 +202,187 @@ pub async fn run(
         for v in views.values_mut() {
             truncate_log(v, cfg.log_retain);
         }
+        finish_stopping(&mut stopping);
         let report = pb::CentralReport {
-            worker: cfg.name.clone(),
-            views: views.iter().map(|(id, v)| report_view(*id, v)).collect(),
+            worker: name.clone(),
+            views: views
+                .iter_mut()
+                .map(|(id, v)| report_view(*id, v))
+                .collect(),
+            session,
+            draining,
+            stopping: stopping.iter().map(|s| s.view_id).collect(),
         };
         *latest_report.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
-        if let Err(e) = coordinator.report_central(report).await {
-            tracing::debug!(error = %e.message(), "status report failed");
+        let sent = Instant::now();
+        match coordinator.report_central(report).await {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                refused_logged = false;
+                lease_until = Some(sent + Duration::from_millis(ack.lease_ms));
+                leases = ack.leases.iter().map(|l| (l.view_id, l.epoch)).collect();
+                if ack.drain && !draining {
+                    info!(
+                        views = views.len(),
+                        "draining: the views move to other workers, then this worker exits"
+                    );
+                    draining = true;
+                }
+            }
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                if !refused_logged {
+                    warn!(error = %e.message(), "the coordinator refused this worker's report; running no views until it accepts one");
+                    refused_logged = true;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e.message(), "status report failed"),
+        }
+        let lapsed = lease_until.is_none_or(|u| Instant::now() >= u);
+        if lapsed {
+            if !views.is_empty() && !lapse_logged {
+                warn!(views = views.len(), "the lease lapsed (no answer from the coordinator in time); stopping every view");
+                lapse_logged = true;
+            }
+            leases.clear();
+        } else {
+            lapse_logged = false;
+        }
+        if let Some(until) = lease_until {
+            for (id, v) in &views {
+                if let Some(&epoch) = leases.get(id) {
+                    v.lease.send_if_modified(|l| {
+                        let renewed = l.epoch == epoch && l.until < until;
+                        if renewed {
+                            l.until = until;
+                        }
+                        renewed
+                    });
+                }
+            }
+        }
+        reconcile(
+            &db,
+            &clock,
+            &me,
+            &mut views,
+            &mut stopping,
+            catalog.as_ref(),
+            &leases,
+            lease_until,
+        );
+        if draining && views.is_empty() && stopping.is_empty() && leases.is_empty() {
+            info!("drained: this worker holds no views; exiting");
+            break;
         }
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep(CATALOG_POLL) => {}
         }
     }
-    for v in views.values() {
-        v.stop.send_replace(true);
-        for s in v.shippers.values() {
-            s.stop.send_replace(true);
+    let ids: Vec<u64> = views.keys().copied().collect();
+    for id in ids {
+        if let Some(v) = views.remove(&id) {
+            stop_view(id, v, None, &mut stopping);
         }
     }
-    for (_, v) in views.drain() {
-        let _ = v.actor.await;
+    for s in stopping.drain(..) {
+        for t in s.tasks {
+            let _ = t.await;
+        }
     }
     info!("central worker stopped");
     Ok(())
 }
 
+/// Stops a view's actor and shippers; `destroy` deletes its state once they have ended.
+fn stop_view(id: u64, v: RunningView, destroy: Option<ViewStore>, stopping: &mut Vec<Stopping>) {
+    v.stop.send_replace(true);
+    let mut tasks = vec![v.actor];
+    for s in v.shippers.into_values() {
+        s.stop.send_replace(true);
+        tasks.push(s.task);
+    }
+    stopping.push(Stopping {
+        view_id: id,
+        tasks,
+        destroy,
+    });
+}
+
+/// Forgets stopped views whose tasks have all ended, deleting a dropped view's state.
+fn finish_stopping(stopping: &mut Vec<Stopping>) {
+    stopping.retain(|s| {
+        if !s.tasks.iter().all(|t| t.is_finished()) {
+            return true;
+        }
+        if let Some(store) = &s.destroy {
+            if let Err(e) = store.destroy() {
+                error!(error = %e, "deleting a dropped view's state failed");
+            }
+        }
+        false
+    });
+}
+
+/// The coordinator records where a view starts, so that the view's next owner starts there.
+fn start_recorder(me: &Identity, view_id: u64, lease_epoch: u64) -> StartRecorder {
+    let me = me.clone();
+    Arc::new(move |offsets: Vec<(i32, i64)>| {
+        let mut client = me.coordinator.clone();
+        let req = pb::RecordStartRequest {
+            view_id,
+            lease_epoch,
+            worker: me.name.clone(),
+            session: me.session,
+            partitions: offsets
+                .into_iter()
+                .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
+                .collect(),
+        };
+        async move {
+            client
+                .record_start(req)
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .partitions
+                        .into_iter()
+                        .map(|p| (p.partition, p.offset))
+                        .collect()
+                })
+                .map_err(|e| e.message().to_string())
+        }
+        .boxed()
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn reconcile(
     db: &Arc<rocksdb::DB>,
     clock: &Arc<dyn Clock>,
+    me: &Identity,
     views: &mut HashMap<u64, RunningView>,
-    resp: pb::Catalog,
+    stopping: &mut Vec<Stopping>,
+    resp: Option<&pb::Catalog>,
+    leases: &HashMap<u64, u64>,
+    lease_until: Option<Instant>,
 ) {
+    // Views this worker no longer holds: stop them, keeping their state (a consistent prefix
+    // of the stream: if the view comes back, it resumes from there).
+    let unheld: Vec<u64> = views
+        .iter()
+        .filter(|(id, v)| leases.get(*id) != Some(&v.lease.borrow().epoch))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in unheld {
+        if let Some(v) = views.remove(&id) {
+            info!(view = %v.name, "this worker no longer holds the view's lease; stopping it");
+            stop_view(id, v, None, stopping);
+        }
+    }
+    let Some(resp) = resp else {
+        return;
+    };
     let stored: Vec<(u64, String)> = resp.entries.iter().map(|e| (e.id, e.sql.clone())).collect();
     let catalog = match Catalog::load(stored) {
         Ok(c) => c,
@@ -174,20 +417,33 @@ fn reconcile(
     for id in gone {
         if let Some(v) = views.remove(&id) {
             info!(view = %v.name, "view dropped; stopping its actor and deleting its state");
-            v.stop.send_replace(true);
-            for s in v.shippers.values() {
-                s.stop.send_replace(true);
-            }
             let store = v.store.clone();
-            tokio::spawn(async move {
-                let _ = v.actor.await;
-                if let Err(e) = store.destroy() {
-                    error!(error = %e, "deleting a dropped view's state failed");
-                }
-            });
+            stop_view(id, v, Some(store), stopping);
         }
     }
+    // State kept from an earlier lease of a view dropped since (only ids this catalog issued:
+    // a coordinator on an empty data dir must not wipe the workers).
+    match stored_view_ids(db) {
+        Ok(ids) => {
+            for id in ids {
+                if id < resp.next_id
+                    && !wanted.contains(&id)
+                    && !views.contains_key(&id)
+                    && !stopping.iter().any(|s| s.view_id == id)
+                {
+                    info!(view_id = id, "deleting the state kept for a dropped view");
+                    if let Err(e) = ViewStore::new(db.clone(), id).destroy() {
+                        error!(view_id = id, error = %e, "deleting a dropped view's state failed");
+                    }
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "listing the views kept on disk failed"),
+    }
 
+    let Some(until) = lease_until else {
+        return;
+    };
     for entry in catalog.entries() {
         let Object::View(def) = &entry.object else {
             continue;
@@ -195,11 +451,24 @@ fn reconcile(
         let Some(stream) = catalog.stream(&def.stream) else {
             continue;
         };
+        let Some(&lease_epoch) = leases.get(&entry.id) else {
+            continue;
+        };
+        if !views.contains_key(&entry.id) && stopping.iter().any(|s| s.view_id == entry.id) {
+            // Its previous run has not ended yet.
+            continue;
+        }
         let view = views.entry(entry.id).or_insert_with(|| {
+            info!(view = %def.name, lease_epoch, "this worker holds the view's lease; starting it");
             let store = ViewStore::new(db.clone(), entry.id);
             let status = Arc::new(Mutex::new(ActorStatus::default()));
             let (latest_tx, latest) = watch::channel(0);
             let (stop, stop_rx) = watch::channel(false);
+            let (lease, _) = watch::channel(Lease {
+                epoch: lease_epoch,
+                until,
+            });
+            let (caught_up, ready) = watch::channel(false);
             let actor = ViewActor {
                 view_id: entry.id,
                 def: def.clone(),
@@ -209,6 +478,8 @@ fn reconcile(
                 latest: latest_tx,
                 status: status.clone(),
                 check_interval: crate::actor::PARTITION_CHECK_INTERVAL,
+                start: Some(start_recorder(me, entry.id, lease_epoch)),
+                caught_up: Some(caught_up),
             };
             let handle = tokio::spawn(supervise(actor, stop_rx, entry.id));
             RunningView {
@@ -221,6 +492,9 @@ fn reconcile(
                 actor: handle,
                 shippers: HashMap::new(),
                 truncated_to: 0,
+                lease,
+                ready,
+                rate_mark: (0, Instant::now()),
             }
         });
         let mut targets: Vec<String> = regions
@@ -254,16 +528,19 @@ fn reconcile(
                         store: view.store.clone(),
                         latest: view.latest.clone(),
                         nodes,
+                        lease: view.lease.subscribe(),
+                        ready: view.ready.clone(),
                         state: state.clone(),
                         seed: entry.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ region.len() as u64,
                     };
-                    tokio::spawn(shipper.run(stop_rx));
+                    let task = tokio::spawn(shipper.run(stop_rx));
                     view.shippers.insert(
                         region,
                         RunningShipper {
                             state,
                             nodes: nodes_tx,
                             stop,
+                            task,
                         },
                     );
                 }
@@ -322,8 +599,17 @@ async fn supervise(actor: ViewActor, stop: watch::Receiver<bool>, seed: u64) {
     }
 }
 
-fn report_view(view_id: u64, v: &RunningView) -> pb::ViewReport {
+fn report_view(view_id: u64, v: &mut RunningView) -> pb::ViewReport {
     let s = v.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let now = Instant::now();
+    let (events_then, then) = v.rate_mark;
+    let secs = now.duration_since(then).as_secs_f64();
+    let events_per_s = if secs > 0.0 && events_then > 0 {
+        s.events.saturating_sub(events_then) as f64 / secs
+    } else {
+        0.0
+    };
+    v.rate_mark = (s.events, now);
     let mut shipping: Vec<pb::ShipStatus> = v
         .shippers
         .iter()
@@ -365,6 +651,9 @@ fn report_view(view_id: u64, v: &RunningView) -> pb::ViewReport {
         plan: v.plan.clone(),
         late_events: s.late_events,
         watermark_us: s.watermark_us.unwrap_or(0),
+        events_per_s,
+        owner: String::new(),
+        lease_epoch: v.lease.borrow().epoch,
         stalled: s
             .stalled
             .iter()

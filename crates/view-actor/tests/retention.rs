@@ -63,6 +63,8 @@ async fn messages_lost_to_retention_stop_the_view() {
         latest,
         status: status.clone(),
         check_interval: view_actor::actor::PARTITION_CHECK_INTERVAL,
+        start: None,
+        caught_up: None,
     });
 
     produce(&brokers, 10, 10).await;

@@ -48,6 +48,10 @@ impl Node {
             let _ = reply.send(PushOutcome::Refused(why));
             return;
         }
+        if let Some(why) = self.fenced(schema, &push.batches) {
+            let _ = reply.send(PushOutcome::Refused(why));
+            return;
+        }
         if let Some(why) = push
             .batches
             .iter()
@@ -159,6 +163,26 @@ impl Node {
                 schema.view_id
             ))),
         }
+    }
+
+    /// A batch whose epoch belongs to a lease older than the view's current one (as the
+    /// catalog last told this node) comes from a worker that lost the view: refused, so a
+    /// paused or cut-off former owner never gets a batch applied once the move is known here.
+    /// (Batches that arrive before are still bounded by the epoch rule of `admit`.)
+    fn fenced(&self, schema: &pb::ViewSchema, batches: &[pb::ChangeBatch]) -> Option<String> {
+        let (live, _) = self.catalog.as_ref()?;
+        let current = live
+            .iter()
+            .find(|l| l.view_id == schema.view_id)
+            .map(|l| l.lease_epoch)?;
+        let b = batches.iter().find(|b| (b.epoch >> 32) < current)?;
+        Some(format!(
+            "batch {} of view '{}' was sent under lease {}, but the view's lease is now {}: its sender no longer owns the view",
+            b.seq,
+            schema.view,
+            b.epoch >> 32,
+            current
+        ))
     }
 
     pub(super) fn prune(&mut self, live: &[pb::LiveView], next_view_id: u64) {
