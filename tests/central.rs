@@ -347,3 +347,74 @@ fn a_paused_owner_is_fenced_when_it_resumes_and_stops_by_itself() {
         .expect("the resumed worker is listed");
     assert_eq!(worker["views"], serde_json::json!([]), "{worker:#}");
 }
+
+/// On demand (a measurement, not a check): how long a view of many source rows is without a
+/// serving owner after its owner is SIGKILLed, over repeated kills. The killed worker comes
+/// back with an empty disk, so every takeover rebuilds the view from the stream.
+/// `MERIDIAN_TAKEOVER_EVENTS` (default 200 000) changes, `MERIDIAN_TAKEOVER_KILLS` (default 3).
+#[test]
+#[ignore = "a measurement; run with --ignored --nocapture"]
+fn takeover_time_after_the_owner_is_killed() {
+    use meridian_tests::{changes, orders_cluster, VIEW};
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, kills) = (
+        env("MERIDIAN_TAKEOVER_EVENTS", 200_000),
+        env("MERIDIAN_TAKEOVER_KILLS", 3),
+    );
+    let rt = runtime();
+    let work = Workdir::new("central-takeover");
+    let (broker, mut cluster) = orders_cluster(&rt, &work);
+    cluster.start_worker("central-b");
+    let mut g = meridian::sample::OrdersGenerator::new(7);
+    let events = changes(&mut g, n);
+    let started = Instant::now();
+    for chunk in events.chunks(10_000) {
+        produce(&rt, &broker.addr, "orders", chunk);
+    }
+    cluster
+        .wait_converged(VIEW, events.len() as u64, Duration::from_secs(1800))
+        .expect("converges");
+    eprintln!(
+        "{} changes ({} source rows) consumed and applied in {:.1} s",
+        events.len(),
+        g.live().count(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut times = Vec::new();
+    for k in 0..kills {
+        let owner = cluster.view_owner(VIEW).expect("owner");
+        cluster.kill_worker(&owner.0);
+        let killed = Instant::now();
+        let heir = wait_moved(&cluster, VIEW, &owner);
+        let moved = killed.elapsed();
+        wait_applied_under(&cluster, VIEW, heir.1);
+        cluster
+            .wait_converged(VIEW, events.len() as u64, Duration::from_secs(1800))
+            .expect("the new owner catches up");
+        let serving = killed.elapsed();
+        eprintln!(
+            "kill {}: {} -> {}: lease moved after {:.1} s, serving the whole view again after {:.1} s",
+            k + 1,
+            owner.0,
+            heir.0,
+            moved.as_secs_f64(),
+            serving.as_secs_f64()
+        );
+        times.push(serving);
+        std::fs::remove_dir_all(work.path.join(&owner.0)).expect("wipe the killed worker");
+        cluster.start_worker(&owner.0);
+    }
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
+    eprintln!(
+        "takeover over {} kills: p50 {:.1} s, p99 {:.1} s",
+        times.len(),
+        pct(0.5).as_secs_f64(),
+        pct(0.99).as_secs_f64()
+    );
+}

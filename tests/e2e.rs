@@ -287,6 +287,19 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         (code, body.as_str()),
         (200, "{\"page\":\"/a\"}\n{\"page\":\"/b\"}\n")
     );
+    // A trailing FORMAT wins over default_format, as in ClickHouse; dates and decimals read
+    // as ClickHouse prints them.
+    let (code, body) = http(
+        "POST",
+        &node,
+        "/?default_format=CSV",
+        "SELECT DATE '2024-01-01' AS d, 1.5::DECIMAL(10,2) AS x FORMAT JSONEachRow;",
+    )
+    .expect("POST");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "{\"d\":\"2024-01-01\",\"x\":\"1.50\"}\n")
+    );
     for (method, path, body, words) in [
         ("GET", "/?query=".to_string(), "", "Query not found"),
         (

@@ -1,6 +1,6 @@
 //! The HTTP SQL endpoint, compatible with the chDB/ClickHouse wrapper in the design notes:
-//! `GET /?query=<sql>&default_format=JSONCompact`, `POST /` with the SQL as the body, and
-//! `GET /ping`.
+//! `GET /?query=<sql>&default_format=JSONCompact`, `POST /` with the SQL as the body, a
+//! trailing `FORMAT <name>` in the SQL as ClickHouse takes it, and `GET /ping`.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -75,13 +75,41 @@ fn error_response(status: StatusCode, msg: String) -> Response {
         .into_response()
 }
 
+/// Splits a trailing `FORMAT <name>` (and `;`) off a statement, as ClickHouse reads it.
+fn split_format(sql: &str) -> (&str, Option<&str>) {
+    let body = sql.trim_end().trim_end_matches(';').trim_end();
+    let Some((rest, name)) = body.rsplit_once(char::is_whitespace) else {
+        return (sql, None);
+    };
+    let rest = rest.trim_end();
+    let Some(split) = rest.len().checked_sub("FORMAT".len()) else {
+        return (sql, None);
+    };
+    let (query, keyword) = rest.split_at_checked(split).unwrap_or(("", ""));
+    let word_start = query.is_empty() || query.ends_with(char::is_whitespace);
+    if keyword.eq_ignore_ascii_case("FORMAT")
+        && word_start
+        && !query.trim().is_empty()
+        && !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        (query.trim_end(), Some(name))
+    } else {
+        (sql, None)
+    }
+}
+
 async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Response {
     if sql.trim().is_empty() {
         return bad_request("Query not found: pass it as ?query=<sql> or as the POST body".into());
     }
-    let format_name = params
-        .get("default_format")
-        .map_or("JSONCompact", String::as_str);
+    let (statement, named) = split_format(&sql);
+    let format_name = named
+        .or(params.get("default_format").map(String::as_str))
+        .unwrap_or("JSONCompact")
+        .to_string();
+    let sql = statement.to_string();
+    let format_name = format_name.as_str();
     let Some(format) = Format::parse(format_name) else {
         return bad_request(format!(
             "Unknown output format '{format_name}'; supported: {FORMATS}"
@@ -110,6 +138,32 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
                 _ => StatusCode::BAD_REQUEST,
             };
             error_response(status, e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_format;
+
+    #[test]
+    fn a_trailing_format_clause_is_split_off() {
+        assert_eq!(
+            split_format("SELECT 1 FORMAT JSONEachRow"),
+            ("SELECT 1", Some("JSONEachRow"))
+        );
+        assert_eq!(
+            split_format("select a from t\nformat CSV ;\n"),
+            ("select a from t", Some("CSV"))
+        );
+        for kept in [
+            "SELECT 1",
+            "SELECT 'x FORMAT JSON'",
+            "SELECT informat JSON",
+            "FORMAT JSON",
+            "SELECT a AS format",
+        ] {
+            assert_eq!(split_format(kept), (kept, None), "{kept}");
         }
     }
 }
