@@ -5,10 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use meridian::sample::Event;
 use meridian_tests::{
-    check_replicas, create_topic, oracle, produce, runtime, Broker, Cluster, Workdir,
-    CONVERGE_TIMEOUT,
+    check_replicas, clicks, clicks_setup, create_topic, oracle, produce, produce_steadily, runtime,
+    Broker, Cluster, Workdir, CONVERGE_TIMEOUT,
 };
 
 const PER_PAGE: &str =
@@ -20,23 +19,6 @@ const VIEWS: [(&str, &str, &str); 2] = [
 ];
 /// A view moves within this long after its owner stops renewing its lease (4 s by default).
 const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Messages `from..from + n` of the append-only stream, and the same rows for the oracle.
-fn clicks(from: i64, n: i64) -> (Vec<Event>, Vec<String>) {
-    (from..from + n)
-        .map(|i| {
-            let page = format!("/p{}", i % 37);
-            let ms = (i * 7919) % 1000;
-            (
-                Event {
-                    key: format!("k{i}"),
-                    value: Some(format!(r#"{{"page":"{page}","ms":{ms}}}"#)),
-                },
-                format!("('{page}', {ms})"),
-            )
-        })
-        .unzip()
-}
 
 fn start<'w>(
     work: &'w Workdir,
@@ -72,13 +54,7 @@ fn check_views(
     what: &str,
 ) {
     let total = rows.len() as u64;
-    let setup: Vec<String> =
-        std::iter::once("CREATE TABLE clicks(page VARCHAR, ms BIGINT)".to_string())
-            .chain(
-                rows.chunks(1_000)
-                    .map(|c| format!("INSERT INTO clicks VALUES {}", c.join(", "))),
-            )
-            .collect();
+    let setup = clicks_setup(rows);
     for (view, select, columns) in VIEWS.iter().filter(|(v, _, _)| views.contains(v)) {
         let seq = cluster
             .wait_converged(view, total, CONVERGE_TIMEOUT)
@@ -204,16 +180,13 @@ fn views_move_between_workers_on_a_kill_a_join_and_a_drain_and_lose_nothing() {
 
     // A steady stream; the owner of all_hits is SIGKILLed in the middle of it.
     let (events, mut rows) = clicks(0, 20_000);
-    let producer = {
-        let brokers = broker.addr.clone();
-        std::thread::spawn(move || {
-            let rt = runtime();
-            for chunk in events.chunks(500) {
-                produce(&rt, &brokers, "clicks", chunk);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let producer = produce_steadily(
+        &broker.addr,
+        "clicks",
+        events,
+        500,
+        Duration::from_millis(100),
+    );
     cluster
         .wait_events("all_hits", 3_000, Duration::from_secs(120))
         .expect("the view gets 3000 messages");

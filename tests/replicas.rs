@@ -326,8 +326,10 @@ fn a_rolled_back_or_wiped_central_state_reseeds_regions_under_a_new_epoch() {
 
 #[test]
 fn an_append_only_stream_counts_every_message_once_through_a_central_crash() {
-    use meridian::sample::Event;
-    use meridian_tests::{check_replicas, create_topic, oracle, Broker, Cluster, CONVERGE_TIMEOUT};
+    use meridian_tests::{
+        check_replicas, clicks, clicks_setup, create_topic, oracle, produce_steadily, Broker,
+        Cluster, CONVERGE_TIMEOUT,
+    };
     let rt = runtime();
     let work = Workdir::new("replicas-append-only");
     let broker = Broker::start(&work);
@@ -351,29 +353,15 @@ fn an_append_only_stream_counts_every_message_once_through_a_central_crash() {
         .sql(&format!("CREATE MATERIALIZED VIEW all_hits AS {overall}"))
         .expect("view");
 
-    let mut events = Vec::new();
-    let mut rows = Vec::new();
-    for i in 0..20_000i64 {
-        let page = format!("/p{}", i % 37);
-        let ms = (i * 7919) % 1000;
-        events.push(Event {
-            key: format!("k{i}"),
-            value: Some(format!(r#"{{"page":"{page}","ms":{ms}}}"#)),
-        });
-        rows.push(format!("('{page}', {ms})"));
-    }
+    let (events, rows) = clicks(0, 20_000);
     let total = events.len() as u64;
-    let producer = {
-        let brokers = broker.addr.clone();
-        let events = events.clone();
-        std::thread::spawn(move || {
-            let rt = runtime();
-            for chunk in events.chunks(1_000) {
-                produce(&rt, &brokers, "clicks", chunk);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let producer = produce_steadily(
+        &broker.addr,
+        "clicks",
+        events,
+        1_000,
+        Duration::from_millis(100),
+    );
     // SIGKILL the central worker once it is well into the stream.
     cluster
         .wait_events("page_hits", 5_000, Duration::from_secs(120))
@@ -383,13 +371,7 @@ fn an_append_only_stream_counts_every_message_once_through_a_central_crash() {
     cluster.start_central();
     producer.join().expect("producer");
 
-    let setup: Vec<String> =
-        std::iter::once("CREATE TABLE clicks(page VARCHAR, ms BIGINT)".to_string())
-            .chain(
-                rows.chunks(1_000)
-                    .map(|c| format!("INSERT INTO clicks VALUES {}", c.join(", "))),
-            )
-            .collect();
+    let setup = clicks_setup(&rows);
     for (view, select, columns) in [
         ("page_hits", per_page, "page, hits, total_ms"),
         ("all_hits", overall, "hits, total_ms"),

@@ -99,7 +99,7 @@ impl Workdir {
 
 impl Drop for Workdir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("MERIDIAN_KEEP_WORKDIR").is_some() {
             eprintln!("logs and data kept in {}", self.path.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
@@ -764,3 +764,50 @@ pub fn urlencode(s: &str) -> String {
 
 mod oracle;
 pub use oracle::*;
+
+/// Messages `from..from + n` of the append-only `clicks` stream (JSON `{"page", "ms"}`), and
+/// the same rows as SQL tuples for the oracle's `clicks(page VARCHAR, ms BIGINT)` table.
+pub fn clicks(from: i64, n: i64) -> (Vec<meridian::sample::Event>, Vec<String>) {
+    (from..from + n)
+        .map(|i| {
+            let page = format!("/p{}", i % 37);
+            let ms = (i * 7919) % 1000;
+            (
+                meridian::sample::Event {
+                    key: format!("k{i}"),
+                    value: Some(format!(r#"{{"page":"{page}","ms":{ms}}}"#)),
+                },
+                format!("('{page}', {ms})"),
+            )
+        })
+        .unzip()
+}
+
+/// The oracle's table of the `clicks` rows.
+pub fn clicks_setup(rows: &[String]) -> Vec<String> {
+    std::iter::once("CREATE TABLE clicks(page VARCHAR, ms BIGINT)".to_string())
+        .chain(
+            rows.chunks(1_000)
+                .map(|c| format!("INSERT INTO clicks VALUES {}", c.join(", "))),
+        )
+        .collect()
+}
+
+/// Produces `events` in chunks with a pause after each, on a thread of its own: a steady
+/// stream while the test does something else.
+pub fn produce_steadily(
+    brokers: &str,
+    topic: &str,
+    events: Vec<meridian::sample::Event>,
+    chunk: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<()> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    std::thread::spawn(move || {
+        let rt = runtime();
+        for c in events.chunks(chunk) {
+            produce(&rt, &brokers, &topic, c);
+            std::thread::sleep(pause);
+        }
+    })
+}

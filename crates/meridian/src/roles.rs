@@ -68,7 +68,7 @@ pub async fn serve_coordinator(
     Server::builder()
         .add_service(pb::coordinator_server::CoordinatorServer::new(service))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 let _ = shutdown.changed().await;
             },

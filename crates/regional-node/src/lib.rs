@@ -182,8 +182,9 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
             pb::raft_transport_server::RaftTransportServer::new(TransportService(shared.clone()))
                 .max_decoding_message_size(service::MESSAGE_BYTES_MAX),
         )
+        // Raft messages and pushes are small: Nagle's algorithm would hold them back.
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             async move {
                 let _ = sd.changed().await;
             },

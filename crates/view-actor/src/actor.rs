@@ -22,8 +22,15 @@ use crate::Clock;
 /// Most source messages in one change batch: bounds the batch's memory and the size of one
 /// Raft entry in the regions.
 pub const BATCH_EVENTS_MAX: usize = 2_000;
-/// How long a batch waits for more messages once it has one: trades latency for batch size.
-pub const BATCH_LINGER: Duration = Duration::from_millis(50);
+/// A batch closes when the consumer has had nothing more ready for this long (messages of one
+/// fetch arrive together), so a lone event is committed at once and a backlog fills batches.
+pub const BATCH_IDLE_GAP: Duration = Duration::from_millis(1);
+/// The longest a batch stays open once it has a message: bounds latency under a trickle.
+pub const BATCH_LINGER_MAX: Duration = Duration::from_millis(50);
+/// Consumer defaults that favour freshness; a stream's `properties` override them. A broker
+/// that answers a fetch only when this wait expires (rather than when data arrives) adds up to
+/// this much latency; librdkafka's own default is 500 ms.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.wait.max.ms", "10")];
 /// How long a metadata request to the brokers may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a running view looks for new partitions of its topic and checks its progress
@@ -222,9 +229,10 @@ impl ViewActor {
                         _ = tokio::time::sleep_until(next_check) => continue,
                     }
                 }
-                let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+                let deadline = tokio::time::Instant::now() + BATCH_LINGER_MAX;
                 while !messages.is_empty() && messages.len() < BATCH_EVENTS_MAX {
-                    match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    let gap = (tokio::time::Instant::now() + BATCH_IDLE_GAP).min(deadline);
+                    match tokio::time::timeout_at(gap, consumer.recv()).await {
                         Ok(m) => messages.push(received(m)?),
                         Err(_) => break,
                     }
@@ -487,10 +495,13 @@ fn received(
     }
 }
 
-/// The consumer settings for a stream: its own librdkafka options (`properties`, security),
-/// then those Meridian's exactness depends on.
+/// The consumer settings for a stream: Meridian's freshness defaults, the stream's own
+/// librdkafka options (`properties`, security), then those Meridian's exactness depends on.
 fn consumer_config(stream: &StreamDef, group: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
+    for (k, v) in CONSUMER_DEFAULTS {
+        c.set(*k, *v);
+    }
     for (k, v) in &stream.kafka_options {
         c.set(k, v);
     }
