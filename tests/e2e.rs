@@ -259,6 +259,17 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         serde_json::json!({"name": "hits", "type": "Int64"})
     );
     assert_eq!(json["rows"], 4);
+    // The body says which change batch of each view it reflects.
+    let position = json["meridian"]["positions"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["view"] == "page_hits"))
+        .cloned()
+        .expect("page_hits' position in the body");
+    assert!(
+        position["applied_seq"].as_u64().is_some_and(|s| s > 0)
+            && position["epoch"].as_u64().is_some_and(|e| e > 0),
+        "{position}"
+    );
     let expected_a_hits = expected
         .iter()
         .find(|r| r[0] == "/a")

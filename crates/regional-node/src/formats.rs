@@ -111,6 +111,38 @@ fn tsv_escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The change batch of each view the answer reflects (every view of the replica, read in the
+/// query's transaction): for the `meridian` key of JSON bodies.
+pub fn positions_json(positions: &[pb::ViewPosition]) -> Json {
+    Json::Array(
+        positions
+            .iter()
+            .map(|p| {
+                json!({
+                    "view": p.view, "view_id": p.view_id, "applied_seq": p.applied_seq,
+                    "epoch": p.epoch, "produced_at_ms": p.produced_at_ms,
+                    "applied_at_ms": p.applied_at_ms,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The same as an HTTP header value: `view;seq=N;epoch=N;produced_at_ms=N;applied_at_ms=N`,
+/// one per view, comma-separated.
+pub fn positions_header(positions: &[pb::ViewPosition]) -> String {
+    positions
+        .iter()
+        .map(|p| {
+            format!(
+                "{};seq={};epoch={};produced_at_ms={};applied_at_ms={}",
+                p.view, p.applied_seq, p.epoch, p.produced_at_ms, p.applied_at_ms
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Renders a result. `quote_64bit` follows ClickHouse's setting of the same name.
 pub fn render(format: Format, r: &QueryResult, elapsed_s: f64, quote_64bit: bool) -> String {
     let ch_types: Vec<String> = r
@@ -151,11 +183,12 @@ pub fn render(format: Format, r: &QueryResult, elapsed_s: f64, quote_64bit: bool
                 })
                 .collect();
             format!(
-                "{{\n\t\"meta\": {},\n\t\"data\": [\n{}\n\t],\n\t\"rows\": {},\n\t\"statistics\": {}\n}}\n",
+                "{{\n\t\"meta\": {},\n\t\"data\": [\n{}\n\t],\n\t\"rows\": {},\n\t\"statistics\": {},\n\t\"meridian\": {}\n}}\n",
                 Json::Array(meta),
                 data.join(",\n"),
                 r.rows.len(),
-                statistics
+                statistics,
+                json!({"positions": positions_json(&r.positions)})
             )
         }
         Format::JsonEachRow => r
@@ -255,7 +288,14 @@ mod tests {
                     values: vec![v(None), v(Some(Kind::Int(1)))],
                 },
             ],
-            positions: vec![],
+            positions: vec![pb::ViewPosition {
+                view: "v".into(),
+                applied_seq: 7,
+                produced_at_ms: 100,
+                applied_at_ms: 120,
+                view_id: 3,
+                epoch: 9,
+            }],
         }
     }
 
@@ -270,6 +310,14 @@ mod tests {
         );
         assert_eq!(compact["data"], json!([["eu \"west\"", "3"], [null, "1"]]));
         assert_eq!(compact["rows"], json!(2));
+        assert_eq!(
+            compact["meridian"]["positions"],
+            json!([{"view": "v", "view_id": 3, "applied_seq": 7, "epoch": 9, "produced_at_ms": 100, "applied_at_ms": 120}])
+        );
+        assert_eq!(
+            positions_header(&r.positions),
+            "v;seq=7;epoch=9;produced_at_ms=100;applied_at_ms=120"
+        );
         assert_eq!(
             render(Format::JsonEachRow, &r, 0.0, false),
             "{\"region\":\"eu \\\"west\\\"\",\"n\":3}\n{\"region\":null,\"n\":1}\n"

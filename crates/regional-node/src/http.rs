@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::formats::{render, Format, FORMATS};
+use crate::formats::{positions_header, render, Format, FORMATS};
 use crate::service::Shared;
 
 pub fn router(shared: Shared) -> Router {
@@ -122,12 +122,17 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
     match s.query(sql).await {
         Ok(r) => {
             let body = render(format, &r, started.elapsed().as_secs_f64(), quote_64bit);
-            (
+            let mut response = (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, format.content_type())],
                 body,
             )
-                .into_response()
+                .into_response();
+            // What the answer reflects, per view (also in JSON bodies under "meridian").
+            if let Ok(v) = header::HeaderValue::from_str(&positions_header(&r.positions)) {
+                response.headers_mut().insert("x-meridian-positions", v);
+            }
+            response
         }
         Err(e) => {
             use crate::query::QueryError as E;
