@@ -337,6 +337,7 @@ impl Replica {
         } else {
             self.position(&view)
         };
+        let started = std::time::Instant::now();
         let tx = self.conn.transaction()?;
         if recreate {
             drop_table(&tx, &view)?;
@@ -375,8 +376,9 @@ impl Replica {
             record_position(&tx, schema, &pos)?;
         }
         record_raft_index(&tx, raft_index)?;
+        let before_commit = started.elapsed();
         tx.commit()?;
-        debug!(view = %view, seq = pos.seq, raft_index, "applied");
+        debug!(view = %view, seq = pos.seq, raft_index, elapsed_us = started.elapsed().as_micros() as u64, commit_us = (started.elapsed() - before_commit).as_micros() as u64, "applied");
         self.applied_index = raft_index;
         self.tables.insert(view.clone(), schema.clone());
         self.positions.insert(view, pos.clone());

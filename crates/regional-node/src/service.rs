@@ -208,6 +208,7 @@ impl pb::region_server::Region for RegionService {
         let span = info_span!("push", view = %view, batches = push.batches.len());
         crate::join_trace(&span, &push.trace_context);
         async {
+            tracing::debug!("push received");
             let (tx, rx) = oneshot::channel();
             self.0
                 .node
