@@ -298,6 +298,9 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         (code, body.as_str()),
         (200, "{\"page\":\"/a\"}\n{\"page\":\"/b\"}\n")
     );
+    // Ready for reads, as a load balancer asks.
+    let (code, body) = http("GET", &node, "/replicas_status", "").expect("replicas_status");
+    assert_eq!((code, body.as_str()), (200, "Ok.\n"));
     // A trailing FORMAT wins over default_format, as in ClickHouse; dates and decimals read
     // as ClickHouse prints them.
     let (code, body) = http(

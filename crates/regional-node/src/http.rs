@@ -1,6 +1,7 @@
 //! The HTTP SQL endpoint, compatible with the chDB/ClickHouse wrapper in the design notes:
 //! `GET /?query=<sql>&default_format=JSONCompact`, `POST /` with the SQL as the body, a
-//! trailing `FORMAT <name>` in the SQL as ClickHouse takes it, and `GET /ping`.
+//! trailing `FORMAT <name>` in the SQL as ClickHouse takes it, `GET /ping` (alive) and
+//! `GET /replicas_status` (ready for reads).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -18,8 +19,47 @@ pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/", get(get_query).post(post_query))
         .route("/ping", get(|| async { "Ok.\n" }))
+        .route("/replicas_status", get(replicas_status))
         .route("/metrics", get(metrics))
         .with_state(shared)
+}
+
+/// A node this many committed Raft entries behind is not ready for reads.
+pub const READY_APPLY_BEHIND_MAX: u64 = 100;
+
+/// Why a node should not take reads now (`Ok` when it should): it does not serve (a failed
+/// apply), knows no leader of its region, or is behind on applying what it knows committed.
+pub fn readiness(st: &meridian_proto::v1::NodeStatusResponse) -> Result<(), String> {
+    let mut why = Vec::new();
+    if !st.apply_error.is_empty() {
+        why.push(format!("does not serve reads: {}", st.apply_error));
+    }
+    if st.leader_id == 0 {
+        why.push("knows no leader of its region".to_string());
+    }
+    let behind = st.commit_index.saturating_sub(st.applied_index);
+    if behind > READY_APPLY_BEHIND_MAX {
+        why.push(format!(
+            "{behind} committed entries not applied yet (ready within {READY_APPLY_BEHIND_MAX})"
+        ));
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("; "))
+    }
+}
+
+/// Readiness for load balancers, as ClickHouse's `/replicas_status`: `200 Ok.` or `503` with
+/// the reasons.
+async fn replicas_status(State(s): State<Shared>) -> Response {
+    match s.status().await {
+        Ok(st) => match readiness(&st) {
+            Ok(()) => (StatusCode::OK, "Ok.\n").into_response(),
+            Err(why) => error_response(StatusCode::SERVICE_UNAVAILABLE, why),
+        },
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e.message().to_string()),
+    }
 }
 
 /// Prometheus text exposition of the node's Raft and replica state and its query counters.
@@ -149,7 +189,34 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
 
 #[cfg(test)]
 mod tests {
-    use super::split_format;
+    use super::{readiness, split_format, READY_APPLY_BEHIND_MAX};
+    use meridian_proto::v1::NodeStatusResponse;
+
+    #[test]
+    fn a_node_is_ready_only_serving_with_a_leader_and_caught_up() {
+        let ok = NodeStatusResponse {
+            leader_id: 2,
+            commit_index: 500,
+            applied_index: 500 - READY_APPLY_BEHIND_MAX,
+            ..Default::default()
+        };
+        assert_eq!(readiness(&ok), Ok(()));
+        let behind = NodeStatusResponse {
+            applied_index: 10,
+            ..ok.clone()
+        };
+        assert!(readiness(&behind).is_err_and(|e| e.contains("490 committed entries")));
+        let stalled = NodeStatusResponse {
+            apply_error: "disk full".into(),
+            leader_id: 0,
+            ..ok
+        };
+        let why = readiness(&stalled).expect_err("not ready");
+        assert!(
+            why.contains("disk full") && why.contains("no leader"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn a_trailing_format_clause_is_split_off() {
