@@ -118,6 +118,14 @@ fn error_response(status: StatusCode, msg: String) -> Response {
 /// Splits a trailing `FORMAT <name>` (and `;`) off a statement, as ClickHouse reads it.
 fn split_format(sql: &str) -> (&str, Option<&str>) {
     let body = sql.trim_end().trim_end_matches(';').trim_end();
+    // A last line with a `--` comment may hold the words: leave the statement to DuckDB.
+    if body
+        .rsplit('\n')
+        .next()
+        .is_some_and(|line| line.contains("--"))
+    {
+        return (sql, None);
+    }
     let Some((rest, name)) = body.rsplit_once(char::is_whitespace) else {
         return (sql, None);
     };
@@ -234,6 +242,8 @@ mod tests {
             "SELECT informat JSON",
             "FORMAT JSON",
             "SELECT a AS format",
+            "SELECT 1 -- see FORMAT docs",
+            "SELECT 1 -- FORMAT CSV",
         ] {
             assert_eq!(split_format(kept), (kept, None), "{kept}");
         }

@@ -149,6 +149,9 @@ impl ViewActor {
                 fresh.positioned(p);
             }
             let mut next_check = tokio::time::Instant::now() + self.check_interval;
+            // When the last message arrived: a view that got none for a whole check interval
+            // has nothing more ready.
+            let mut last_message = tokio::time::Instant::now();
             if !started.is_empty() {
                 // Record where a new partition starts, so that messages the brokers delete
                 // before the first batch are detected like any later gap.
@@ -226,8 +229,20 @@ impl ViewActor {
                     tokio::select! {
                         _ = shutdown.changed() => return Ok(()),
                         first = consumer.recv() => messages.push(received(first)?),
-                        _ = tokio::time::sleep_until(next_check) => continue,
+                        _ = tokio::time::sleep_until(next_check) => {
+                            // Nothing arrived for a whole check interval: whatever still
+                            // separates the offsets from the marks (transaction markers,
+                            // compacted offsets) is not coming, so the view is caught up.
+                            if catch_up.is_some() && last_message.elapsed() >= self.check_interval {
+                                catch_up = Some(HashMap::new());
+                                self.check_caught_up(&offsets, &mut catch_up);
+                            }
+                            continue;
+                        }
                     }
+                }
+                if !messages.is_empty() {
+                    last_message = tokio::time::Instant::now();
                 }
                 let deadline = tokio::time::Instant::now() + BATCH_LINGER_MAX;
                 while !messages.is_empty() && messages.len() < BATCH_EVENTS_MAX {

@@ -317,7 +317,9 @@ impl Shipper {
                     drop_view: false,
                 };
                 let mut client = client;
-                let result = tokio::time::timeout(PUSH_TIMEOUT, client.push(request)).instrument(push_span).await;
+                // Not beyond the lease: a push still in flight when it ends is abandoned.
+                let remaining = self.lease.borrow().until.saturating_duration_since(tokio::time::Instant::now());
+                let result = tokio::time::timeout(PUSH_TIMEOUT.min(remaining), client.push(request)).instrument(push_span).await;
                 match result {
                     Ok(Ok(resp)) => {
                         let resp = resp.into_inner();
