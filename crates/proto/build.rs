@@ -2,7 +2,9 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A canonical path, so that cargo's change tracking sees the same file it was told about.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Read when the script runs, not when it is compiled: checkouts sharing a target dir may
+    // share the compiled script.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?)
         .join("../../proto")
         .canonicalize()?;
     let files = ["types.proto", "region.proto", "coordinator.proto"]

@@ -122,12 +122,7 @@ impl CoordinatorService {
     }
 
     /// Plans placement, persists what it grants (synced), then makes it visible.
-    fn place(
-        &self,
-        placement: &mut Placement,
-        views: &[u64],
-        reporting: Option<(&str, u64)>,
-    ) -> Result<(), Status> {
+    fn place(&self, placement: &mut Placement, views: &[u64]) -> Result<(), Status> {
         let changes = placement.plan(views, Instant::now());
         if changes.is_empty() {
             return Ok(());
@@ -157,7 +152,7 @@ impl CoordinatorService {
                 PlacementChange::Forget { .. } => {}
             }
         }
-        placement.apply(&changes, reporting);
+        placement.apply(&changes);
         Ok(())
     }
 
@@ -415,7 +410,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .iter()
             .map(|v| (v.view_id, v.view_rows))
             .collect();
-        let (leases, lease_ms, drain, current) = {
+        let (leases, lease_ms, drain, current, answer) = {
             let mut placement = self.placement();
             let current = self
                 .view_ids
@@ -430,19 +425,18 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     report.draining,
                     running,
                     &sizes,
+                    report.acted_on,
                     Instant::now(),
                 )
                 .map_err(Status::failed_precondition)?;
-            self.place(
-                &mut placement,
-                &view_ids,
-                Some((&report.worker, report.session)),
-            )?;
+            self.place(&mut placement, &view_ids)?;
+            let (answer, leases) = placement.answer(&report.worker, report.session);
             (
-                placement.leases(&report.worker, report.session),
+                leases,
                 placement.lease().as_millis() as u64,
                 placement.draining(&report.worker),
                 current,
+                answer,
             )
         };
         let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
@@ -468,6 +462,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 .collect(),
             lease_ms,
             drain,
+            answer,
         }))
     }
 

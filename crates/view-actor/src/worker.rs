@@ -177,6 +177,9 @@ pub async fn run(
     // No lease until the coordinator grants one.
     let mut lease_until: Option<Instant> = None;
     let mut leases: HashMap<u64, u64> = HashMap::new();
+    // The last answer of the coordinator this worker acted on (reconciled its views with).
+    let mut acted_on = 0u64;
+    let mut answer = 0u64;
     let latest_report = Arc::new(Mutex::new(pb::CentralReport::default()));
     if let Some(addr) = cfg.metrics_listen {
         let listener = crate::metrics::serve(addr, latest_report.clone(), shutdown.clone());
@@ -212,6 +215,7 @@ pub async fn run(
             session,
             draining,
             stopping: stopping.iter().map(|s| s.view_id).collect(),
+            acted_on,
         };
         *latest_report.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
         let sent = Instant::now();
@@ -221,6 +225,7 @@ pub async fn run(
                 refused_logged = false;
                 lease_until = Some(sent + Duration::from_millis(ack.lease_ms));
                 leases = ack.leases.iter().map(|l| (l.view_id, l.epoch)).collect();
+                answer = ack.answer;
                 if ack.drain && !draining {
                     info!(
                         views = views.len(),
@@ -270,6 +275,7 @@ pub async fn run(
             &leases,
             lease_until,
         );
+        acted_on = answer;
         if draining && views.is_empty() && stopping.is_empty() && leases.is_empty() {
             info!("drained: this worker holds no views; exiting");
             break;
