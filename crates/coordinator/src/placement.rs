@@ -129,6 +129,7 @@ impl Placement {
 
     /// Records a worker's report. A second session under a live worker's name is refused: two
     /// processes must not share a name.
+    #[allow(clippy::too_many_arguments)]
     pub fn heartbeat(
         &mut self,
         name: &str,
