@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use meridian::sample::{self, OrdersGenerator};
 
-use crate::{create_topic, Broker, Cluster, Workdir, CONVERGE_TIMEOUT, VIEW};
+use crate::{Broker, Cluster, Workdir, CONVERGE_TIMEOUT, VIEW};
 
 pub type Row = Vec<String>;
 
@@ -204,4 +204,74 @@ pub fn converge_to_oracle(
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     check_replicas(rt, cluster, VIEW, ORDERS_COLUMNS, &orders_oracle(g), seq);
     seq
+}
+
+/// Messages `from..from + n` of the append-only `clicks` stream (JSON `{"page", "ms"}`), and
+/// the same rows as SQL tuples for the oracle's `clicks(page VARCHAR, ms BIGINT)` table.
+pub fn clicks(from: i64, n: i64) -> (Vec<meridian::sample::Event>, Vec<String>) {
+    (from..from + n)
+        .map(|i| {
+            let page = format!("/p{}", i % 37);
+            let ms = (i * 7919) % 1000;
+            (
+                meridian::sample::Event {
+                    key: format!("k{i}"),
+                    value: Some(format!(r#"{{"page":"{page}","ms":{ms}}}"#)),
+                },
+                format!("('{page}', {ms})"),
+            )
+        })
+        .unzip()
+}
+
+/// The oracle's table of the `clicks` rows.
+pub fn clicks_setup(rows: &[String]) -> Vec<String> {
+    std::iter::once("CREATE TABLE clicks(page VARCHAR, ms BIGINT)".to_string())
+        .chain(
+            rows.chunks(1_000)
+                .map(|c| format!("INSERT INTO clicks VALUES {}", c.join(", "))),
+        )
+        .collect()
+}
+
+/// Produces `events` in chunks with a pause after each, on a thread of its own: a steady
+/// stream while the test does something else.
+pub fn produce_steadily(
+    brokers: &str,
+    topic: &str,
+    events: Vec<meridian::sample::Event>,
+    chunk: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<()> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    std::thread::spawn(move || {
+        let rt = runtime();
+        for c in events.chunks(chunk) {
+            produce(&rt, &brokers, &topic, c);
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+/// Creates a topic through the Kafka admin API (tansu does not auto-create topics).
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for r in results {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+    }
+    Ok(())
 }

@@ -4,5 +4,6 @@
 pub mod placement;
 pub mod service;
 pub mod store;
+pub mod topics;
 
 pub use service::{CoordinatorService, TopicCheck};
