@@ -94,7 +94,7 @@ fn produce_to(
     });
 }
 
-/// Tumbling windows that close, through Kafka: partition 0 is produced a whole ten minutes
+/// Tumbling and hopping windows that close, through Kafka: partition 0 is produced a whole ten minutes
 /// ahead of partition 1, and no on-time reading of partition 1 may be lost to partition 0's
 /// progress. Readings for a window both partitions have passed are late: counted, not applied.
 #[test]
@@ -114,6 +114,10 @@ fn windows_close_by_the_slowest_partition_and_late_events_are_counted() {
     cluster
         .sql("CREATE MATERIALIZED VIEW per_minute AS SELECT window_start, count() AS n, sum(v) AS total FROM tumble(readings, at, 1m) GROUP BY window_start SETTINGS allowed_lateness='0s'")
         .expect("view");
+    // Hopping windows over the same readings: each is in three windows.
+    cluster
+        .sql("CREATE MATERIALIZED VIEW sliding AS SELECT window_start, window_end, count() AS n, max(v) AS top FROM hop(readings, at, 1m, 3m) GROUP BY window_start, window_end SETTINGS allowed_lateness='0s'")
+        .expect("hop view");
     let reading = |sensor: i64, minute: i64, second: i64, v: i64| {
         format!("{{\"sensor\": {sensor}, \"at\": \"2024-03-01T10:{minute:02}:{second:02}Z\", \"v\": {v}}}")
     };
@@ -172,11 +176,42 @@ fn windows_close_by_the_slowest_partition_and_late_events_are_counted() {
         &want,
         seq,
     );
+    // The hop view: the reading at 10:03:30 is only in closed windows; the one at 10:09:59 is
+    // applied in its two windows still open (ending after the watermark, 10:10:50), not in
+    // the one that ended at 10:10.
+    let seq = cluster
+        .wait_converged("sliding", n_on_time + 2, CONVERGE_TIMEOUT)
+        .expect("converges");
+    let setup = vec![
+        "CREATE TABLE r(sensor BIGINT, t TIMESTAMP, v BIGINT, late BOOLEAN)".to_string(),
+        format!(
+            "INSERT INTO r SELECT *, false FROM (VALUES {})",
+            on_time.join(", ")
+        ),
+        "INSERT INTO r VALUES (0, TIMESTAMP '2024-03-01 10:03:30', 1000000, true), (1, TIMESTAMP '2024-03-01 10:09:59', 1000000, true)".to_string(),
+    ];
+    let want = oracle(
+        &setup,
+        "WITH x AS (SELECT *, unnest(generate_series(time_bucket(INTERVAL 1 MINUTE, t) - INTERVAL 2 MINUTE, time_bucket(INTERVAL 1 MINUTE, t), INTERVAL 1 MINUTE)) AS ws FROM r) \
+         SELECT CAST(ws AS VARCHAR), CAST(ws + INTERVAL 3 MINUTE AS VARCHAR), count(*), max(v) FROM x \
+         WHERE NOT late OR ws + INTERVAL 3 MINUTE > TIMESTAMP '2024-03-01 10:10:50' GROUP BY ws ORDER BY ALL",
+    );
+    assert_eq!(want.len(), 13, "windows starting 09:58 to 10:10");
+    check_replicas(
+        &rt,
+        &cluster,
+        "sliding",
+        "CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), n, top",
+        &want,
+        seq,
+    );
     let status = cluster.status().expect("status");
-    let view = status["views"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["view"] == "per_minute"))
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(view["late_events"].as_u64(), Some(2), "{view:#}");
+    for name in ["per_minute", "sliding"] {
+        let view = status["views"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["view"] == name))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(view["late_events"].as_u64(), Some(2), "{view:#}");
+    }
 }

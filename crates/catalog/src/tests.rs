@@ -119,6 +119,140 @@ fn time_columns_and_functions_are_typed() {
 }
 
 #[test]
+fn hop_windows_are_planned_and_their_limits_refused_with_positions() {
+    let mut c = Catalog::default();
+    let ev = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='b:1', topic='e', data_format='Debezium', primary_key='id'";
+    let ch = c.plan(ev).expect("stream");
+    c.apply(1, ev, ch);
+    let sql = "CREATE MATERIALIZED VIEW h AS SELECT window_end AS e, window_start, count() AS n, sum(v) AS s FROM hop(ev, at, 1m, 5m) GROUP BY window_start, e SETTINGS allowed_lateness='30s'";
+    let Ok(Change::Create(Object::View(h))) = c.plan(sql) else {
+        panic!("hop view: {:?}", c.plan(sql).err())
+    };
+    let hop = h.plan.hop.clone().expect("hop plan");
+    assert_eq!((hop.slide_us, hop.size_us), (60_000_000, 300_000_000));
+    assert_eq!(hop.shifted, vec![(0, false), (1, true)]);
+    let w = h.plan.window.clone().expect("closing windows");
+    assert_eq!(
+        (w.start_key, w.time_slot, w.size_us),
+        (0, hop.time_slot, 300_000_000)
+    );
+    assert_eq!(h.plan.project[hop.time_slot].ty, ColumnType::Timestamp);
+    let starts: Vec<(i64, i64)> = hop.windows(600_000_000, 630_000_000).collect();
+    assert_eq!(starts.len(), 5, "a row is in size / slide windows");
+    assert_eq!(starts[0], (600_000_000, 900_000_000));
+    assert_eq!(starts[4], (360_000_000, 660_000_000));
+    c.apply(2, sql, Change::Create(Object::View(h)));
+    let Ok(Change::Explain(text)) = c.plan("EXPLAIN MATERIALIZED VIEW h") else {
+        panic!("explain")
+    };
+    assert!(
+        text.contains("hop: each row is in the 5 windows of 300 s starting every 60 s"),
+        "{text}"
+    );
+
+    let refused: &[(&str, &str, &str)] = &[
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() FROM hop(ev, at, 2m, 5m) GROUP BY window_start", "a whole number of slides", "5m)"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() FROM hop(ev, at, 1s, 2h) GROUP BY window_start", "each row 7200 times", "2h)"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() FROM hop(ev, at, 1m) GROUP BY window_start", "hop(stream, time_column, slide, size)", "hop("),
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() FROM hop(ev, v, 1m, 5m) GROUP BY window_start", "needs a date or datetime column", "v, 1m"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() FROM hop(ev, at, INTERVAL 1 MONTH, INTERVAL 2 MONTH) GROUP BY window_start", "fixed, positive slide", "1 MONTH"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT to_hour(window_start) AS hr, count() FROM hop(ev, at, 1m, 5m) GROUP BY hr", "not by an expression over them", "hr"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT v, count() FROM hop(ev, at, 1m, 5m) GROUP BY v", "must GROUP BY window_start", "SELECT"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() FROM hop(ev, at, 1m, 5m) WHERE at < window_end GROUP BY window_start", "not used in WHERE", "SELECT"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, max(window_end) FROM hop(ev, at, 1m, 5m) GROUP BY window_start", "inside an aggregate", "SELECT"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT id, window_start FROM hop(ev, at, 1m, 5m)", "a hop() view aggregates", "SELECT"),
+    ];
+    for (sql, words, at) in refused {
+        let e = match c.plan(sql) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted: {sql}"),
+        };
+        let msg = e.to_string();
+        assert!(msg.contains(words), "{sql}: {msg}");
+        let want = sql.rfind(at).expect("position text") + 1;
+        assert!(
+            msg.contains(&format!("column {want}")),
+            "{sql}: wanted column {want}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn a_subquery_or_with_query_that_computes_columns_is_read_through() {
+    let mut c = catalog_with_orders();
+    let same = [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT r, count() AS n, sum(a) AS s FROM (SELECT lower(region) AS r, amount * 2 AS a FROM orders WHERE status = 'paid') WHERE a > 10 GROUP BY r",
+            "CREATE MATERIALIZED VIEW v AS SELECT lower(region) AS r, count() AS n, sum(amount * 2) AS s FROM orders WHERE (status = 'paid') AND ((amount * 2) > 10) GROUP BY r",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS WITH o AS (SELECT *, amount + 1 AS a1 FROM orders) SELECT id, o.a1 AS a1, region FROM o WHERE customer_id > 3",
+            "CREATE MATERIALIZED VIEW v AS SELECT id, (amount + 1) AS a1, region FROM orders WHERE customer_id > 3",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM (SELECT id, upper(region) AS big FROM orders)",
+            "CREATE MATERIALIZED VIEW v AS SELECT id, upper(region) AS big FROM orders",
+        ),
+    ];
+    for (through, direct) in same {
+        let (Ok(Change::Create(Object::View(a))), Ok(Change::Create(Object::View(b)))) =
+            (c.plan(through), c.plan(direct))
+        else {
+            panic!("{through}: {:?}", c.plan(through).err());
+        };
+        assert_eq!(a.outputs, b.outputs, "{through}");
+        let sqls = |v: &ViewDef| -> Vec<String> {
+            v.plan
+                .project
+                .iter()
+                .map(|s| s.sql.replace(['(', ')'], ""))
+                .collect()
+        };
+        assert_eq!(sqls(&a), sqls(&b), "{through}");
+        assert_eq!(
+            a.plan.filter.as_ref().map(|f| f.replace(['(', ')'], "")),
+            b.plan.filter.as_ref().map(|f| f.replace(['(', ')'], "")),
+            "{through}"
+        );
+    }
+    let refused: &[(&str, &str, &str)] = &[
+        ("CREATE MATERIALIZED VIEW x AS SELECT r, count() FROM (SELECT region AS r, count() AS n FROM orders GROUP BY region) GROUP BY r", "a subquery that groups", "SELECT region"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT n FROM (SELECT id, count() AS n FROM orders)", "a subquery that aggregates", "count() AS n"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT id, nope FROM (SELECT id, region FROM orders)", "unknown column 'nope' in the subquery (its columns: id, region)", "nope"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT id FROM (SELECT id FROM (SELECT id FROM orders))", "nest one level", "SELECT id FROM orders"),
+        ("CREATE MATERIALIZED VIEW x AS WITH a AS (SELECT id FROM orders), b AS (SELECT id FROM orders) SELECT id FROM a", "one WITH query", "WITH"),
+        ("CREATE MATERIALIZED VIEW x AS WITH a AS (SELECT id FROM orders) SELECT count() FROM tumble(orders, id, 1m)", "must be what the view reads FROM", "WITH"),
+        ("CREATE MATERIALIZED VIEW x AS WITH a AS (SELECT id FROM orders) SELECT id FROM b", "not the WITH query 'a'", "b"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT id FROM (SELECT id FROM orders LIMIT 3)", "ORDER BY and LIMIT", "SELECT id FROM orders"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT region, count() AS n FROM (SELECT DISTINCT region FROM orders) GROUP BY region", "DISTINCT in a subquery", "SELECT DISTINCT"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT sum(amount) AS s FROM (SELECT * REPLACE (amount * 100 AS amount) FROM orders)", "REPLACE, RENAME or ILIKE is not supported", "* REPLACE"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT upper(r) AS r, count() AS n FROM (SELECT region AS r FROM orders) GROUP BY r", "both a column of the subquery and the alias", "r) AS r"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT id, orders.amount FROM (SELECT id, amount * 100 AS amount FROM orders) AS d", "names the stream inside the subquery", "orders.amount"),
+    ];
+    for (sql, words, at) in refused {
+        let e = match c.plan(sql) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted: {sql}"),
+        };
+        let msg = e.to_string();
+        assert!(msg.contains(words), "{sql}: {msg}");
+        let want = sql.rfind(at).expect("position text") + 1;
+        assert!(
+            msg.contains(&format!("column {want}")),
+            "{sql}: wanted column {want}: {msg}"
+        );
+    }
+    // The planned view over a subquery runs like any other.
+    let sql = same[0].0;
+    let ch = c.plan(sql).expect("plan");
+    c.apply(2, sql, ch);
+    let Ok(Change::Explain(text)) = c.plan("EXPLAIN MATERIALIZED VIEW v") else {
+        panic!("explain")
+    };
+    assert!(text.contains("scan: stream orders"), "{text}");
+}
+
+#[test]
 fn explain_prints_the_plan() {
     let mut c = catalog_with_orders();
     let sql = "CREATE MATERIALIZED VIEW big AS SELECT region, count() AS n, max(amount) AS top FROM orders WHERE amount > 10 GROUP BY region HAVING n > 1";
@@ -150,7 +284,8 @@ fn refused_statements_name_the_problem_and_position() {
         ("CREATE MATERIALIZED VIEW v AS SELECT status, count() FROM orders GROUP BY region", "must appear in GROUP BY", 38),
         ("CREATE MATERIALIZED VIEW v AS SELEKT 1", "expected SELECT", 31),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE now() IS NOT NULL GROUP BY region", "now() is not deterministic", 72),
-        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM hop(orders, id, 1m, 5m) GROUP BY region", "hop() windows are not supported yet", 59),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM hop(orders, id, 1m, 5m) GROUP BY region", "hop() needs a date or datetime column", 71),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM session(orders, id, 1m) GROUP BY region", "session() windows are not supported yet", 59),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM tumble(orders, 1m) GROUP BY region", "the time column is required", 59),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM tumble(orders, amount, 1m) GROUP BY region", "needs a date or datetime column", 74),
         ("CREATE MATERIALIZED VIEW v AS SELECT window_start, count() FROM tumble(orders, amount, 1m) GROUP BY window_start", "needs a date or datetime column", 80),

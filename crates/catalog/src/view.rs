@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
     BinaryOperator, CastKind, DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr,
     FunctionArguments, GroupByExpr, Ident, InTarget, JsonPathElem, ObjectName, ObjectNamePart,
-    Query, Select, SelectItem, SetExpr, Spanned as _, TableFactor, UnaryOperator,
+    Query, Select, SelectItem, SetExpr, Spanned as _, TableFactor, TableWithJoins, UnaryOperator,
     Value as SqlValue,
 };
 use sqlparser::dialect::ClickHouseDialect;
@@ -39,8 +39,8 @@ mod plan;
 
 use expr::{duration_micros, quote_ident, quote_str, Mode, Planner};
 use parse::object_name;
-pub use parse::{parse_query, ParsedQuery, QueryText};
-pub use plan::{AggFunc, Aggregate, Finish, Plan, PlanKind, Ref, Slot, WindowPlan};
+pub use parse::{parse_query, Derived, DerivedItem, ParsedQuery, QueryText};
+pub use plan::{AggFunc, Aggregate, Finish, HopPlan, Plan, PlanKind, Ref, Slot, WindowPlan};
 
 /// The planned view: outputs, their key positions, regions and the plan.
 pub struct Planned {
@@ -70,6 +70,8 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
         window: None,
         window_size_us: None,
         window_time: None,
+        hop_slide_us: None,
+        derived: parsed.derived.clone(),
         stream,
         qualifiers: vec![stream.name.clone()],
         nodes: 0,
@@ -141,7 +143,11 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
         ..
     }) = s.from.first().map(|f| &f.relation)
     {
-        p.tumble(&args.args, name.span())?;
+        if object_name(name).is_some_and(|f| f.eq_ignore_ascii_case("hop")) {
+            p.hop(&args.args, name.span())?;
+        } else {
+            p.tumble(&args.args, name.span())?;
+        }
     }
     // The view's settings.
     let mut regions = None;
@@ -200,20 +206,54 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
             }
         }
     }
+    // A subquery read FROM computes columns; aggregating is the view's own job.
+    if let Some(d) = &parsed.derived {
+        for item in &d.items {
+            if let DerivedItem::Column(_, e) = item {
+                if let Some(span) = p.find_aggregate(e) {
+                    return Err(p.err(span, "a subquery that aggregates (a view over a view's result) is not supported yet; aggregate in the view itself"));
+                }
+            }
+        }
+    }
     // Select items: expressions with their output names.
     let mut items: Vec<(Expr, String, Span)> = Vec::new();
+    let stream_columns = |items: &mut Vec<(Expr, String, Span)>, span: Span| {
+        for c in &stream.columns {
+            let id = Ident::new(c.name.clone());
+            items.push((Expr::Identifier(id), c.name.clone(), span));
+        }
+    };
     for item in &s.projection {
         match item {
             SelectItem::UnnamedExpr(e) => items.push((e.clone(), output_name(e), e.span())),
             SelectItem::ExprWithAlias { expr, alias } => {
                 items.push((expr.clone(), alias.value.clone(), expr.span()))
             }
-            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                for c in &stream.columns {
-                    let id = Ident::new(c.name.clone());
-                    items.push((Expr::Identifier(id), c.name.clone(), item.span()));
-                }
+            SelectItem::Wildcard(opts) | SelectItem::QualifiedWildcard(_, opts)
+                if !parse::plain_wildcard(opts) =>
+            {
+                return Err(p.err(
+                    item.span(),
+                    "SELECT * with EXCLUDE, EXCEPT, REPLACE, RENAME or ILIKE is not supported in materialized views; list the columns",
+                ))
             }
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => match &parsed.derived {
+                // The subquery's columns, in its order.
+                Some(d) => {
+                    for di in &d.items {
+                        match di {
+                            DerivedItem::Column(n, _) => items.push((
+                                Expr::Identifier(Ident::new(n.clone())),
+                                n.clone(),
+                                item.span(),
+                            )),
+                            DerivedItem::Star => stream_columns(&mut items, item.span()),
+                        }
+                    }
+                }
+                None => stream_columns(&mut items, item.span()),
+            },
             other => return Err(p.err(other.span(), format!("unsupported select item '{other}'"))),
         }
     }
@@ -249,11 +289,34 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
         }
         None => None,
     };
+    // The subquery's WHERE, over the stream, holds too.
+    let inner_filter = match parsed.derived.as_ref().and_then(|d| d.selection.clone()) {
+        Some(w) => {
+            if let Some(span) = p.find_aggregate(&w) {
+                return Err(p.err(span, "aggregates are not allowed in WHERE"));
+            }
+            let derived = p.derived.take();
+            let sql = p.walk(&w, Mode::Row);
+            p.derived = derived;
+            Some((sql?, w.span()))
+        }
+        None => None,
+    };
+    let filter = match (inner_filter, filter) {
+        (Some((a, _)), Some((b, span))) => Some((format!("({a}) AND ({b})"), span)),
+        (one, None) | (None, one) => one,
+    };
     // GROUP BY keys: an expression, an output alias or a position.
     let mut key_spans = Vec::new();
     for g in &group_by {
         let target: Expr = match g {
-            Expr::Identifier(id) if stream.column_index(&id.value).is_none() => {
+            Expr::Identifier(id)
+                if stream.column_index(&id.value).is_none()
+                    && parsed
+                        .derived
+                        .as_ref()
+                        .is_none_or(|d| d.column(&id.value).is_none()) =>
+            {
                 match items
                     .iter()
                     .find(|(_, n, _)| n.eq_ignore_ascii_case(&id.value))
@@ -375,6 +438,12 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
             .collect()
     };
     let item_spans: Vec<Span> = items.iter().map(|(_, _, s)| *s).collect();
+    if let (PlanKind::Project, Some(_)) = (kind, p.hop_slide_us) {
+        return Err(p.err(
+            select_span,
+            "a hop() view aggregates: GROUP BY window_start (a row is in several windows, so a view without aggregates has no one row per source row)",
+        ));
+    }
     if let (PlanKind::Project, Some((_, span))) = (kind, lateness) {
         return Err(p.err(
             span,
@@ -414,11 +483,56 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
                     aggregates: Vec::new(),
                     finish: Finish::Direct(Vec::new()),
                     window: None,
+                    hop: None,
                 },
             )
         }
         PlanKind::Aggregate => {
             // Windows that close: the event time is one more slot, after the aggregates'.
+            // Hopping windows: the event time is one more slot too, and the window's keys are
+            // shifted to each window holding the row.
+            let mut hop_plan = None;
+            if let (Some(slide_us), Some(size_us), Some((start, end)), Some(time)) = (
+                p.hop_slide_us,
+                p.window_size_us,
+                p.window.clone(),
+                p.window_time.clone(),
+            ) {
+                let mut shifted = Vec::new();
+                for (i, k) in p.keys.iter().enumerate() {
+                    if *k == start {
+                        shifted.push((i, false));
+                    } else if *k == end {
+                        shifted.push((i, true));
+                    } else if k.contains(&start) {
+                        return Err(p.err(
+                            key_spans.get(i).copied().unwrap_or(select_span),
+                            "a hop() view groups by window_start and window_end as they are, not by an expression over them (compute that when selecting)",
+                        ));
+                    }
+                }
+                if !shifted.iter().any(|(_, is_end)| !is_end) {
+                    return Err(p.err(
+                        select_span,
+                        "a hop() view must GROUP BY window_start: a row is in several windows",
+                    ));
+                }
+                let in_rows = p.args.iter().any(|a| a.contains(&start))
+                    || filter_sql.as_ref().is_some_and(|f| f.contains(&start));
+                if in_rows {
+                    return Err(p.err(
+                        select_span,
+                        "in a hop() view, window_start and window_end can be grouped by and selected, not used in WHERE or inside an aggregate (a row is in several windows)",
+                    ));
+                }
+                p.args.push(time);
+                hop_plan = Some(HopPlan {
+                    slide_us,
+                    size_us,
+                    time_slot: p.keys.len() + p.args.len() - 1,
+                    shifted,
+                });
+            }
             let mut window_plan = None;
             if let Some((lateness_us, span)) = lateness {
                 let start = p.window.as_ref().map(|(start, _)| start.clone());
@@ -426,12 +540,18 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
                 let (Some(start_key), Some(size_us), Some(time)) =
                     (start_key, p.window_size_us, p.window_time.clone())
                 else {
-                    return Err(p.err(span, "allowed_lateness needs FROM tumble(stream, time, size) with a fixed size, grouped by window_start"));
+                    return Err(p.err(span, "allowed_lateness needs FROM tumble(stream, time, size) or hop(stream, time, slide, size) with a fixed size, grouped by window_start"));
                 };
-                p.args.push(time);
+                let time_slot = match &hop_plan {
+                    Some(h) => h.time_slot,
+                    None => {
+                        p.args.push(time);
+                        p.keys.len() + p.args.len() - 1
+                    }
+                };
                 window_plan = Some(WindowPlan {
                     start_key,
-                    time_slot: p.keys.len() + p.args.len() - 1,
+                    time_slot,
                     size_us,
                     lateness_us,
                 });
@@ -481,6 +601,7 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
                 aggregates,
                 finish: Finish::Direct(Vec::new()),
                 window: window_plan,
+                hop: hop_plan,
             };
             // Outputs straight from keys and aggregates need no evaluation per group.
             let direct: Option<Vec<Ref>> = out_sql

@@ -377,11 +377,8 @@ impl ViewCore {
             match event {
                 SourceEvent::Append(_) => {
                     if let Some(t) = new {
-                        if self.is_late(&t) {
-                            self.event_late = true;
-                        } else {
-                            self.add(&t, 1);
-                        }
+                        let (late, _) = self.add_open(&t, 1);
+                        self.event_late |= late;
                         self.advance(&t);
                     }
                 }
@@ -442,19 +439,15 @@ impl ViewCore {
                 let mut stored = new.clone();
                 let mut late = false;
                 if let Some(old) = &old {
-                    if self.is_late(old) {
-                        // Frozen in its closed window.
-                        late = true;
-                    } else {
-                        self.add(old, -1);
-                    }
+                    // Frozen in its closed windows, retracted from the open ones.
+                    late |= self.add_open(old, -1).0;
                 }
                 if let Some(new) = &new {
-                    if self.is_late(new) {
-                        late = true;
+                    let (new_late, any_open) = self.add_open(new, 1);
+                    late |= new_late;
+                    if !any_open {
+                        // In no open window: it contributes nothing, now or later.
                         stored = None;
-                    } else {
-                        self.add(new, 1);
                     }
                     self.advance(new);
                 }
@@ -507,7 +500,49 @@ impl ViewCore {
         }
     }
 
-    /// Adds (`sign` 1) or retracts (`sign` -1) one projected source row.
+    /// Adds (`sign` 1) or retracts (`sign` -1) one projected source row in each of its
+    /// windows that is open (every row is in one "window" without `hop()` or closing windows).
+    /// Answers whether one of its windows was closed (so the change was late there) and
+    /// whether one was open.
+    fn add_open(&mut self, t: &Row, sign: i64) -> (bool, bool) {
+        let (mut late, mut open) = (false, false);
+        let Some(h) = self.def.plan.hop.clone() else {
+            if self.is_late(t) {
+                late = true;
+            } else {
+                self.add(t, sign);
+                open = true;
+            }
+            return (late, open);
+        };
+        let first = h
+            .shifted
+            .iter()
+            .find(|(_, is_end)| !is_end)
+            .map(|(k, _)| *k);
+        let (Some(Value::Timestamp(start)), Some(Value::Timestamp(time))) =
+            (first.and_then(|k| t.get(k)), t.get(h.time_slot))
+        else {
+            // No event time: in no window.
+            return (false, false);
+        };
+        let (start, time) = (*start, *time);
+        let mut row = t.clone();
+        for (s, e) in h.windows(start, time) {
+            for &(k, is_end) in &h.shifted {
+                row[k] = Value::Timestamp(if is_end { e } else { s });
+            }
+            if self.is_late(&row) {
+                late = true;
+            } else {
+                self.add(&row, sign);
+                open = true;
+            }
+        }
+        (late, open)
+    }
+
+    /// Adds (`sign` 1) or retracts (`sign` -1) one projected source row in its group.
     fn add(&mut self, t: &Row, sign: i64) {
         let n_keys = self.def.plan.n_keys;
         let key: Key = t[..n_keys].to_vec();

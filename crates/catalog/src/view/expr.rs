@@ -42,6 +42,9 @@ pub(super) fn duration_micros(s: &str) -> Option<i64> {
         .checked_mul(unit_micros(unit.trim())?)
 }
 
+/// The most windows of a `hop()` one row may be in (its size over its slide).
+pub const HOP_WINDOWS_MAX: i64 = 1_000;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
     /// Over one source row: stream columns.
@@ -59,6 +62,11 @@ pub(super) struct Planner<'a> {
     /// `tumble(...)`: the window's size in microseconds (when fixed) and the event time's SQL.
     pub(super) window_size_us: Option<i64>,
     pub(super) window_time: Option<String>,
+    /// `hop(...)`: how far each window starts after the previous one, in microseconds.
+    pub(super) hop_slide_us: Option<i64>,
+    /// The subquery the view reads FROM: its columns stand for their expressions (taken out
+    /// while one of those is walked, since they are over the stream).
+    pub(super) derived: Option<Box<Derived>>,
     pub(super) stream: &'a StreamDef,
     /// Names a column may be qualified with: the stream's name and its alias.
     pub(super) qualifiers: Vec<String>,
@@ -138,6 +146,42 @@ impl<'a> Planner<'a> {
         self.base + self.text.locate(span.start)
     }
 
+    /// A column of the subquery the view reads FROM, as the SQL of its expression over the
+    /// stream; `None` when there is no subquery, or the name is a stream column its `*` passes.
+    pub(super) fn derived_column(&mut self, name: &Ident) -> Result<Option<String>, SqlError> {
+        let Some(d) = &self.derived else {
+            return Ok(None);
+        };
+        let Some(e) = d.column(&name.value).cloned() else {
+            if d.has_star() {
+                return Ok(None);
+            }
+            return Err(self.err(
+                name.span,
+                format!(
+                    "unknown column '{}' in the subquery (its columns: {})",
+                    name.value,
+                    d.column_names().join(", ")
+                ),
+            ));
+        };
+        let derived = self.derived.take();
+        let sql = self.walk(&e, Mode::Row);
+        self.derived = derived;
+        let sql = sql?;
+        Ok(Some(match e {
+            Expr::Identifier(_) => sql,
+            _ => format!("({sql})"),
+        }))
+    }
+
+    /// Whether `q` names the subquery the view reads FROM.
+    fn names_derived(&self, q: &Ident) -> bool {
+        self.derived
+            .as_ref()
+            .is_some_and(|d| d.names.iter().any(|n| n.eq_ignore_ascii_case(&q.value)))
+    }
+
     /// `window_start` / `window_end` of a `tumble()` view.
     pub(super) fn window_column(&self, name: &str) -> Option<String> {
         let (start, end) = self.window.as_ref()?;
@@ -189,6 +233,78 @@ impl<'a> Planner<'a> {
         // Windows are aligned on the Unix epoch, as Proton aligns them.
         let start = format!(
             "time_bucket({size}, CAST({col} AS TIMESTAMP), TIMESTAMP '1970-01-01 00:00:00')"
+        );
+        let end = format!("({start} + {size})");
+        self.window = Some((start, end));
+        Ok(())
+    }
+
+    /// `hop(stream, time_column, slide, size)`: windows of `size` starting every `slide`, so
+    /// that a row is in `size / slide` of them. Over each row, `window_start` and `window_end`
+    /// are those of the latest window holding it; the view's core adds the row to the earlier
+    /// ones too.
+    pub(super) fn hop(&mut self, args: &[FunctionArg], span: Span) -> Result<(), SqlError> {
+        let exprs: Vec<&Expr> = args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let usage = "hop() takes hop(stream, time_column, slide, size), as in hop(s, ts, 1m, 5m): windows of the size, one starting every slide";
+        let [_, Expr::Identifier(time), slide, size] = exprs.as_slice() else {
+            return Err(self.err(span, usage));
+        };
+        let col = self.column(time)?;
+        let ty = self
+            .stream
+            .column_index(&time.value)
+            .map(|i| self.stream.columns[i].ty);
+        if !matches!(ty, Some(ColumnType::Timestamp | ColumnType::Date)) {
+            return Err(self.err(
+                time.span,
+                format!(
+                    "hop() needs a date or datetime column, and '{}' is not one",
+                    time.value
+                ),
+            ));
+        }
+        let fixed = |p: &Self, e: &Expr, what: &str| -> Result<i64, SqlError> {
+            let Expr::Interval(iv) = e else {
+                return Err(p.err(
+                    e.span(),
+                    format!("hop() takes its {what} as an interval: INTERVAL 5 MINUTE or 5m"),
+                ));
+            };
+            match interval_micros(iv) {
+                Some(us) if us > 0 => Ok(us),
+                _ => Err(p.err(
+                    e.span(),
+                    format!("hop() needs a fixed, positive {what} (seconds to days; months and years vary in length)"),
+                )),
+            }
+        };
+        let slide_us = fixed(self, slide, "slide")?;
+        let size_us = fixed(self, size, "size")?;
+        if size_us % slide_us != 0 {
+            return Err(self.err(
+                size.span(),
+                "hop()'s size must be a whole number of slides (as 1m and 5m), so that every row is in the same number of windows",
+            ));
+        }
+        if size_us / slide_us > HOP_WINDOWS_MAX {
+            return Err(self.err(
+                size.span(),
+                format!("hop() windows would hold each row {} times; at most {HOP_WINDOWS_MAX} (a larger slide, or a smaller size)", size_us / slide_us),
+            ));
+        }
+        self.window_size_us = Some(size_us);
+        self.hop_slide_us = Some(slide_us);
+        self.window_time = Some(format!("CAST({col} AS TIMESTAMP)"));
+        let slide = self.walk(slide, Mode::Row)?;
+        let size = self.walk(size, Mode::Row)?;
+        let start = format!(
+            "time_bucket({slide}, CAST({col} AS TIMESTAMP), TIMESTAMP '1970-01-01 00:00:00')"
         );
         let end = format!("({start} + {size})");
         self.window = Some((start, end));
@@ -254,10 +370,14 @@ impl<'a> Planner<'a> {
                     .aliases
                     .iter()
                     .find(|(a, x)| a.eq_ignore_ascii_case(&id.value) && x != e);
-                if self.stream.column_index(&id.value).is_some() && aliased.is_some() {
+                let derived = self
+                    .derived
+                    .as_ref()
+                    .is_some_and(|d| d.column(&id.value).is_some());
+                if (self.stream.column_index(&id.value).is_some() || derived) && aliased.is_some() {
                     return Err(self.err(
                         id.span,
-                        format!("'{}' is both a column of stream '{}' and the alias of another output column; rename the alias", id.value, self.stream.name),
+                        format!("'{}' is both a column of {} and the alias of another output column; rename the alias", id.value, if derived { "the subquery".to_string() } else { format!("stream '{}'", self.stream.name) }),
                     ));
                 }
             }
@@ -279,21 +399,28 @@ impl<'a> Planner<'a> {
         Ok(match e {
             Expr::Identifier(id) => {
                 if mode == Mode::Group {
+                    let derived = self
+                        .derived
+                        .as_ref()
+                        .is_some_and(|d| d.column(&id.value).is_some());
                     // An output alias, as in HAVING n > 1.
-                    if self.stream.column_index(&id.value).is_none() {
+                    if self.stream.column_index(&id.value).is_none() && !derived {
                         if let Some((_, aliased)) = self
                             .aliases
                             .iter()
-                            .find(|(a, _)| a.eq_ignore_ascii_case(&id.value))
+                            .find(|(a, x)| a.eq_ignore_ascii_case(&id.value) && x != e)
                             .cloned()
                         {
                             return self.walk(&aliased, mode);
                         }
                     }
-                    if self.window_column(&id.value).is_none() {
+                    if !derived && self.window_column(&id.value).is_none() {
                         self.column(id)?;
                     }
                     return Err(group_col(self, id));
+                }
+                if let Some(sql) = self.derived_column(id)? {
+                    return Ok(sql);
                 }
                 match self.window_column(&id.value) {
                     Some(sql) => sql,
@@ -301,12 +428,31 @@ impl<'a> Planner<'a> {
                 }
             }
             Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [q, col] if self.names_derived(q) => {
+                    if mode == Mode::Group {
+                        return Err(group_col(self, col));
+                    }
+                    match self.derived_column(col)? {
+                        Some(sql) => sql,
+                        None => match self.window_column(&col.value) {
+                            Some(sql) => sql,
+                            None => self.column(col)?,
+                        },
+                    }
+                }
                 [q, col]
                     if self
                         .qualifiers
                         .iter()
                         .any(|n| n.eq_ignore_ascii_case(&q.value)) =>
                 {
+                    if self.derived.is_some() {
+                        // The view reads the subquery, whose columns hide the stream's.
+                        return Err(self.err(
+                            e.span(),
+                            format!("'{e}' names the stream inside the subquery; read the subquery's columns (unqualified, or qualified with its name)"),
+                        ));
+                    }
                     if mode == Mode::Group {
                         self.column(col)?;
                         return Err(group_col(self, col));

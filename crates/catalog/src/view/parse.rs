@@ -6,12 +6,254 @@ use super::*;
 /// A view's query after parsing, before it is planned against its stream.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParsedQuery {
+    /// The query; when it reads FROM a subquery (or a WITH query), its FROM is the
+    /// subquery's, and the subquery's columns and WHERE are in `derived`.
     pub query: Box<Query>,
     /// Byte offset of the query in the statement.
     pub offset: usize,
     pub from: Spanned<String>,
     /// The text sqlparser read, with Proton's interval shorthand rewritten.
     pub text: QueryText,
+    pub derived: Option<Box<Derived>>,
+}
+
+/// A subquery in FROM (or a WITH query) that only filters and computes columns over a stream:
+/// the view reads the stream, and the subquery's columns stand for their expressions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Derived {
+    /// What the view may qualify its columns with: the subquery's alias or the WITH name.
+    pub names: Vec<String>,
+    pub items: Vec<DerivedItem>,
+    /// The subquery's WHERE, over the stream.
+    pub selection: Option<Expr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum DerivedItem {
+    /// An output column: its name and its expression over the stream.
+    Column(String, Box<Expr>),
+    /// `*`: the stream's columns.
+    Star,
+}
+
+impl Derived {
+    pub fn column(&self, name: &str) -> Option<&Expr> {
+        self.items.iter().find_map(|i| match i {
+            DerivedItem::Column(n, e) if n.eq_ignore_ascii_case(name) => Some(e.as_ref()),
+            _ => None,
+        })
+    }
+
+    pub fn has_star(&self) -> bool {
+        self.items.iter().any(|i| matches!(i, DerivedItem::Star))
+    }
+
+    pub fn column_names(&self) -> Vec<&str> {
+        self.items
+            .iter()
+            .filter_map(|i| match i {
+                DerivedItem::Column(n, _) => Some(n.as_str()),
+                DerivedItem::Star => None,
+            })
+            .collect()
+    }
+}
+
+/// Reads a subquery in FROM, or a WITH query read FROM, into the outer query: the outer query
+/// then reads the subquery's FROM, and the subquery's columns and WHERE are returned. Only a
+/// subquery that filters and computes columns (no aggregates, GROUP BY, DISTINCT, LIMIT, or
+/// another subquery) is read this way; others are refused with their position.
+fn inline_subquery(
+    sql: &str,
+    at: &dyn Fn(Span) -> usize,
+    mut query: Box<Query>,
+) -> Result<(Box<Query>, Option<Box<Derived>>), SqlError> {
+    let refuse = |span: Span, msg: &str| Err(SqlError::at(sql, at(span), msg.to_string()));
+    let with = query.with.take();
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        query.with = with;
+        return Ok((query, None));
+    };
+    let Some(from) = select.from.first() else {
+        query.with = with;
+        return Ok((query, None));
+    };
+    if select.from.len() > 1 || !from.joins.is_empty() {
+        query.with = with;
+        return Ok((query, None));
+    }
+    let (inner, names): (Query, Vec<String>) = match &from.relation {
+        TableFactor::Derived {
+            lateral,
+            subquery,
+            alias,
+            ..
+        } => {
+            if *lateral {
+                return refuse(
+                    from.relation.span(),
+                    "LATERAL subqueries are not supported in materialized views",
+                );
+            }
+            if let Some(w) = &with {
+                return refuse(
+                    w.with_token.0.span,
+                    "WITH and a subquery in FROM together are not supported; use one of them",
+                );
+            }
+            if alias.as_ref().is_some_and(|a| !a.columns.is_empty()) {
+                return refuse(from.relation.span(), "column names after a subquery's alias are not supported; name the columns inside the subquery (AS)");
+            }
+            (
+                subquery.as_ref().clone(),
+                alias.iter().map(|a| a.name.value.clone()).collect(),
+            )
+        }
+        TableFactor::Table {
+            name,
+            args: None,
+            alias,
+            ..
+        } if with.is_some() => {
+            let Some(w) = &with else { unreachable!() };
+            if w.recursive {
+                return refuse(
+                    w.with_token.0.span,
+                    "WITH RECURSIVE is not supported in materialized views",
+                );
+            }
+            let [cte] = w.cte_tables.as_slice() else {
+                return refuse(
+                    w.with_token.0.span,
+                    "a materialized view reads one WITH query; write the others into it",
+                );
+            };
+            let from_name = object_name(name).unwrap_or_default();
+            if !cte.alias.name.value.eq_ignore_ascii_case(&from_name) {
+                return refuse(
+                    name.span(),
+                    &format!(
+                        "the view reads FROM '{from_name}', not the WITH query '{}'; read FROM it",
+                        cte.alias.name.value
+                    ),
+                );
+            }
+            if !cte.alias.columns.is_empty() {
+                return refuse(cte.alias.name.span, "column names after a WITH query's name are not supported; name the columns inside it (AS)");
+            }
+            if cte.materialized.is_some() {
+                return refuse(cte.alias.name.span, "MATERIALIZED in WITH is not supported");
+            }
+            let mut names = vec![cte.alias.name.value.clone()];
+            names.extend(alias.iter().map(|a| a.name.value.clone()));
+            (cte.query.as_ref().clone(), names)
+        }
+        _ => {
+            if let Some(w) = &with {
+                return refuse(
+                    w.with_token.0.span,
+                    "a WITH query must be what the view reads FROM",
+                );
+            }
+            return Ok((query, None));
+        }
+    };
+    // The subquery: one SELECT that filters and computes columns over a stream.
+    let span = inner.body.span();
+    if inner.with.is_some() {
+        return refuse(
+            span,
+            "WITH inside a subquery is not supported; subqueries nest one level",
+        );
+    }
+    if inner.order_by.is_some() || inner.limit_clause.is_some() || inner.fetch.is_some() {
+        return refuse(
+            span,
+            "ORDER BY and LIMIT are not supported in a view's subquery",
+        );
+    }
+    if inner.settings.is_some()
+        || !inner.locks.is_empty()
+        || inner.format_clause.is_some()
+        || inner.for_clause.is_some()
+        || !inner.pipe_operators.is_empty()
+    {
+        return refuse(
+            span,
+            "unsupported clause in a view's subquery (SETTINGS belong to the view)",
+        );
+    }
+    let SetExpr::Select(inner_select) = *inner.body else {
+        return refuse(
+            span,
+            "a view's subquery must be one SELECT (UNION, VALUES and the like are not supported)",
+        );
+    };
+    let inner_span = inner_select.select_token.0.span;
+    if inner_select.distinct.is_some() {
+        return refuse(inner_span, "SELECT DISTINCT in a subquery is not supported");
+    }
+    match &inner_select.group_by {
+        GroupByExpr::Expressions(list, mods) if list.is_empty() && mods.is_empty() => {}
+        _ => {
+            return refuse(inner_span, "a subquery that groups (a view over a view's result) is not supported yet; aggregate in the view itself");
+        }
+    }
+    if inner_select.having.is_some()
+        || !inner_select.named_window.is_empty()
+        || inner_select.qualify.is_some()
+        || inner_select.prewhere.is_some()
+        || inner_select.top.is_some()
+        || inner_select.into.is_some()
+    {
+        return refuse(inner_span, "unsupported clause in a view's subquery (HAVING, WINDOW, QUALIFY, PREWHERE and the like)");
+    }
+    if let Some(TableWithJoins {
+        relation: TableFactor::Derived { .. },
+        ..
+    }) = inner_select.from.first()
+    {
+        return refuse(
+            inner_select.from[0].relation.span(),
+            "subqueries nest one level in materialized views",
+        );
+    }
+    let mut items = Vec::new();
+    for item in &inner_select.projection {
+        match item {
+            SelectItem::UnnamedExpr(e) => items.push(DerivedItem::Column(
+                super::output_name(e),
+                Box::new(e.clone()),
+            )),
+            SelectItem::ExprWithAlias { expr, alias } => items.push(DerivedItem::Column(
+                alias.value.clone(),
+                Box::new(expr.clone()),
+            )),
+            SelectItem::Wildcard(opts) | SelectItem::QualifiedWildcard(_, opts)
+                if !plain_wildcard(opts) =>
+            {
+                return refuse(item.span(), "SELECT * with EXCLUDE, EXCEPT, REPLACE, RENAME or ILIKE is not supported in a view's subquery; list the columns");
+            }
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                items.push(DerivedItem::Star)
+            }
+            other => {
+                return refuse(
+                    other.span(),
+                    &format!("unsupported select item '{other}' in a subquery"),
+                );
+            }
+        }
+    }
+    select.from = inner_select.from.clone();
+    Ok((
+        query,
+        Some(Box::new(Derived {
+            names,
+            items,
+            selection: inner_select.selection.clone(),
+        })),
+    ))
 }
 
 /// A query's text as the parser reads it: Proton's `5m` becomes `INTERVAL 5 MINUTE`, and
@@ -201,6 +443,7 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
         ));
     }
     let at = |span: Span| offset + text.locate(span.start);
+    let (query, derived) = inline_subquery(sql, &at, query)?;
     let select = match query.body.as_ref() {
         SetExpr::Select(s) => s,
         other => {
@@ -250,30 +493,26 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
                 _ => None,
             };
             match (f.as_str(), stream_arg) {
-                ("tumble", Some(id)) => {
+                ("tumble" | "hop", Some(id)) => {
                     let from = Spanned {
                         value: id.value.clone(),
                         offset: at(id.span),
                     };
-                    return Ok(ParsedQuery { query: query.clone(), offset, from, text });
+                    return Ok(ParsedQuery { query: query.clone(), offset, from, text, derived });
                 }
                 ("tumble", None) => {
                     return Err(SqlError::at(sql, at(name.span()), "tumble() takes a stream first: tumble(stream, time_column, INTERVAL 1 MINUTE)".to_string()))
                 }
-                ("hop" | "session", _) => {
-                    return Err(SqlError::at(sql, at(name.span()), format!("{f}() windows are not supported yet in materialized views (tumble() is)")))
+                ("hop", None) => {
+                    return Err(SqlError::at(sql, at(name.span()), "hop() takes a stream first: hop(stream, time_column, INTERVAL 1 MINUTE, INTERVAL 5 MINUTE) (the slide, then the size)".to_string()))
+                }
+                ("session", _) => {
+                    return Err(SqlError::at(sql, at(name.span()), format!("{f}() windows are not supported yet in materialized views (tumble() and hop() are)")))
                 }
                 _ => {
                     return Err(SqlError::at(sql, at(name.span()), format!("table function '{f}' is not supported in materialized views; read FROM a stream or tumble(stream, ...)")))
                 }
             }
-        }
-        TableFactor::Derived { .. } => {
-            return Err(SqlError::at(
-                sql,
-                at(from.relation.span()),
-                "subqueries in FROM are not supported yet in materialized views".to_string(),
-            ))
         }
         other => {
             return Err(SqlError::at(
@@ -299,7 +538,17 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
         offset,
         from,
         text,
+        derived,
     })
+}
+
+/// `*` with nothing after it (no EXCLUDE, EXCEPT, REPLACE, RENAME or ILIKE).
+pub(super) fn plain_wildcard(o: &sqlparser::ast::WildcardAdditionalOptions) -> bool {
+    o.opt_ilike.is_none()
+        && o.opt_exclude.is_none()
+        && o.opt_except.is_none()
+        && o.opt_replace.is_none()
+        && o.opt_rename.is_none()
 }
 
 /// A one-part name's text.

@@ -83,6 +83,34 @@ pub struct Plan {
     /// Windows that close (`tumble()` grouped by `window_start`, with `allowed_lateness`).
     #[serde(default)]
     pub window: Option<WindowPlan>,
+    /// Hopping windows (`hop()`): each row is in `size / slide` windows.
+    #[serde(default)]
+    pub hop: Option<HopPlan>,
+}
+
+/// `hop(stream, time, slide, size)`: the project slots hold the latest window holding each
+/// row; the core adds the row to each earlier window that still holds it, shifting the keys
+/// that are `window_start` or `window_end`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HopPlan {
+    pub slide_us: i64,
+    pub size_us: i64,
+    /// The project slot holding each row's event time.
+    pub time_slot: usize,
+    /// The keys (GROUP BY positions) that are `window_start` (`false`) or `window_end`
+    /// (`true`).
+    pub shifted: Vec<(usize, bool)>,
+}
+
+impl HopPlan {
+    /// The windows holding a row whose latest window starts at `start` and whose event time
+    /// is `time`, latest first, as `(start, end)`.
+    pub fn windows(&self, start: i64, time: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
+        (0..self.size_us / self.slide_us)
+            .map(move |k| start.saturating_sub(k.saturating_mul(self.slide_us)))
+            .map(move |s| (s, s.saturating_add(self.size_us)))
+            .take_while(move |(_, end)| *end > time)
+    }
 }
 
 /// A tumbling window's rules: the watermark is the latest event time seen minus the allowed
@@ -171,6 +199,16 @@ impl Plan {
                     aggs.join(", ")
                 }
             ));
+            if let Some(h) = &self.hop {
+                lines.push(format!(
+                    "hop: each row is in the {} windows of {} s starting every {} s that hold its event time (p{}); k{} shifted to each",
+                    h.size_us / h.slide_us,
+                    h.size_us as f64 / 1e6,
+                    h.slide_us as f64 / 1e6,
+                    h.time_slot - self.n_keys,
+                    h.shifted.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>().join(", k"),
+                ));
+            }
             if let Some(w) = &self.window {
                 lines.push(format!(
                     "window: k{} closes {} s after its end by event time (p{}); late changes to a closed window are counted and not applied",

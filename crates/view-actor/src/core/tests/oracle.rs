@@ -55,6 +55,18 @@ const CASES: &[(&str, &str)] = &[
         "SELECT make_timestamp(CAST(floor(epoch_us(ts) / 600000000) AS BIGINT) * 600000000) AS ws, ws + INTERVAL 10 MINUTE, count(*), sum(amount), max(ts) FROM src GROUP BY ws",
     ),
     (
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start AS ws, window_end, count() AS n, sum(amount) AS s, min(price) AS lo, count(DISTINCT region) AS r FROM hop(orders, ts, 10m, 30m) WHERE price > -100 GROUP BY window_start, window_end",
+        "WITH b AS (SELECT *, make_timestamp(CAST(floor(epoch_us(ts) / 600000000) AS BIGINT) * 600000000) AS latest FROM src WHERE price > -100), x AS (SELECT *, unnest(generate_series(latest - INTERVAL 20 MINUTE, latest, INTERVAL 10 MINUTE)) AS ws FROM b) SELECT ws, ws + INTERVAL 30 MINUTE, count(*), sum(amount), min(price), count(DISTINCT region) FROM x GROUP BY ws",
+    ),
+    (
+        "CREATE MATERIALIZED VIEW v AS SELECT r, count() AS n, sum(a2) AS s, max(p) AS top FROM (SELECT lower(region) AS r, amount * 2 AS a2, price AS p FROM orders WHERE price > 0) AS o WHERE o.a2 > 4 OR p > 100 GROUP BY r",
+        "SELECT lower(region), count(*), sum(amount * 2), max(price) FROM src WHERE price > 0 AND (amount * 2 > 4 OR price > 100) GROUP BY 1",
+    ),
+    (
+        "CREATE MATERIALIZED VIEW v AS WITH big AS (SELECT *, amount + 1 AS a, upper(region) AS r FROM orders WHERE amount > 2) SELECT id, a, r, note:tag AS tag FROM big WHERE r != 'AP'",
+        "SELECT id, amount + 1, upper(region), json_extract_string(note, '$.tag') FROM src WHERE amount > 2 AND upper(region) <> 'AP'",
+    ),
+    (
         "CREATE MATERIALIZED VIEW v AS SELECT round(price / 50) AS r, count() AS n, sum(price) AS s, avg(price) AS a, count(DISTINCT price) AS d, max(price) AS hi FROM orders GROUP BY r",
         "SELECT round(price / 50), count(*), sum(price), avg(price), count(DISTINCT price), max(price) FROM src GROUP BY 1",
     ),

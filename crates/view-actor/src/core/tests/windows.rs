@@ -198,3 +198,104 @@ fn the_watermark_follows_the_slowest_partition() {
         out.changes
     );
 }
+
+#[test]
+fn a_hopping_row_is_in_every_window_holding_it_and_late_only_in_the_closed_ones() {
+    let stream_sql = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
+    let view_sql = "CREATE MATERIALIZED VIEW h AS SELECT window_start, window_end, count() AS n, sum(v) AS total FROM hop(ev, at, 1m, 3m) GROUP BY window_start, window_end SETTINGS allowed_lateness='0s'";
+    let (def, stream) = plan_over(stream_sql, view_sql);
+    assert!(def.plan.hop.is_some() && def.plan.window.is_some());
+    let mut c = ViewCore::new(def.clone(), &stream, HashMap::new()).expect("core");
+    let store = Store::default();
+    let ts = |s: &str| Value::Timestamp(catalog::parse_timestamp(s).expect("ts"));
+    let row = |id: i64, at: &str, v: i64| vec![Value::Int(id), ts(at), Value::Int(v)];
+    let window = |start: &str, end: &str, n: i64, total: i64| {
+        (
+            vec![ts(start), ts(end)],
+            Some(vec![ts(start), ts(end), Value::Int(n), Value::Int(total)]),
+        )
+    };
+    let changes = |out: &BatchOutput| -> Vec<(Key, Option<Row>)> {
+        out.changes
+            .iter()
+            .map(|c| (c.key.clone(), c.row.clone()))
+            .collect()
+    };
+    // 10:02:30 is in the windows starting 10:00, 10:01 and 10:02.
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Upsert(row(1, "2024-03-01 10:02:30", 5))],
+    );
+    assert_eq!(
+        changes(&out),
+        vec![
+            window("2024-03-01 10:00:00", "2024-03-01 10:03:00", 1, 5),
+            window("2024-03-01 10:01:00", "2024-03-01 10:04:00", 1, 5),
+            window("2024-03-01 10:02:00", "2024-03-01 10:05:00", 1, 5),
+        ]
+    );
+    // Event time 10:03:40 closes the window ending 10:03 (no lateness allowed).
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Upsert(row(2, "2024-03-01 10:03:40", 7))],
+    );
+    assert_eq!(
+        changes(&out),
+        vec![
+            window("2024-03-01 10:01:00", "2024-03-01 10:04:00", 2, 12),
+            window("2024-03-01 10:02:00", "2024-03-01 10:05:00", 2, 12),
+            window("2024-03-01 10:03:00", "2024-03-01 10:06:00", 1, 7),
+        ]
+    );
+    // Row 1 changes: it stays frozen in the closed window, and moves in the open ones.
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Upsert(row(1, "2024-03-01 10:02:50", 100))],
+    );
+    assert_eq!(
+        changes(&out),
+        vec![
+            window("2024-03-01 10:01:00", "2024-03-01 10:04:00", 2, 107),
+            window("2024-03-01 10:02:00", "2024-03-01 10:05:00", 2, 107),
+        ]
+    );
+    assert_eq!(
+        out.late_events, 1,
+        "the closed window kept row 1's old version"
+    );
+    // A row only in closed windows is late and stored as contributing nothing: deleting it
+    // later changes nothing.
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Upsert(row(3, "2024-03-01 10:00:10", 1))],
+    );
+    assert!(out.changes.is_empty(), "{:?}", out.changes);
+    assert_eq!(out.late_events, 1);
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Delete {
+            key: vec![Value::Int(3)],
+        }],
+    );
+    assert!(out.changes.is_empty(), "{:?}", out.changes);
+    // Deleting row 1 retracts it from its open windows only.
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Delete {
+            key: vec![Value::Int(1)],
+        }],
+    );
+    assert_eq!(
+        changes(&out),
+        vec![
+            window("2024-03-01 10:01:00", "2024-03-01 10:04:00", 1, 7),
+            window("2024-03-01 10:02:00", "2024-03-01 10:05:00", 1, 7),
+        ]
+    );
+}
