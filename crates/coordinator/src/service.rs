@@ -34,6 +34,21 @@ pub struct CoordinatorService {
     /// lock, so that placement never sees an older list than a decision it already made, and
     /// never waits on a statement in progress (which holds `catalog` across a broker check).
     view_ids: Mutex<Vec<(String, u64)>>,
+    /// The catalog's identity ([`CatalogStore::identity`]).
+    identity: u64,
+}
+
+/// A catalog identity: the wall clock and the process id mixed by a randomly keyed hash.
+fn draw_identity() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 impl CoordinatorService {
@@ -53,6 +68,7 @@ impl CoordinatorService {
         let mut catalog = Catalog::load(store.load()?)
             .map_err(|e| anyhow::anyhow!("stored catalog does not load: {e}"))?;
         catalog.reserve_ids_below(store.next_id()?);
+        let identity = store.identity(draw_identity)?;
         let grants = store.load_grants()?;
         info!(
             entries = catalog.entries().len(),
@@ -71,6 +87,7 @@ impl CoordinatorService {
             views: Mutex::new(BTreeMap::new()),
             placement: Mutex::new(Placement::new(lease, Instant::now(), grants, epoch_floor)),
             view_ids: Mutex::new(view_ids),
+            identity,
         })
     }
 
@@ -318,6 +335,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             entries,
             regions: self.regions(),
             next_id,
+            catalog_id: self.identity,
         }))
     }
 

@@ -25,6 +25,7 @@ pub struct CatalogStore {
 }
 
 const NEXT_ID: &[u8] = b"next_id";
+const IDENTITY: &[u8] = b"identity";
 
 fn key(id: u64) -> String {
     format!("entry/{id:016x}")
@@ -92,6 +93,26 @@ impl CatalogStore {
                 },
             )?)),
         }
+    }
+
+    /// The catalog's identity: a number drawn (`draw`) when the catalog is created and kept
+    /// with it. Central workers keep it beside each view's state, so that a catalog made anew
+    /// (a coordinator on an empty data dir issues ids from 1 again) is never mistaken for the
+    /// one whose views they hold state for.
+    pub fn identity(&self, draw: impl FnOnce() -> u64) -> Result<u64, StoreError> {
+        if let Some(b) = self.db.get(IDENTITY)? {
+            return Ok(u64::from_be_bytes(b.as_slice().try_into().map_err(
+                |_| StoreError::Corrupt {
+                    key: "identity".into(),
+                    detail: format!("{b:?}"),
+                },
+            )?));
+        }
+        let id = draw() | 1;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.put_opt(IDENTITY, id.to_be_bytes(), &opts)?;
+        Ok(id)
     }
 
     /// Deletes a statement, and a view's lease and starting offsets with it.
@@ -215,6 +236,27 @@ mod tests {
             s.load().expect("load"),
             vec![(1, "a".to_string()), (17, "c".to_string())]
         );
+    }
+
+    #[test]
+    fn the_identity_is_drawn_once_and_a_new_catalog_draws_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = CatalogStore::open(dir.path())
+            .expect("open")
+            .identity(|| 40)
+            .expect("identity");
+        assert_eq!(first, 41);
+        let again = CatalogStore::open(dir.path())
+            .expect("reopen")
+            .identity(|| 1000)
+            .expect("identity");
+        assert_eq!(again, first);
+        let other = tempfile::tempdir().expect("tempdir");
+        let fresh = CatalogStore::open(other.path())
+            .expect("open")
+            .identity(|| 1000)
+            .expect("identity");
+        assert_ne!(fresh, first);
     }
 
     #[test]

@@ -375,6 +375,48 @@ impl ViewStore {
         Ok(out)
     }
 
+    /// The identity of the catalog that issued the view's id, kept beside its state (`None`:
+    /// nothing kept, or kept by a version before catalog identities).
+    pub fn catalog_id(&self) -> Result<Option<u64>, StoreError> {
+        match self.db.get(self.key(b"catalog"))? {
+            None => Ok(None),
+            Some(b) => {
+                let id = u64::from_be_bytes(b.as_slice().try_into().map_err(|_| {
+                    StoreError::Corrupt {
+                        what: "catalog identity",
+                        detail: format!("{b:?}"),
+                    }
+                })?);
+                // 0 is no identity.
+                Ok((id != 0).then_some(id))
+            }
+        }
+    }
+
+    pub fn set_catalog_id(&self, id: u64) -> Result<(), StoreError> {
+        self.db.put(self.key(b"catalog"), id.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Makes the state the view's under catalog `catalog_id`: state kept under another
+    /// catalog's identity belongs to another view that had the same id, and is deleted.
+    /// Answers whether it was.
+    pub fn claim(&self, catalog_id: u64) -> Result<bool, StoreError> {
+        if catalog_id == 0 {
+            return Ok(false);
+        }
+        let kept = self.catalog_id()?;
+        if kept == Some(catalog_id) {
+            return Ok(false);
+        }
+        let other = kept.is_some();
+        if other {
+            self.destroy()?;
+        }
+        self.set_catalog_id(catalog_id)?;
+        Ok(other)
+    }
+
     /// Removes every key of the view (after `DROP MATERIALIZED VIEW`).
     pub fn destroy(&self) -> Result<(), StoreError> {
         let mut end = self.prefix.clone();
@@ -472,6 +514,34 @@ mod tests {
         assert_eq!(stored_view_ids(&db).expect("list"), vec![3, 4, 17]);
         ViewStore::new(db.clone(), 4).destroy().expect("destroy");
         assert_eq!(stored_view_ids(&db).expect("list"), vec![3, 17]);
+    }
+
+    #[test]
+    fn state_kept_under_another_catalog_is_never_resumed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_db(dir.path()).expect("open");
+        let store = ViewStore::new(db.clone(), 3);
+        let commit = |seq| Commit {
+            meta: Meta {
+                seq,
+                ..Meta::default()
+            },
+            offsets: vec![(0, 10)],
+            ..Commit::default()
+        };
+        // State kept before catalog identities is adopted by the catalog that starts it.
+        store.commit(commit(5)).expect("commit");
+        assert!(!store.claim(77).expect("claim"));
+        assert_eq!(store.load_meta().expect("meta").seq, 5);
+        assert_eq!(store.catalog_id().expect("id"), Some(77));
+        // The same catalog resumes it.
+        assert!(!store.claim(77).expect("claim"));
+        assert_eq!(store.load_offsets().expect("offsets").get(&0), Some(&10));
+        // Another catalog's view with the same id starts from nothing.
+        assert!(store.claim(91).expect("claim"));
+        assert_eq!(store.load_meta().expect("meta").seq, 0);
+        assert!(store.load_offsets().expect("offsets").is_empty());
+        assert_eq!(store.catalog_id().expect("id"), Some(91));
     }
 
     #[test]

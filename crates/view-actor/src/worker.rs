@@ -432,7 +432,18 @@ fn reconcile(
     match stored_view_ids(db) {
         Ok(ids) => {
             for id in ids {
-                if id < resp.next_id
+                // Only state kept under this catalog (or, kept before catalog identities, with
+                // an id it issued).
+                let ours = match ViewStore::new(db.clone(), id).catalog_id() {
+                    Ok(Some(c)) if resp.catalog_id != 0 => c == resp.catalog_id,
+                    Ok(Some(_)) => id < resp.next_id,
+                    Ok(None) => id < resp.next_id,
+                    Err(e) => {
+                        warn!(view_id = id, error = %e, "reading the catalog identity kept with a view's state failed");
+                        false
+                    }
+                };
+                if ours
                     && !wanted.contains(&id)
                     && !views.contains_key(&id)
                     && !stopping.iter().any(|s| s.view_id == id)
@@ -460,9 +471,29 @@ fn reconcile(
         let Some(&lease_epoch) = leases.get(&entry.id) else {
             continue;
         };
-        if !views.contains_key(&entry.id) && stopping.iter().any(|s| s.view_id == entry.id) {
-            // Its previous run has not ended yet.
-            continue;
+        if !views.contains_key(&entry.id) {
+            if stopping.iter().any(|s| s.view_id == entry.id) {
+                // Its previous run has not ended yet.
+                continue;
+            }
+            // State kept under the same id by another catalog (a coordinator started anew)
+            // is another view's: never resume from it.
+            // (A coordinator older than catalog identities sends none: nothing to check.)
+            let claimed = if resp.catalog_id == 0 {
+                Ok(false)
+            } else {
+                ViewStore::new(db.clone(), entry.id).claim(resp.catalog_id)
+            };
+            match claimed {
+                Ok(false) => {}
+                Ok(true) => {
+                    warn!(view = %def.name, view_id = entry.id, "the state kept for this view id was another catalog's view; deleted it, the view starts from its stream")
+                }
+                Err(e) => {
+                    error!(view = %def.name, error = %e, "checking whose view the kept state is failed; not starting the view");
+                    continue;
+                }
+            }
         }
         let view = views.entry(entry.id).or_insert_with(|| {
             info!(view = %def.name, lease_epoch, "this worker holds the view's lease; starting it");
