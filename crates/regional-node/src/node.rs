@@ -225,9 +225,11 @@ pub fn start(
         cfg.replica_memory_max.as_deref(),
     )?;
     let reader = replica.reader()?;
-    // The replica may be ahead of the durable commit index only if a crash hit between a
-    // snapshot's restore and the log reset; raft-rs cannot start with `applied` above `commit`,
-    // so start from the commit index and let the entries in between be skipped on apply.
+    // The replica may be ahead of the durable commit index: the commit index is written
+    // without a sync (a crash can lose its last moves), and a crash can hit between a
+    // snapshot's restore and the log reset. raft-rs cannot start with `applied` above
+    // `commit`, so start from the commit index and let the entries in between be skipped on
+    // apply (the replica records the Raft index of what it applied).
     let replica_applied = replica.applied_index();
     let applied = replica_applied.min(store.commit_index());
     if applied < replica_applied {
@@ -459,11 +461,15 @@ impl Node {
             self.abandon_proposals("the replica was replaced by a snapshot");
             info!(index, "replica restored from a leader's snapshot");
         }
-        // Persist before applying: the replica must never be ahead of the durable hard state.
+        // Persist before applying: the replica must never hold an entry the durable log lacks
+        // (it may be ahead of the durable commit index; see the start).
         let hs = ready.hs().cloned();
         if !ready.entries().is_empty() || hs.is_some() {
             fail::fail_point!("ready-before-persist");
-            self.raw.mut_store().persist(ready.entries(), hs.as_ref())?;
+            let sync = ready.must_sync();
+            self.raw
+                .mut_store()
+                .persist(ready.entries(), hs.as_ref(), sync)?;
             fail::fail_point!("ready-after-persist");
         }
         let committed = ready.take_committed_entries();

@@ -103,11 +103,15 @@ impl RaftStore {
     }
 
     /// Appends entries (truncating any conflicting suffix) and saves the hard state, in one
-    /// synced write: Raft must not acknowledge what a crash could lose.
+    /// write, synced when `sync` (raft-rs's `Ready::must_sync`: new entries, a new term or a
+    /// vote), since Raft must not acknowledge what a crash could lose. A hard state that only
+    /// moves the commit index needs no sync: a commit index lost in a crash is learnt again
+    /// from the leader, and a replica found ahead of it is handled at start.
     pub fn persist(
         &mut self,
         entries: &[Entry],
         hs: Option<&HardState>,
+        sync: bool,
     ) -> Result<(), raft::Error> {
         let mut wb = WriteBatch::default();
         if let Some(first) = entries.first() {
@@ -129,7 +133,7 @@ impl RaftStore {
             wb.put(b"hs", hs.write_to_bytes().map_err(other)?);
         }
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        opts.set_sync(sync || !entries.is_empty());
         self.db.write_opt(wb, &opts).map_err(other)?;
         if let Some(last) = entries.last() {
             self.last_index = last.index;
@@ -200,19 +204,15 @@ impl RaftStore {
         Ok(())
     }
 
-    /// Records a new commit index (from a LightReady) with a synced write: the node applies
-    /// entries up to it right after, and a replica must never be ahead of the durable commit
-    /// index (raft-rs refuses to start with `applied` above `commit`).
+    /// Records a new commit index (from a LightReady), without a sync: the entries it covers
+    /// are durable already, and a commit index lost in a crash is learnt again from the
+    /// leader. The replica may then be ahead of the durable commit index; the node starts from
+    /// the commit index and skips what the replica has applied (raft-rs refuses to start with
+    /// `applied` above `commit`).
     pub fn set_commit(&mut self, commit: u64) -> Result<(), raft::Error> {
         self.hard_state.commit = commit;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
         self.db
-            .put_opt(
-                b"hs",
-                self.hard_state.write_to_bytes().map_err(other)?,
-                &opts,
-            )
+            .put(b"hs", self.hard_state.write_to_bytes().map_err(other)?)
             .map_err(other)
     }
 
@@ -352,10 +352,11 @@ mod tests {
             s.persist(
                 &[entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)],
                 Some(&hs),
+                true,
             )
             .expect("persist");
             // A new leader overwrites index 3 onwards with a shorter suffix.
-            s.persist(&[entry(3, 3)], None).expect("truncate");
+            s.persist(&[entry(3, 3)], None, true).expect("truncate");
             assert_eq!(s.last_index().expect("last"), 3);
         }
         let s = RaftStore::open(dir.path(), &[9]).expect("reopen");
@@ -467,6 +468,7 @@ mod compaction_tests {
                 commit: 10,
                 ..Default::default()
             }),
+            true,
         )
         .expect("persist");
         log.set_replica_reader(leader_replica.reader().expect("reader"));
