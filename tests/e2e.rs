@@ -500,6 +500,67 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+
+    // Freshness: the central tier vouches for a quiet view, so a read can tell "no news"
+    // from "behind". Once no news can come (the central worker is killed), the view's
+    // vouched time stays put and its staleness only grows.
+    let node = cluster
+        .nodes()
+        .find(|n| !(n.region == "eu-west" && n.id == 1))
+        .expect("a live node")
+        .http
+        .clone();
+    let fresh_of = |node: &str| -> (i64, i64) {
+        let q = urlencode("SELECT n FROM totals");
+        let (code, body) =
+            http("GET", node, &format!("/?query={q}&default_format=JSON"), "").expect("GET");
+        assert_eq!(code, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let p = json["meridian"]["positions"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["view"] == "totals"))
+            .cloned()
+            .expect("totals' position in the body");
+        (
+            p["fresh_at_ms"].as_i64().unwrap_or(0),
+            p["staleness_ms"].as_i64().unwrap_or(-1),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let (fresh_at, staleness) = fresh_of(&node);
+        if fresh_at > 0 {
+            assert!(staleness >= 0, "a vouched view has a staleness");
+            break fresh_at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quiet view is never vouched for"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // No message arrives meanwhile, and the view is vouched for again, later.
+    loop {
+        if fresh_of(&node).0 > first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quiet view is not vouched for again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.kill_central();
+    // Pushes already on their way land first.
+    std::thread::sleep(Duration::from_secs(3));
+    let (f1, s1) = fresh_of(&node);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let (f2, s2) = fresh_of(&node);
+    assert_eq!(
+        f1, f2,
+        "nobody vouches for the view without a central worker"
+    );
+    assert!(s1 >= 0 && s2 > s1, "staleness grows: {s1} ms, then {s2} ms");
 }
 
 /// On demand (a measurement, not a check): freshness, one event at a time, from the producer's

@@ -86,6 +86,7 @@ fn a_view_positioned_inside_a_producer_batch_does_not_stall() {
         check_interval: Duration::from_millis(500),
         start: None,
         caught_up: None,
+        fresh: None,
     });
     let (stop, stop_rx) = watch::channel(false);
     let running = rt.spawn({

@@ -94,6 +94,14 @@ pub struct Position {
     pub applied_seq: u64,
     pub produced_at_ms: i64,
     pub applied_at_ms: i64,
+    /// Epoch of the change log applied.
+    pub epoch: u64,
+    /// The node's replica reflected every source message the brokers held at this time (ms
+    /// since the Unix epoch), as the central tier vouched; `None` while not known.
+    pub fresh_at_ms: Option<i64>,
+    /// How far behind the source the answer may be, as the node measured when it answered:
+    /// its time minus `fresh_at_ms`. Grows while no news reaches the region.
+    pub staleness_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -195,6 +203,9 @@ impl Client {
                                 applied_seq: p.applied_seq,
                                 produced_at_ms: p.produced_at_ms,
                                 applied_at_ms: p.applied_at_ms,
+                                epoch: p.epoch,
+                                fresh_at_ms: (p.fresh_at_ms > 0).then_some(p.fresh_at_ms),
+                                staleness_ms: (p.staleness_ms >= 0).then_some(p.staleness_ms),
                             })
                             .collect(),
                         region: r.region,

@@ -174,7 +174,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                     let views: Vec<_> = st
                         .positions
                         .iter()
-                        .map(|p| json!({"view": p.view, "view_id": p.view_id, "applied_seq": p.applied_seq, "produced_at_ms": p.produced_at_ms, "applied_at_ms": p.applied_at_ms, "lag_ms": (p.applied_at_ms - p.produced_at_ms).max(0), "epoch": p.epoch}))
+                        .map(|p| json!({"view": p.view, "view_id": p.view_id, "applied_seq": p.applied_seq, "produced_at_ms": p.produced_at_ms, "applied_at_ms": p.applied_at_ms, "lag_ms": (p.applied_at_ms - p.produced_at_ms).max(0), "epoch": p.epoch, "fresh_at_ms": p.fresh_at_ms, "staleness_ms": (p.staleness_ms >= 0).then_some(p.staleness_ms)}))
                         .collect();
                     json!({
                         "node_id": st.node_id, "role": st.role, "term": st.term, "leader_id": st.leader_id,
@@ -229,8 +229,13 @@ pub fn render(s: &pb::ClusterStatus) -> String {
                 .positions
                 .iter()
                 .map(|p| {
+                    let stale = if p.staleness_ms >= 0 {
+                        format!(", {} ms behind the source", p.staleness_ms)
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "{}@{} (lag {} ms)",
+                        "{}@{} (lag {} ms{stale})",
                         p.view,
                         p.applied_seq,
                         (p.applied_at_ms - p.produced_at_ms).max(0)

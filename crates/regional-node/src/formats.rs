@@ -122,21 +122,29 @@ pub fn positions_json(positions: &[pb::ViewPosition]) -> Json {
                     "view": p.view, "view_id": p.view_id, "applied_seq": p.applied_seq,
                     "epoch": p.epoch, "produced_at_ms": p.produced_at_ms,
                     "applied_at_ms": p.applied_at_ms,
+                    "fresh_at_ms": p.fresh_at_ms,
+                    "staleness_ms": (p.staleness_ms >= 0).then_some(p.staleness_ms),
                 })
             })
             .collect(),
     )
 }
 
-/// The same as an HTTP header value: `view;seq=N;epoch=N;produced_at_ms=N;applied_at_ms=N`,
-/// one per view, comma-separated.
+/// The same as an HTTP header value:
+/// `view;seq=N;epoch=N;produced_at_ms=N;applied_at_ms=N;fresh_at_ms=N;staleness_ms=N`, one
+/// per view, comma-separated (`staleness_ms` only when known).
 pub fn positions_header(positions: &[pb::ViewPosition]) -> String {
     positions
         .iter()
         .map(|p| {
+            let staleness = if p.staleness_ms >= 0 {
+                format!(";staleness_ms={}", p.staleness_ms)
+            } else {
+                String::new()
+            };
             format!(
-                "{};seq={};epoch={};produced_at_ms={};applied_at_ms={}",
-                p.view, p.applied_seq, p.epoch, p.produced_at_ms, p.applied_at_ms
+                "{};seq={};epoch={};produced_at_ms={};applied_at_ms={};fresh_at_ms={}{staleness}",
+                p.view, p.applied_seq, p.epoch, p.produced_at_ms, p.applied_at_ms, p.fresh_at_ms
             )
         })
         .collect::<Vec<_>>()
@@ -295,6 +303,8 @@ mod tests {
                 applied_at_ms: 120,
                 view_id: 3,
                 epoch: 9,
+                fresh_at_ms: 110,
+                staleness_ms: 25,
             }],
         }
     }
@@ -312,11 +322,11 @@ mod tests {
         assert_eq!(compact["rows"], json!(2));
         assert_eq!(
             compact["meridian"]["positions"],
-            json!([{"view": "v", "view_id": 3, "applied_seq": 7, "epoch": 9, "produced_at_ms": 100, "applied_at_ms": 120}])
+            json!([{"view": "v", "view_id": 3, "applied_seq": 7, "epoch": 9, "produced_at_ms": 100, "applied_at_ms": 120, "fresh_at_ms": 110, "staleness_ms": 25}])
         );
         assert_eq!(
             positions_header(&r.positions),
-            "v;seq=7;epoch=9;produced_at_ms=100;applied_at_ms=120"
+            "v;seq=7;epoch=9;produced_at_ms=100;applied_at_ms=120;fresh_at_ms=110;staleness_ms=25"
         );
         assert_eq!(
             render(Format::JsonEachRow, &r, 0.0, false),

@@ -104,6 +104,26 @@ pub fn render(st: &pb::NodeStatusResponse, q: &QueryMetrics, now_ms: i64) -> Str
         "gauge",
         per_view(&|p| (now_ms - p.produced_at_ms).max(0).to_string()),
     );
+    let vouched: Vec<pb::ViewPosition> = st
+        .positions
+        .iter()
+        .filter(|p| p.fresh_at_ms > 0)
+        .cloned()
+        .collect();
+    gauge(
+        "meridian_view_staleness_ms",
+        "How far behind the source the replica may be: time since the moment up to which the central tier vouched it reflects every source message (only views it vouched for).",
+        "gauge",
+        vouched
+            .iter()
+            .map(|p| {
+                (
+                    format!("{node},view=\"{}\"", label(&p.view)),
+                    (now_ms - p.fresh_at_ms).max(0).to_string(),
+                )
+            })
+            .collect(),
+    );
     gauge(
         "meridian_queries_total",
         "Read-only queries answered or refused.",
@@ -146,6 +166,8 @@ mod tests {
                 applied_at_ms: 130,
                 view_id: 4,
                 epoch: 1,
+                fresh_at_ms: 90,
+                staleness_ms: 0,
             }],
             ..Default::default()
         };
@@ -158,6 +180,7 @@ mod tests {
             "meridian_view_applied_seq{region=\"eu-west\",node=\"2\",view=\"v\\\"1\"} 7",
             "meridian_view_lag_ms{region=\"eu-west\",node=\"2\",view=\"v\\\"1\"} 30",
             "meridian_view_age_ms{region=\"eu-west\",node=\"2\",view=\"v\\\"1\"} 1000",
+            "meridian_view_staleness_ms{region=\"eu-west\",node=\"2\",view=\"v\\\"1\"} 1010",
             "meridian_queries_total{region=\"eu-west\",node=\"2\"} 2",
             "meridian_query_errors_total{region=\"eu-west\",node=\"2\"} 1",
             "# TYPE meridian_queries_total counter",

@@ -189,6 +189,8 @@ struct Node {
     /// Position after the last batch proposed per view incarnation in this leadership, not
     /// yet applied, and that proposal's id.
     proposed_seq: HashMap<String, (Position, u64)>,
+    /// The freshness last proposed alone per view incarnation in this leadership.
+    fresh_proposed: HashMap<String, i64>,
     next_proposal: u64,
     /// The views the catalog assigns to this region and the first id it has not issued, as the
     /// coordinator last said (`None` until it has): pushes are checked against it.
@@ -265,6 +267,7 @@ pub fn start(
         log_retain: cfg.log_retain,
         pending: HashMap::new(),
         proposed_seq: HashMap::new(),
+        fresh_proposed: HashMap::new(),
         next_proposal: 1,
         drops_proposed: Default::default(),
         catalog: None,
@@ -427,6 +430,7 @@ impl Node {
                 } else {
                     self.leader_start_index = u64::MAX;
                     self.proposed_seq.clear();
+                    self.fresh_proposed.clear();
                     self.drops_proposed.clear();
                     for (_, p) in self.pending.drain() {
                         for r in p.reply {

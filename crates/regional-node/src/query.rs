@@ -316,10 +316,12 @@ fn read_positions(conn: &Connection) -> Result<Vec<pb::ViewPosition>, QueryError
     {
         // Every replica has the table (`Replica::open` creates it).
         let mut stmt = conn.prepare_cached(
-            "SELECT view, seq, produced_at_ms, applied_at_ms, view_id, epoch FROM _meridian_applied ORDER BY view",
+            "SELECT view, seq, produced_at_ms, applied_at_ms, view_id, epoch, coalesce(fresh_at_ms, 0) FROM _meridian_applied ORDER BY view",
         )?;
         let mut rows = stmt.query([])?;
+        let now_ms = crate::replica::wall_ms();
         while let Some(r) = rows.next()? {
+            let fresh_at_ms: i64 = r.get(6)?;
             positions.push(pb::ViewPosition {
                 view: r.get(0)?,
                 applied_seq: r.get(1)?,
@@ -327,6 +329,12 @@ fn read_positions(conn: &Connection) -> Result<Vec<pb::ViewPosition>, QueryError
                 applied_at_ms: r.get(3)?,
                 view_id: r.get(4)?,
                 epoch: r.get(5)?,
+                fresh_at_ms,
+                staleness_ms: if fresh_at_ms > 0 {
+                    (now_ms - fresh_at_ms).max(0)
+                } else {
+                    -1
+                },
             });
         }
     }
@@ -343,7 +351,7 @@ mod tests {
                 .expect("open");
         conn.execute_batch(
             "CREATE TABLE t (a BIGINT, b VARCHAR); INSERT INTO t VALUES (1, 'x'), (2, NULL);
-             CREATE TABLE _meridian_applied (view VARCHAR, seq UBIGINT, produced_at_ms BIGINT, applied_at_ms BIGINT, view_id UBIGINT, epoch UBIGINT);",
+             CREATE TABLE _meridian_applied (view VARCHAR, seq UBIGINT, produced_at_ms BIGINT, applied_at_ms BIGINT, view_id UBIGINT, epoch UBIGINT, fresh_at_ms BIGINT);",
         )
         .expect("setup");
         conn
@@ -577,7 +585,7 @@ mod memory_tests {
             Connection::open_with_flags(dir.path().join("r.duckdb"), config).expect("open");
         writer
             .execute_batch(
-                "CREATE TABLE _meridian_applied (view VARCHAR, seq UBIGINT, produced_at_ms BIGINT, applied_at_ms BIGINT, view_id UBIGINT, epoch UBIGINT);
+                "CREATE TABLE _meridian_applied (view VARCHAR, seq UBIGINT, produced_at_ms BIGINT, applied_at_ms BIGINT, view_id UBIGINT, epoch UBIGINT, fresh_at_ms BIGINT);
                  CREATE TABLE t (k BIGINT, v VARCHAR);",
             )
             .expect("setup");

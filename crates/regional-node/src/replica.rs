@@ -14,6 +14,11 @@ use tracing::{debug, info, warn};
 
 /// Rows staged by one multi-row INSERT: bounds the statement's size.
 const STAGE_ROWS_PER_STATEMENT: usize = 256;
+/// A batch changing at most this many keys is applied key by key with prepared statements (a
+/// delete and an insert each); larger ones go through the staging table, one delete-join and
+/// one insert. Each statement costs a scan of the table, so the direct way pays only for
+/// small batches, which are what a trickle of events sends and where latency counts.
+const DIRECT_CHANGES_MAX: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -34,6 +39,23 @@ pub struct Position {
     pub epoch: u64,
     /// Running checksum of the change log at `seq` ([`meridian_proto::chain_checksum`]).
     pub checksum: u64,
+    /// The replica reflects every source message the brokers held at this time (ms since the
+    /// Unix epoch; 0 while not known), as the central tier vouched with a push.
+    pub fresh_at_ms: i64,
+}
+
+/// The wall clock in milliseconds since the Unix epoch, as positions and staleness use it.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Position {
+    /// How far behind the source the replica may be at `now_ms` (`None`: not known).
+    pub fn staleness_ms(&self, now_ms: i64) -> Option<i64> {
+        (self.fresh_at_ms > 0).then(|| (now_ms - self.fresh_at_ms).max(0))
+    }
 }
 
 mod admit;
@@ -91,6 +113,7 @@ impl Replica {
             "CREATE TABLE IF NOT EXISTS _meridian_applied (view VARCHAR PRIMARY KEY, seq UBIGINT NOT NULL, produced_at_ms BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL, schema_json VARCHAR NOT NULL, view_id UBIGINT NOT NULL, epoch UBIGINT NOT NULL DEFAULT 0, checksum UBIGINT NOT NULL DEFAULT 0);
              ALTER TABLE _meridian_applied ADD COLUMN IF NOT EXISTS epoch UBIGINT DEFAULT 0;
              ALTER TABLE _meridian_applied ADD COLUMN IF NOT EXISTS checksum UBIGINT DEFAULT 0;
+             ALTER TABLE _meridian_applied ADD COLUMN IF NOT EXISTS fresh_at_ms BIGINT DEFAULT 0;
              CREATE TABLE IF NOT EXISTS _meridian_raft (id INTEGER PRIMARY KEY, applied_index UBIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS _meridian_dropped (view VARCHAR NOT NULL, view_id UBIGINT NOT NULL, PRIMARY KEY (view, view_id));",
         )?;
@@ -100,13 +123,13 @@ impl Replica {
             "CREATE SCHEMA IF NOT EXISTS meridian;
              CREATE OR REPLACE VIEW meridian.views AS
                SELECT view, view_id, epoch, seq AS applied_seq, produced_at_ms, applied_at_ms,
-                      greatest(applied_at_ms - produced_at_ms, 0) AS lag_ms
+                      greatest(applied_at_ms - produced_at_ms, 0) AS lag_ms, fresh_at_ms
                FROM main._meridian_applied;",
         )?;
         let mut positions = HashMap::new();
         let mut tables = HashMap::new();
         {
-            let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, view_id, epoch, checksum FROM _meridian_applied")?;
+            let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, view_id, epoch, checksum, coalesce(fresh_at_ms, 0) FROM _meridian_applied")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let view: String = row.get(0)?;
@@ -120,6 +143,7 @@ impl Replica {
                         applied_at_ms: row.get(3)?,
                         epoch: row.get(6)?,
                         checksum: row.get(7)?,
+                        fresh_at_ms: row.get(8)?,
                     },
                 );
                 let json: String = row.get(4)?;
@@ -195,6 +219,7 @@ impl Replica {
                 applied_at_ms: v.applied_at_ms,
                 epoch: v.epoch,
                 checksum: v.checksum,
+                fresh_at_ms: v.fresh_at_ms,
             };
             record_position(&tx, &schema, &pos)?;
             positions.insert(schema.view.clone(), pos);
@@ -369,10 +394,30 @@ impl Replica {
                 applied_at_ms: now_ms,
                 epoch: batch.epoch,
                 checksum: batch.checksum,
+                // A new epoch's state may be older than the last one's: what was vouched for
+                // that one says nothing of it.
+                fresh_at_ms: if batch.epoch == pos.epoch {
+                    pos.fresh_at_ms
+                } else {
+                    0
+                },
             };
             applied_any = true;
         }
-        if applied_any || recreate {
+        // The central tier vouches that the change log up to `fresh.seq` reflects the source
+        // as of `fresh.at_ms`: it holds for this replica once it applied that far.
+        let mut fresher = false;
+        if let Some(f) = &push.fresh {
+            if f.epoch == pos.epoch
+                && pos.seq >= f.seq
+                && pos.epoch != 0
+                && f.at_ms > pos.fresh_at_ms
+            {
+                pos.fresh_at_ms = f.at_ms;
+                fresher = true;
+            }
+        }
+        if applied_any || recreate || fresher {
             record_position(&tx, schema, &pos)?;
         }
         record_raft_index(&tx, raft_index)?;
@@ -429,8 +474,11 @@ fn apply_changes(
     reduced.sort_unstable();
 
     let table = quote(&schema.view);
-    let stage = quote(&format!("_meridian_stage_{}", schema.view));
     let n_cols = schema.columns.len();
+    if reduced.len() <= DIRECT_CHANGES_MAX {
+        return apply_directly(conn, schema, changes, &reduced);
+    }
+    let stage = quote(&format!("_meridian_stage_{}", schema.view));
     let col_list = schema
         .columns
         .iter()
@@ -488,6 +536,73 @@ fn apply_changes(
     Ok(())
 }
 
+/// Applies the changes `which` (at most one per key) key by key: a prepared delete of the
+/// key's row (keys may be NULL, so they match with `IS NOT DISTINCT FROM`), then a prepared
+/// insert of its new row.
+fn apply_directly(
+    conn: &Connection,
+    schema: &pb::ViewSchema,
+    changes: &[pb::RowChange],
+    which: &[usize],
+) -> Result<(), ReplicaError> {
+    let table = quote(&schema.view);
+    let n_cols = schema.columns.len();
+    let cond = if schema.key_indexes.is_empty() {
+        "true".to_string()
+    } else {
+        schema
+            .key_indexes
+            .iter()
+            .filter_map(|&i| schema.columns.get(i as usize))
+            .map(|c| format!("{} IS NOT DISTINCT FROM ?", quote(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let delete = format!("DELETE FROM {table} WHERE {cond}");
+    let insert = format!(
+        "INSERT INTO {table} VALUES ({})",
+        vec!["?"; n_cols].join(", ")
+    );
+    for &i in which {
+        let c = &changes[i];
+        match &c.row {
+            Some(row) => {
+                if row.values.len() != n_cols {
+                    return Err(ReplicaError::Schema {
+                        view: schema.view.clone(),
+                        detail: format!(
+                            "row has {} values, table has {n_cols} columns",
+                            row.values.len()
+                        ),
+                    });
+                }
+                // The key as the row has it, as the staged way matches it.
+                let values = typed_row(schema, &row.values);
+                let key: Vec<&DValue> = schema
+                    .key_indexes
+                    .iter()
+                    .filter_map(|&k| values.get(k as usize))
+                    .collect();
+                conn.prepare_cached(&delete)?
+                    .execute(params_from_iter(key))?;
+                conn.prepare_cached(&insert)?
+                    .execute(params_from_iter(&values))?;
+            }
+            None => {
+                let key: Vec<DValue> = c
+                    .key
+                    .iter()
+                    .zip(&schema.key_indexes)
+                    .map(|(k, &idx)| to_duck_as(k, column_type(schema, idx as usize)))
+                    .collect();
+                conn.prepare_cached(&delete)?
+                    .execute(params_from_iter(&key))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Inserts rows of `width` values with multi-row INSERTs of a bounded size.
 fn insert_rows(
     conn: &Connection,
@@ -531,9 +646,10 @@ fn record_position(
     schema: &pb::ViewSchema,
     pos: &Position,
 ) -> Result<(), ReplicaError> {
-    conn.execute(
-        "INSERT OR REPLACE INTO _meridian_applied (view, seq, produced_at_ms, applied_at_ms, schema_json, view_id, epoch, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        duckdb::params![
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO _meridian_applied (view, seq, produced_at_ms, applied_at_ms, schema_json, view_id, epoch, checksum, fresh_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(duckdb::params![
             schema.view,
             pos.seq,
             pos.produced_at_ms,
@@ -541,18 +657,16 @@ fn record_position(
             schema_to_json(schema),
             schema.view_id,
             pos.epoch,
-            pos.checksum
-        ],
-    )?;
+            pos.checksum,
+            pos.fresh_at_ms
+        ])?;
     Ok(())
 }
 
 /// Records, in the transaction that changes the replica, the Raft index the change came from.
 fn record_raft_index(conn: &Connection, raft_index: u64) -> Result<(), ReplicaError> {
-    conn.execute(
-        "INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)",
-        [raft_index],
-    )?;
+    conn.prepare_cached("INSERT OR REPLACE INTO _meridian_raft VALUES (0, ?)")?
+        .execute([raft_index])?;
     Ok(())
 }
 
@@ -572,7 +686,7 @@ fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
     use prost::Message as _;
     let index = recorded_raft_index(conn)?;
     let mut views = Vec::new();
-    let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, epoch, checksum FROM _meridian_applied ORDER BY view")?;
+    let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, epoch, checksum, coalesce(fresh_at_ms, 0) FROM _meridian_applied ORDER BY view")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let view: String = r.get(0)?;
@@ -604,6 +718,7 @@ fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
             rows: out,
             epoch: r.get(5)?,
             checksum: r.get(6)?,
+            fresh_at_ms: r.get(7)?,
         });
     }
     let dropped = read_dropped(conn)?

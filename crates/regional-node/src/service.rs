@@ -71,6 +71,8 @@ impl Shared {
                 applied_at_ms: p.applied_at_ms,
                 view_id: p.view_id,
                 epoch: p.epoch,
+                fresh_at_ms: p.fresh_at_ms,
+                staleness_ms: p.staleness_ms(crate::replica::wall_ms()).unwrap_or(-1),
             })
             .collect();
         positions.sort_by(|a, b| a.view.cmp(&b.view));

@@ -105,6 +105,8 @@ pub struct ViewActor {
     /// actor's start: until then a new owner's state is behind what the regions may hold
     /// from the previous owner, and the shippers wait rather than take the regions back.
     pub caught_up: Option<watch::Sender<bool>>,
+    /// How fresh the committed change log is (see [`crate::fresh`]), for the shippers.
+    pub fresh: Option<watch::Sender<crate::fresh::Fresh>>,
 }
 
 impl ViewActor {
@@ -143,6 +145,16 @@ impl ViewActor {
 
             let (mut consumer, started, mut assigned) = self.subscribe(&offsets).await?;
             core.set_partitions(&assigned);
+            // The freshness probe, on a thread and a client of its own; it ends with `samples`.
+            let (probe_partitions, probe_watch) = watch::channel(assigned.clone());
+            let (sample_tx, mut samples) = tokio::sync::mpsc::channel(4);
+            let mut freshness = crate::fresh::Freshness::default();
+            if self.fresh.is_some() {
+                let probe: BaseConsumer = consumer_config(&self.stream, "meridian-metadata").create()?;
+                if let Err(e) = crate::fresh::spawn_probe(probe, self.stream.topic.clone(), probe_watch, self.clock.clone(), sample_tx) {
+                    warn!(error = %e, "starting the freshness probe failed; regions will read the view as behind");
+                }
+            }
             let mut watch = crate::progress::ProgressWatch::default();
             let mut fresh = crate::progress::FirstFetch::default();
             for &p in &assigned {
@@ -202,6 +214,7 @@ impl ViewActor {
                                 consumer = c;
                                 assigned = now_assigned;
                                 core.set_partitions(&assigned);
+                                probe_partitions.send_replace(assigned.clone());
                                 for &p in &assigned {
                                     fresh.positioned(p);
                                 }
@@ -229,6 +242,12 @@ impl ViewActor {
                     tokio::select! {
                         _ = shutdown.changed() => return Ok(()),
                         first = consumer.recv() => messages.push(received(first)?),
+                        Some(sample) = samples.recv() => {
+                            // Between batches `offsets` are the committed ones.
+                            freshness.sample(sample);
+                            self.publish_fresh(freshness.committed(meta.seq, &offsets));
+                            continue;
+                        }
                         _ = tokio::time::sleep_until(next_check) => {
                             // Nothing arrived for a whole check interval: whatever still
                             // separates the offsets from the marks (transaction markers,
@@ -387,6 +406,10 @@ impl ViewActor {
                 span.in_scope(|| debug!(seq = meta.seq, events = consumed, changes = out.changes.len(), "committed batch"));
                 self.latest.send_replace(meta.seq);
                 self.check_caught_up(&offsets, &mut catch_up);
+                while let Ok(sample) = samples.try_recv() {
+                    freshness.sample(sample);
+                }
+                self.publish_fresh(freshness.committed(meta.seq, &offsets));
                 let recent = if n_dead > 0 { Some(self.store.recent_dead_letters(RECENT_DEAD_LETTERS_MAX)?) } else { None };
                 self.set_status(|s| {
                     s.seq = meta.seq;
@@ -406,6 +429,12 @@ impl ViewActor {
         }
         .instrument(span)
         .await
+    }
+
+    fn publish_fresh(&self, fresh: Option<crate::fresh::Fresh>) {
+        if let (Some(tx), Some(f)) = (&self.fresh, fresh) {
+            tx.send_replace(f);
+        }
     }
 
     /// Signals `caught_up` once every partition's offset reached its mark.

@@ -7,6 +7,7 @@
 pub mod actor;
 pub mod core;
 pub mod decode;
+pub mod fresh;
 pub mod metrics;
 pub mod progress;
 pub mod ship;

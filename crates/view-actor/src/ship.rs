@@ -190,6 +190,8 @@ pub struct Shipper {
     pub lease: watch::Receiver<Lease>,
     /// Whether the view caught up with its stream (see `ViewActor::caught_up`).
     pub ready: watch::Receiver<bool>,
+    /// How fresh the committed change log is (see [`crate::fresh`]): sent with every push.
+    pub fresh: watch::Receiver<crate::fresh::Fresh>,
     pub state: Arc<Mutex<ShipState>>,
     pub seed: u64,
 }
@@ -310,11 +312,17 @@ impl Shipper {
                     continue;
                 }
                 let push_span = ship_span(&addr, &batches);
+                let fresh = *self.fresh.borrow();
                 let request = pb::PushRequest {
                     schema: Some(self.schema.clone()),
                     batches,
                     trace_context: trace_context(&push_span),
                     drop_view: false,
+                    fresh: (fresh.at_ms > 0).then_some(pb::Freshness {
+                        seq: fresh.seq,
+                        epoch,
+                        at_ms: fresh.at_ms,
+                    }),
                 };
                 let mut client = client;
                 // Not beyond the lease: a push still in flight when it ends is abandoned.
@@ -411,6 +419,9 @@ impl Shipper {
                             tokio::select! {
                                 _ = shutdown.changed() => return,
                                 _ = self.latest.changed() => {}
+                                // News of freshness goes out at once (the region's leader
+                                // bounds how often it records it).
+                                _ = self.fresh.changed() => {}
                                 _ = tokio::time::sleep(IDLE_POLL) => {}
                             }
                         }

@@ -68,6 +68,8 @@ struct RunningView {
     lease: watch::Sender<Lease>,
     /// Whether the actor caught up with the stream (shippers wait for it).
     ready: watch::Receiver<bool>,
+    /// How fresh the committed change log is, for the shippers to vouch.
+    fresh: watch::Receiver<crate::fresh::Fresh>,
     /// Events counted at the last report, and when: for events/s.
     rate_mark: (u64, Instant),
 }
@@ -506,6 +508,7 @@ fn reconcile(
                 until,
             });
             let (caught_up, ready) = watch::channel(false);
+            let (fresh_tx, fresh) = watch::channel(crate::fresh::Fresh::default());
             let actor = ViewActor {
                 view_id: entry.id,
                 def: def.clone(),
@@ -517,6 +520,7 @@ fn reconcile(
                 check_interval: crate::actor::PARTITION_CHECK_INTERVAL,
                 start: Some(start_recorder(me, entry.id, lease_epoch)),
                 caught_up: Some(caught_up),
+                fresh: Some(fresh_tx),
             };
             let handle = tokio::spawn(supervise(actor, stop_rx, entry.id));
             RunningView {
@@ -531,6 +535,7 @@ fn reconcile(
                 truncated_to: 0,
                 lease,
                 ready,
+                fresh,
                 rate_mark: (0, Instant::now()),
             }
         });
@@ -567,6 +572,7 @@ fn reconcile(
                         nodes,
                         lease: view.lease.subscribe(),
                         ready: view.ready.clone(),
+                        fresh: view.fresh.clone(),
                         state: state.clone(),
                         seed: entry.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ region.len() as u64,
                     };

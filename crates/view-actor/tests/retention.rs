@@ -65,6 +65,7 @@ async fn messages_lost_to_retention_stop_the_view() {
         check_interval: view_actor::actor::PARTITION_CHECK_INTERVAL,
         start: None,
         caught_up: None,
+        fresh: None,
     });
 
     produce(&brokers, 10, 10).await;

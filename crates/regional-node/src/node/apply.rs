@@ -211,6 +211,7 @@ impl Node {
     /// restore will not be applied here, so their replies would never come.
     pub(super) fn abandon_proposals(&mut self, why: &str) {
         self.proposed_seq.clear();
+        self.fresh_proposed.clear();
         for (_, p) in self.pending.drain() {
             for r in p.reply {
                 let _ = r.send(PushOutcome::Retry(why.to_string()));

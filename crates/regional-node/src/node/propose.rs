@@ -11,6 +11,11 @@ use tracing::{info, warn};
 use super::{Ack, Node, Pending, PushOutcome};
 use crate::replica::{admit, Admit, Position};
 
+/// A push with nothing new but the sender's freshness is proposed (so that every node of the
+/// region learns it) only when it moves the view's freshness by at least this much: a bound
+/// on Raft entries per quiet view.
+pub const FRESH_STEP_MS: i64 = 250;
+
 impl Node {
     pub(super) fn push(&mut self, push: pb::PushRequest, reply: oneshot::Sender<PushOutcome>) {
         if self.raw.raft.state != StateRole::Leader {
@@ -89,7 +94,15 @@ impl Node {
                 }
             }
         }
+        // The sender's word on how fresh its change log is; not from a sender whose lease the
+        // view has left.
+        let fresh = push.fresh.filter(|f| !self.lease_lapsed(schema, f.epoch));
         if batches.is_empty() {
+            if need_full.is_empty() && in_flight.is_none() {
+                if let Some(f) = fresh {
+                    self.propose_freshness(&view, schema, &applied, f);
+                }
+            }
             match in_flight {
                 Some((_, id)) if need_full.is_empty() => {
                     if let Some(p) = self.pending.get_mut(&id) {
@@ -113,6 +126,7 @@ impl Node {
             trace_context: push.trace_context,
             // Only the leader itself proposes drops (see `prune`), never a sender.
             drop_view: false,
+            fresh,
         }
         .encode_to_vec();
         let id = self.next_proposal;
@@ -163,6 +177,52 @@ impl Node {
                 schema.view_id
             ))),
         }
+    }
+
+    /// Proposes the sender's freshness alone, when the replica has applied the change log as
+    /// far as it vouches for, in its epoch, and it moves the view's freshness by
+    /// [`FRESH_STEP_MS`] beyond what is applied or already proposed. Nobody waits for it.
+    fn propose_freshness(
+        &mut self,
+        view: &str,
+        schema: &pb::ViewSchema,
+        applied: &Position,
+        f: pb::Freshness,
+    ) {
+        let known = applied
+            .fresh_at_ms
+            .max(self.fresh_proposed.get(view).copied().unwrap_or(0));
+        if applied.epoch == 0
+            || f.epoch != applied.epoch
+            || applied.seq < f.seq
+            || f.at_ms < known + FRESH_STEP_MS
+        {
+            return;
+        }
+        let at_ms = f.at_ms;
+        let data = pb::PushRequest {
+            schema: Some(schema.clone()),
+            fresh: Some(f),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => {
+                self.fresh_proposed.insert(view.to_string(), at_ms);
+            }
+            Err(e) => warn!(error = %e, "proposing a view's freshness failed"),
+        }
+    }
+
+    /// Whether `epoch` belongs to a lease older than the view's current one, as the catalog
+    /// last told this node.
+    fn lease_lapsed(&self, schema: &pb::ViewSchema, epoch: u64) -> bool {
+        let Some((live, _)) = self.catalog.as_ref() else {
+            return false;
+        };
+        live.iter()
+            .find(|l| l.view_id == schema.view_id)
+            .is_some_and(|l| (epoch >> 32) < l.lease_epoch)
     }
 
     /// A batch whose epoch belongs to a lease older than the view's current one (as the

@@ -76,6 +76,87 @@ mod basics {
         out
     }
 
+    /// Batches small enough to apply key by key and large enough to be staged, mixed, with
+    /// repeated keys, NULL keys and deletes, against a map of what the view must hold.
+    #[test]
+    fn small_and_large_batches_apply_alike() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Replica::open(&dir.path().join("r.duckdb")).expect("open");
+        let mut want: std::collections::BTreeMap<Option<String>, i64> = Default::default();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut batches = Vec::new();
+        let mut sizes = std::collections::BTreeSet::new();
+        for seq in 1..=60u64 {
+            let size = match next(3) {
+                0 => 1 + next(3) as usize,
+                1 => 1 + next(DIRECT_CHANGES_MAX as u64 + 4) as usize,
+                _ => 1 + next(40) as usize,
+            };
+            sizes.insert(size);
+            let mut changes = Vec::new();
+            for _ in 0..size {
+                let k = next(12);
+                let key = (k > 0).then(|| format!("k{k}"));
+                if next(4) == 0 {
+                    changes.push(pb::RowChange {
+                        key: vec![text(key.as_deref())],
+                        row: None,
+                    });
+                    want.remove(&key);
+                } else {
+                    let n = next(1000) as i64;
+                    changes.push(upsert(key.as_deref(), n));
+                    want.insert(key, n);
+                }
+            }
+            batches.push(batch(seq, changes));
+        }
+        assert!(
+            sizes.iter().any(|&s| s <= DIRECT_CHANGES_MAX)
+                && sizes.iter().any(|&s| s > DIRECT_CHANGES_MAX + 4)
+        );
+        // One entry per batch, checked after each against the map as of that batch.
+        let chained = chain(batches);
+        let mut model: std::collections::BTreeMap<Option<String>, i64> = Default::default();
+        for (i, b) in chained.into_iter().enumerate() {
+            for c in &b.changes {
+                let key = match &c.key[0].kind {
+                    Some(pb::value::Kind::Text(t)) => Some(t.clone()),
+                    _ => None,
+                };
+                match &c.row {
+                    Some(row) => match row.values[1].kind {
+                        Some(pb::value::Kind::Int(n)) => {
+                            model.insert(key, n);
+                        }
+                        _ => unreachable!(),
+                    },
+                    None => {
+                        model.remove(&key);
+                    }
+                }
+            }
+            let push = pb::PushRequest {
+                schema: Some(schema()),
+                batches: vec![b],
+                ..Default::default()
+            };
+            assert_eq!(
+                r.apply(i as u64 + 1, &push, 20).expect("apply"),
+                i as u64 + 1
+            );
+            let expected: Vec<(Option<String>, i64)> = model.clone().into_iter().collect();
+            assert_eq!(rows(&r), expected, "after batch {}", i + 1);
+        }
+        assert_eq!(model, want);
+    }
+
     #[test]
     fn apply_is_idempotent_keeps_last_change_and_handles_null_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -135,6 +216,7 @@ mod basics {
                 produced_at_ms: 10,
                 applied_at_ms: 20,
                 epoch: 0,
+                fresh_at_ms: 0,
                 checksum: r.position("by_region").checksum,
             }
         );
@@ -290,6 +372,57 @@ mod epochs {
         let mut r2 = Replica::open(&dir2.path().join("r.duckdb")).expect("open");
         r2.restore(index, &data).expect("restore");
         assert_eq!(r2.position("v"), r.position("v"));
+    }
+
+    /// The central tier's word on freshness holds for a replica only once it applied the
+    /// change log that far, in the same epoch; it survives a reopen and a snapshot, and a
+    /// freshness older than the replica's never takes it back.
+    #[test]
+    fn freshness_holds_once_applied_that_far_in_the_same_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Replica::open(&dir.path().join("r.duckdb")).expect("open");
+        let schema = key_only_schema();
+        let push =
+            |batches: Vec<pb::ChangeBatch>, seq: u64, epoch: u64, at_ms: i64| pb::PushRequest {
+                schema: Some(schema.clone()),
+                batches,
+                fresh: Some(pb::Freshness { seq, epoch, at_ms }),
+                ..Default::default()
+            };
+        let b1 = chained(0, batch(1, 10, "a"));
+        let b2 = chained(b1.checksum, batch(2, 10, "b"));
+        // Vouched at seq 2, but the replica reaches only 1.
+        r.apply(1, &push(vec![b1], 2, 10, 5_000), 0).expect("apply");
+        assert_eq!(r.position("v").fresh_at_ms, 0);
+        assert_eq!(r.position("v").staleness_ms(9_000), None);
+        // With batch 2 in the same entry, it holds.
+        r.apply(2, &push(vec![b2], 2, 10, 5_000), 0).expect("apply");
+        assert_eq!(r.position("v").fresh_at_ms, 5_000);
+        assert_eq!(r.position("v").staleness_ms(9_000), Some(4_000));
+        // Another epoch's word does not count; an older one does not take it back.
+        r.apply(3, &push(vec![], 1, 11, 8_000), 0).expect("apply");
+        r.apply(4, &push(vec![], 2, 10, 4_000), 0).expect("apply");
+        assert_eq!(r.position("v").fresh_at_ms, 5_000);
+        // A heartbeat alone moves it.
+        r.apply(5, &push(vec![], 2, 10, 7_000), 0).expect("apply");
+        assert_eq!(r.position("v").fresh_at_ms, 7_000);
+        assert_eq!(r.position("v").seq, 2);
+        drop(r);
+        let r = Replica::open(&dir.path().join("r.duckdb")).expect("reopen");
+        assert_eq!(r.position("v").fresh_at_ms, 7_000);
+        let (index, data) = snapshot(&r.reader().expect("reader")).expect("snapshot");
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let mut r2 = Replica::open(&dir2.path().join("r.duckdb")).expect("open");
+        r2.restore(index, &data).expect("restore");
+        assert_eq!(r2.position("v").fresh_at_ms, 7_000);
+        // A re-seed in a new epoch may hold older data: what was vouched for is forgotten.
+        let mut full = batch(2, 11, "x");
+        full.full = true;
+        full.checksum = 99;
+        r2.apply(index + 1, &push(vec![full], 0, 0, 0), 0)
+            .expect("apply");
+        assert_eq!(r2.position("v").epoch, 11);
+        assert_eq!(r2.position("v").fresh_at_ms, 0);
     }
 }
 
