@@ -672,4 +672,39 @@ fn freshness_of_one_event_at_a_time() {
             pct(1.0)
         );
     }
+    // The views are quiet now: how stale does a read say it may be, while the central tier
+    // vouches for them?
+    let view = views[0].0;
+    let mut stale = Vec::new();
+    for _ in 0..50 {
+        let q = urlencode(&format!("SELECT n FROM {view}"));
+        if let Ok((200, body)) = http(
+            "GET",
+            &node,
+            &format!("/?query={q}&default_format=JSON"),
+            "",
+        ) {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if let Some(s) = json["meridian"]["positions"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["view"] == view))
+                .and_then(|p| p["staleness_ms"].as_f64())
+            {
+                stale.push(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stale.sort_by(f64::total_cmp);
+    if !stale.is_empty() {
+        let pct =
+            |p: f64| stale[((stale.len() as f64 * p).ceil() as usize).clamp(1, stale.len()) - 1];
+        eprintln!(
+            "staleness of the quiet view {view} ({} reads, 100 ms apart): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            stale.len(),
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
 }
