@@ -38,19 +38,6 @@ pub struct CoordinatorService {
     identity: u64,
 }
 
-/// A catalog identity: the wall clock and the process id mixed by a randomly keyed hash.
-fn draw_identity() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
 impl CoordinatorService {
     pub fn open(
         store: CatalogStore,
@@ -68,7 +55,7 @@ impl CoordinatorService {
         let mut catalog = Catalog::load(store.load()?)
             .map_err(|e| anyhow::anyhow!("stored catalog does not load: {e}"))?;
         catalog.reserve_ids_below(store.next_id()?);
-        let identity = store.identity(draw_identity)?;
+        let identity = store.identity(crate::store::draw_identity)?;
         let grants = store.load_grants()?;
         info!(
             entries = catalog.entries().len(),

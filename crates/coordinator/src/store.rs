@@ -213,6 +213,19 @@ impl CatalogStore {
     }
 }
 
+/// A catalog identity: the wall clock and the process id mixed by a randomly keyed hash.
+pub fn draw_identity() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 fn tagged(tag: &str, id: u64) -> String {
     format!("{tag}{id:016x}")
 }

@@ -3,7 +3,7 @@
 //! their progress back (which renews the leases).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ use crate::ship::{Backoff, Lease, ShipState, Shipper};
 use crate::store::{open_db, stored_view_ids, StoreError, ViewStore};
 use crate::wire::schema;
 use crate::{Clock, SystemClock};
+
+mod name;
+use name::{new_session, worker_name};
 
 /// How often the worker fetches the catalog and reports progress (which renews its leases).
 pub const CATALOG_POLL: Duration = Duration::from_millis(500);
@@ -88,52 +91,6 @@ struct Stopping {
     tasks: Vec<JoinHandle<()>>,
     /// Set when the view was dropped: its state is deleted once its tasks have ended.
     destroy: Option<ViewStore>,
-}
-
-/// A number drawn at start: tells this run of the worker from an earlier or a concurrent one.
-fn new_session() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish() | 1
-}
-
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// The worker's name: given, or kept in the data dir (made up and stored on first start).
-fn worker_name(
-    data_dir: &Path,
-    given: Option<String>,
-    session: u64,
-) -> Result<String, CentralError> {
-    let path = data_dir.join("worker-name");
-    let name = match given {
-        Some(n) => n,
-        None => match std::fs::read_to_string(&path) {
-            Ok(s) => s.trim().to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let n = format!("central-{:06x}", session & 0xff_ffff);
-                std::fs::write(&path, format!("{n}\n"))
-                    .map_err(|e| CentralError::Io(path.display().to_string(), e))?;
-                n
-            }
-            Err(e) => return Err(CentralError::Io(path.display().to_string(), e)),
-        },
-    };
-    if !valid_name(&name) {
-        return Err(CentralError::Name(name));
-    }
-    Ok(name)
 }
 
 /// Who this worker is to the coordinator.
