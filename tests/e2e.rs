@@ -562,4 +562,27 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         "nobody vouches for the view without a central worker"
     );
     assert!(s1 >= 0 && s2 > s1, "staleness grows: {s1} ms, then {s2} ms");
+    // Bounded staleness: served within the bound, refused with the reason past it (the last
+    // word is more than 3 s old by now).
+    let q = urlencode("SELECT n FROM totals");
+    let (code, body) = http(
+        "GET",
+        &node,
+        &format!("/?query={q}&default_format=CSV&max_staleness_ms=3600000"),
+        "",
+    )
+    .expect("GET");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http(
+        "GET",
+        &node,
+        &format!("/?query={q}&default_format=CSV&max_staleness_ms=1000&max_staleness_wait_ms=300"),
+        "",
+    )
+    .expect("GET");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("'totals' is") && body.contains("behind its source"),
+        "{body}"
+    );
 }
