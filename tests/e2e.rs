@@ -585,4 +585,25 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         body.contains("'totals' is") && body.contains("behind its source"),
         "{body}"
     );
+    // The same through the SDK: every live node is too stale, so the read fails with the
+    // reason; a loose bound is served.
+    let bounded = |max: Duration| {
+        rt.block_on(async {
+            client::Client::connect(cluster.region_endpoints("us-east"))
+                .await
+                .expect("client")
+                .query_with(
+                    "SELECT n FROM totals",
+                    &client::QueryOptions {
+                        max_staleness: Some(max),
+                        max_staleness_wait: Some(Duration::from_millis(300)),
+                    },
+                )
+                .await
+        })
+    };
+    let err = bounded(Duration::from_secs(1)).expect_err("no node is fresh enough");
+    assert!(err.to_string().contains("behind its source"), "{err}");
+    let r = bounded(Duration::from_secs(3_600)).expect("a loose bound is served");
+    assert_eq!(r.rows.len(), 1);
 }

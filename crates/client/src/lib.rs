@@ -34,8 +34,9 @@ pub enum Error {
     /// The statement was refused (syntax, unknown table, not read-only...).
     #[error("query refused by {node}: {message}")]
     Refused { node: String, message: String },
-    /// Every node of the region failed; the last error is kept.
-    #[error("no node of the region answered; last error from {node}: {message}")]
+    /// Every node of the region failed, or none met the read's staleness bound; the last
+    /// error is kept.
+    #[error("no node of the region could answer; last error from {node}: {message}")]
     Unavailable { node: String, message: String },
 }
 
@@ -83,6 +84,15 @@ pub struct Column {
     pub name: String,
     /// DuckDB's type name, such as BIGINT or VARCHAR.
     pub type_name: String,
+}
+
+/// How a read is answered.
+#[derive(Clone, Debug, Default)]
+pub struct QueryOptions {
+    /// Bounded staleness: every view the statement names at most this far behind its source.
+    pub max_staleness: Option<std::time::Duration>,
+    /// How long a node may wait for that (`None`: the node's default, 2 s).
+    pub max_staleness_wait: Option<std::time::Duration>,
 }
 
 /// Which change batch of a view a node had applied when it answered.
@@ -165,6 +175,18 @@ impl Client {
 
     /// Runs a read-only statement. Every node of the region serves reads from its own replica.
     pub async fn query(&self, sql: &str) -> Result<QueryResult, Error> {
+        self.query_with(sql, &QueryOptions::default()).await
+    }
+
+    /// Runs a read-only statement with options: with `max_staleness`, a node answers only
+    /// when every view the statement names is at most that far behind its source (waiting up
+    /// to `max_staleness_wait`), and a node that stays too stale sends the client to the
+    /// region's next node.
+    pub async fn query_with(
+        &self,
+        sql: &str,
+        options: &QueryOptions,
+    ) -> Result<QueryResult, Error> {
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last = None;
         for attempt in 0..self.nodes.len() {
@@ -174,6 +196,12 @@ impl Client {
             match client
                 .query(pb::QueryRequest {
                     sql: sql.to_string(),
+                    max_staleness_ms: options
+                        .max_staleness
+                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                    max_staleness_wait_ms: options
+                        .max_staleness_wait
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 })
                 .await
             {

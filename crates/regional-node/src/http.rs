@@ -29,7 +29,7 @@ pub fn router(shared: Shared) -> Router {
 pub const STALENESS_WAIT_DEFAULT_MS: u64 = 2_000;
 pub const STALENESS_WAIT_MAX_MS: u64 = 30_000;
 /// How often such a read looks again.
-const STALENESS_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+pub const STALENESS_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The views a statement names (whole words, any case: a view named only in a string
 /// literal counts too, which only makes the check stricter).
@@ -236,28 +236,7 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
         Err(e) => return bad_request(e),
     };
     let started = Instant::now();
-    let mut result = s.query(sql.clone()).await;
-    // Bounded staleness: serve when the views read are fresh enough, else look again until
-    // the wait is over, then refuse with the reason.
-    if let Some(max_ms) = max_staleness {
-        let deadline = started + std::time::Duration::from_millis(wait_ms);
-        while let Ok(r) = &result {
-            let Err(why) = staleness_check(&sql, &r.positions, max_ms) else {
-                break;
-            };
-            if Instant::now() + STALENESS_RETRY > deadline {
-                return error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "{why}; waited {} ms (max_staleness_wait_ms={wait_ms})",
-                        started.elapsed().as_millis()
-                    ),
-                );
-            }
-            tokio::time::sleep(STALENESS_RETRY).await;
-            result = s.query(sql.clone()).await;
-        }
-    }
+    let result = s.query_bounded(sql, max_staleness, wait_ms).await;
     match result {
         Ok(r) => {
             let body = render(format, &r, started.elapsed().as_secs_f64(), quote_64bit);
@@ -277,7 +256,7 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
             use crate::query::QueryError as E;
             let status = match &e {
                 E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                E::Unavailable(_) | E::TooStale(_) => StatusCode::SERVICE_UNAVAILABLE,
                 E::TooManyRows(_) | E::TooManyBytes(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::BAD_REQUEST,
             };

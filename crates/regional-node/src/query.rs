@@ -76,6 +76,9 @@ pub enum QueryError {
     Cancelled,
     #[error("this node does not serve reads now: {0}")]
     Unavailable(String),
+    /// Bounded staleness not met within the wait.
+    #[error("{0}")]
+    TooStale(String),
 }
 
 pub struct QueryResult {

@@ -93,6 +93,37 @@ impl Shared {
         })
     }
 
+    /// Runs a read-only query, answering only when every view it names is at most
+    /// `max_staleness_ms` behind its source (`None`: any staleness); looks again every
+    /// [`crate::http::STALENESS_RETRY`] until `wait_ms` has passed, then refuses with the reason.
+    pub async fn query_bounded(
+        &self,
+        sql: String,
+        max_staleness_ms: Option<i64>,
+        wait_ms: u64,
+    ) -> Result<QueryResult, QueryError> {
+        let started = std::time::Instant::now();
+        let mut result = self.query(sql.clone()).await;
+        let Some(max_ms) = max_staleness_ms else {
+            return result;
+        };
+        let deadline = started + Duration::from_millis(wait_ms);
+        while let Ok(r) = &result {
+            let Err(why) = crate::http::staleness_check(&sql, &r.positions, max_ms) else {
+                break;
+            };
+            if std::time::Instant::now() + crate::http::STALENESS_RETRY > deadline {
+                return Err(QueryError::TooStale(format!(
+                    "{why}; waited {} ms (max_staleness_wait_ms={wait_ms})",
+                    started.elapsed().as_millis()
+                )));
+            }
+            tokio::time::sleep(crate::http::STALENESS_RETRY).await;
+            result = self.query(sql.clone()).await;
+        }
+        result
+    }
+
     /// Runs a read-only query on a blocking thread, within `self.limits`. DuckDB is interrupted
     /// when the deadline passes or when the caller goes away (this future is dropped).
     pub async fn query(&self, sql: String) -> Result<QueryResult, QueryError> {
@@ -182,7 +213,7 @@ pub fn query_status(e: &QueryError) -> Status {
         QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => Status::resource_exhausted(msg),
         QueryError::Timeout(_) => Status::deadline_exceeded(msg),
         QueryError::Cancelled => Status::cancelled(msg),
-        QueryError::Unavailable(_) => Status::unavailable(msg),
+        QueryError::Unavailable(_) | QueryError::TooStale(_) => Status::unavailable(msg),
     }
 }
 
@@ -248,8 +279,16 @@ impl pb::region_server::Region for RegionService {
         &self,
         req: TRequest<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        let sql = req.into_inner().sql;
-        match self.0.query(sql).await {
+        let req = req.into_inner();
+        let wait_ms = match req.max_staleness_wait_ms {
+            0 => crate::http::STALENESS_WAIT_DEFAULT_MS,
+            n => n.min(crate::http::STALENESS_WAIT_MAX_MS),
+        };
+        match self
+            .0
+            .query_bounded(req.sql, req.max_staleness_ms, wait_ms)
+            .await
+        {
             Ok(r) => Ok(Response::new(pb::QueryResponse {
                 columns: r.columns,
                 rows: r.rows,
