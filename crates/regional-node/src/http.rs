@@ -24,55 +24,6 @@ pub fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// How long a read with `max_staleness_ms` waits at most for its views to be fresh enough
-/// (`max_staleness_wait_ms` chooses less or more, up to [`STALENESS_WAIT_MAX_MS`]).
-pub const STALENESS_WAIT_DEFAULT_MS: u64 = 2_000;
-pub const STALENESS_WAIT_MAX_MS: u64 = 30_000;
-/// How often such a read looks again.
-pub const STALENESS_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// The views a statement names (whole words, any case: a view named only in a string
-/// literal counts too, which only makes the check stricter).
-fn views_named<'a>(
-    sql: &str,
-    positions: &'a [meridian_proto::v1::ViewPosition],
-) -> Vec<&'a meridian_proto::v1::ViewPosition> {
-    let words: std::collections::HashSet<String> = sql
-        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    positions
-        .iter()
-        .filter(|p| words.contains(&p.view.to_lowercase()))
-        .collect()
-}
-
-/// `bounded_staleness`: why the answer is too stale for `max_ms` (`Ok` when every view the
-/// statement names is at most that far behind its source). A view nobody vouched for yet is
-/// too stale.
-pub fn staleness_check(
-    sql: &str,
-    positions: &[meridian_proto::v1::ViewPosition],
-    max_ms: i64,
-) -> Result<(), String> {
-    for p in views_named(sql, positions) {
-        if p.staleness_ms < 0 {
-            return Err(format!(
-                "view '{}' has not been vouched fresh yet (no word from the central tier)",
-                p.view
-            ));
-        }
-        if p.staleness_ms > max_ms {
-            return Err(format!(
-                "view '{}' is {} ms behind its source, more than max_staleness_ms={max_ms}",
-                p.view, p.staleness_ms
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// A node this many committed Raft entries behind is not ready for reads.
 pub const READY_APPLY_BEHIND_MAX: u64 = 100;
 
@@ -230,9 +181,7 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
         Err(e) => return bad_request(e),
     };
     let wait_ms = match number("max_staleness_wait_ms") {
-        Ok(v) => v
-            .unwrap_or(STALENESS_WAIT_DEFAULT_MS)
-            .min(STALENESS_WAIT_MAX_MS),
+        Ok(v) => crate::staleness::wait_ms(v),
         Err(e) => return bad_request(e),
     };
     let started = Instant::now();
@@ -267,42 +216,8 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
 
 #[cfg(test)]
 mod tests {
-    use super::{readiness, split_format, staleness_check, READY_APPLY_BEHIND_MAX};
-    use meridian_proto::v1::{NodeStatusResponse, ViewPosition};
-
-    #[test]
-    fn bounded_staleness_looks_at_the_views_a_statement_names() {
-        let p = |view: &str, staleness_ms: i64| ViewPosition {
-            view: view.into(),
-            staleness_ms,
-            ..Default::default()
-        };
-        let positions = [
-            p("orders_by_day", 300),
-            p("totals", 5_000),
-            p("fresh_new", -1),
-        ];
-        assert_eq!(
-            staleness_check("SELECT * FROM Orders_By_Day WHERE x > 1", &positions, 500),
-            Ok(())
-        );
-        let why = staleness_check(
-            "SELECT * FROM orders_by_day JOIN totals USING (k)",
-            &positions,
-            500,
-        )
-        .expect_err("totals is too stale");
-        assert!(why.contains("'totals' is 5000 ms behind"), "{why}");
-        assert!(
-            staleness_check("SELECT 1 FROM fresh_new", &positions, 60_000)
-                .is_err_and(|w| w.contains("not been vouched"))
-        );
-        // Names inside other words do not count.
-        assert_eq!(
-            staleness_check("SELECT totals_x FROM orders_by_day", &positions, 500),
-            Ok(())
-        );
-    }
+    use super::{readiness, split_format, READY_APPLY_BEHIND_MAX};
+    use meridian_proto::v1::NodeStatusResponse;
 
     #[test]
     fn a_node_is_ready_only_serving_with_a_leader_and_caught_up() {

@@ -13,6 +13,7 @@ pub mod query;
 pub mod replica;
 pub mod service;
 mod slog_bridge;
+pub mod staleness;
 pub mod storage;
 
 use std::collections::{BTreeMap, HashMap};

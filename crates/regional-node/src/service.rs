@@ -95,7 +95,7 @@ impl Shared {
 
     /// Runs a read-only query, answering only when every view it names is at most
     /// `max_staleness_ms` behind its source (`None`: any staleness); looks again every
-    /// [`crate::http::STALENESS_RETRY`] until `wait_ms` has passed, then refuses with the reason.
+    /// [`crate::staleness::RETRY`] until `wait_ms` has passed, then refuses with the reason.
     pub async fn query_bounded(
         &self,
         sql: String,
@@ -109,16 +109,16 @@ impl Shared {
         };
         let deadline = started + Duration::from_millis(wait_ms);
         while let Ok(r) = &result {
-            let Err(why) = crate::http::staleness_check(&sql, &r.positions, max_ms) else {
+            let Err(why) = crate::staleness::check(&sql, &r.positions, max_ms) else {
                 break;
             };
-            if std::time::Instant::now() + crate::http::STALENESS_RETRY > deadline {
+            if std::time::Instant::now() + crate::staleness::RETRY > deadline {
                 return Err(QueryError::TooStale(format!(
                     "{why}; waited {} ms (max_staleness_wait_ms={wait_ms})",
                     started.elapsed().as_millis()
                 )));
             }
-            tokio::time::sleep(crate::http::STALENESS_RETRY).await;
+            tokio::time::sleep(crate::staleness::RETRY).await;
             result = self.query(sql.clone()).await;
         }
         result
@@ -280,10 +280,10 @@ impl pb::region_server::Region for RegionService {
         req: TRequest<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
         let req = req.into_inner();
-        let wait_ms = match req.max_staleness_wait_ms {
-            0 => crate::http::STALENESS_WAIT_DEFAULT_MS,
-            n => n.min(crate::http::STALENESS_WAIT_MAX_MS),
-        };
+        let wait_ms = crate::staleness::wait_ms(
+            // 0 on the wire: not given.
+            (req.max_staleness_wait_ms != 0).then_some(req.max_staleness_wait_ms),
+        );
         match self
             .0
             .query_bounded(req.sql, req.max_staleness_ms, wait_ms)

@@ -42,6 +42,16 @@ pub(super) fn duration_micros(s: &str) -> Option<i64> {
         .checked_mul(unit_micros(unit.trim())?)
 }
 
+/// The unnamed arguments of a window table function (`tumble`, `hop`).
+fn window_args(args: &[FunctionArg]) -> Vec<&Expr> {
+    args.iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The most windows of a `hop()` one row may be in (its size over its slide).
 pub const HOP_WINDOWS_MAX: i64 = 1_000;
 
@@ -195,18 +205,8 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// `tumble(stream, time_column, interval)`: the window's start and end over each row.
-    pub(super) fn tumble(&mut self, args: &[FunctionArg], span: Span) -> Result<(), SqlError> {
-        let exprs: Vec<&Expr> = args
-            .iter()
-            .filter_map(|a| match a {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
-                _ => None,
-            })
-            .collect();
-        let [_, Expr::Identifier(time), size] = exprs.as_slice() else {
-            return Err(self.err(span, "tumble() takes tumble(stream, time_column, INTERVAL 1 MINUTE) (or 1m); the time column is required"));
-        };
+    /// The event-time column of window function `f`: a date or datetime column, as SQL.
+    fn window_time_column(&self, f: &str, time: &Ident) -> Result<String, SqlError> {
         let col = self.column(time)?;
         let ty = self
             .stream
@@ -216,11 +216,21 @@ impl<'a> Planner<'a> {
             return Err(self.err(
                 time.span,
                 format!(
-                    "tumble() needs a date or datetime column, and '{}' is not one",
+                    "{f}() needs a date or datetime column, and '{}' is not one",
                     time.value
                 ),
             ));
         }
+        Ok(col)
+    }
+
+    /// `tumble(stream, time_column, interval)`: the window's start and end over each row.
+    pub(super) fn tumble(&mut self, args: &[FunctionArg], span: Span) -> Result<(), SqlError> {
+        let exprs = window_args(args);
+        let [_, Expr::Identifier(time), size] = exprs.as_slice() else {
+            return Err(self.err(span, "tumble() takes tumble(stream, time_column, INTERVAL 1 MINUTE) (or 1m); the time column is required"));
+        };
+        let col = self.window_time_column("tumble", time)?;
         let Expr::Interval(iv) = size else {
             return Err(self.err(
                 size.span(),
@@ -244,31 +254,12 @@ impl<'a> Planner<'a> {
     /// are those of the latest window holding it; the view's core adds the row to the earlier
     /// ones too.
     pub(super) fn hop(&mut self, args: &[FunctionArg], span: Span) -> Result<(), SqlError> {
-        let exprs: Vec<&Expr> = args
-            .iter()
-            .filter_map(|a| match a {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let exprs = window_args(args);
         let usage = "hop() takes hop(stream, time_column, slide, size), as in hop(s, ts, 1m, 5m): windows of the size, one starting every slide";
         let [_, Expr::Identifier(time), slide, size] = exprs.as_slice() else {
             return Err(self.err(span, usage));
         };
-        let col = self.column(time)?;
-        let ty = self
-            .stream
-            .column_index(&time.value)
-            .map(|i| self.stream.columns[i].ty);
-        if !matches!(ty, Some(ColumnType::Timestamp | ColumnType::Date)) {
-            return Err(self.err(
-                time.span,
-                format!(
-                    "hop() needs a date or datetime column, and '{}' is not one",
-                    time.value
-                ),
-            ));
-        }
+        let col = self.window_time_column("hop", time)?;
         let fixed = |p: &Self, e: &Expr, what: &str| -> Result<i64, SqlError> {
             let Expr::Interval(iv) = e else {
                 return Err(p.err(

@@ -214,15 +214,18 @@ impl Node {
         }
     }
 
-    /// Whether `epoch` belongs to a lease older than the view's current one, as the catalog
-    /// last told this node.
-    fn lease_lapsed(&self, schema: &pb::ViewSchema, epoch: u64) -> bool {
-        let Some((live, _)) = self.catalog.as_ref() else {
-            return false;
-        };
+    /// The view's current lease epoch, as the catalog last told this node.
+    fn current_lease(&self, schema: &pb::ViewSchema) -> Option<u64> {
+        let (live, _) = self.catalog.as_ref()?;
         live.iter()
             .find(|l| l.view_id == schema.view_id)
-            .is_some_and(|l| (epoch >> 32) < l.lease_epoch)
+            .map(|l| l.lease_epoch)
+    }
+
+    /// Whether `epoch` belongs to a lease older than the view's current one.
+    fn lease_lapsed(&self, schema: &pb::ViewSchema, epoch: u64) -> bool {
+        self.current_lease(schema)
+            .is_some_and(|current| (epoch >> 32) < current)
     }
 
     /// A batch whose epoch belongs to a lease older than the view's current one (as the
@@ -230,11 +233,7 @@ impl Node {
     /// paused or cut-off former owner never gets a batch applied once the move is known here.
     /// (Batches that arrive before are still bounded by the epoch rule of `admit`.)
     fn fenced(&self, schema: &pb::ViewSchema, batches: &[pb::ChangeBatch]) -> Option<String> {
-        let (live, _) = self.catalog.as_ref()?;
-        let current = live
-            .iter()
-            .find(|l| l.view_id == schema.view_id)
-            .map(|l| l.lease_epoch)?;
+        let current = self.current_lease(schema)?;
         let b = batches.iter().find(|b| (b.epoch >> 32) < current)?;
         Some(format!(
             "batch {} of view '{}' was sent under lease {}, but the view's lease is now {}: its sender no longer owns the view",

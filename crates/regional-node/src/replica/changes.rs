@@ -37,18 +37,7 @@ pub(super) fn apply_changes(
     for &i in &reduced {
         let c = &changes[i];
         let mut values = match &c.row {
-            Some(row) => {
-                if row.values.len() != n_cols {
-                    return Err(ReplicaError::Schema {
-                        view: schema.view.clone(),
-                        detail: format!(
-                            "row has {} values, table has {n_cols} columns",
-                            row.values.len()
-                        ),
-                    });
-                }
-                typed_row(schema, &row.values)
-            }
+            Some(row) => checked_row(schema, row)?,
             None => {
                 // A deletion only needs the key columns; the others stay NULL.
                 let mut vals = vec![DValue::Null; n_cols];
@@ -64,21 +53,41 @@ pub(super) fn apply_changes(
         staged.push(values);
     }
     insert_rows(conn, &stage, n_cols + 1, staged)?;
-    let on = if schema.key_indexes.is_empty() {
-        "true".to_string()
-    } else {
-        schema
-            .key_indexes
-            .iter()
-            .filter_map(|&i| schema.columns.get(i as usize))
-            .map(|c| format!("t.{0} IS NOT DISTINCT FROM s.{0}", quote(&c.name)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
+    let on = key_match(schema, |c| format!("t.{c} IS NOT DISTINCT FROM s.{c}"));
     conn.execute_batch(&format!(
         "DELETE FROM {table} AS t USING {stage} AS s WHERE {on}; INSERT INTO {table} SELECT {col_list} FROM {stage} WHERE NOT _meridian_delete;"
     ))?;
     Ok(())
+}
+
+/// The condition matching a row's key (`true` for a view without keys): `each` of the key
+/// columns' quoted names, joined with AND.
+fn key_match(schema: &pb::ViewSchema, each: impl Fn(&str) -> String) -> String {
+    if schema.key_indexes.is_empty() {
+        return "true".to_string();
+    }
+    schema
+        .key_indexes
+        .iter()
+        .filter_map(|&i| schema.columns.get(i as usize))
+        .map(|c| each(&quote(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// A changed row as DuckDB values, refused when it does not have the table's width.
+fn checked_row(schema: &pb::ViewSchema, row: &pb::Row) -> Result<Vec<DValue>, ReplicaError> {
+    let n_cols = schema.columns.len();
+    if row.values.len() != n_cols {
+        return Err(ReplicaError::Schema {
+            view: schema.view.clone(),
+            detail: format!(
+                "row has {} values, table has {n_cols} columns",
+                row.values.len()
+            ),
+        });
+    }
+    Ok(typed_row(schema, &row.values))
 }
 
 /// Applies the changes `which` (at most one per key) key by key: a prepared delete of the
@@ -92,17 +101,7 @@ fn apply_directly(
 ) -> Result<(), ReplicaError> {
     let table = quote(&schema.view);
     let n_cols = schema.columns.len();
-    let cond = if schema.key_indexes.is_empty() {
-        "true".to_string()
-    } else {
-        schema
-            .key_indexes
-            .iter()
-            .filter_map(|&i| schema.columns.get(i as usize))
-            .map(|c| format!("{} IS NOT DISTINCT FROM ?", quote(&c.name)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
+    let cond = key_match(schema, |c| format!("{c} IS NOT DISTINCT FROM ?"));
     let delete = format!("DELETE FROM {table} WHERE {cond}");
     let insert = format!(
         "INSERT INTO {table} VALUES ({})",
@@ -112,17 +111,8 @@ fn apply_directly(
         let c = &changes[i];
         match &c.row {
             Some(row) => {
-                if row.values.len() != n_cols {
-                    return Err(ReplicaError::Schema {
-                        view: schema.view.clone(),
-                        detail: format!(
-                            "row has {} values, table has {n_cols} columns",
-                            row.values.len()
-                        ),
-                    });
-                }
+                let values = checked_row(schema, row)?;
                 // The key as the row has it, as the staged way matches it.
-                let values = typed_row(schema, &row.values);
                 let key: Vec<&DValue> = schema
                     .key_indexes
                     .iter()
