@@ -5,6 +5,8 @@
 // The view engine's and the central cluster's end-to-end tests share this binary (one link
 // instead of three).
 mod central;
+mod config;
+mod consistency;
 mod freshness;
 mod views;
 
@@ -562,6 +564,19 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         "nobody vouches for the view without a central worker"
     );
     assert!(s1 >= 0 && s2 > s1, "staleness grows: {s1} ms, then {s2} ms");
+    // Probes see it: `status --check` fails naming the view once it is past the bound.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        match cluster.cli(&["status", "--check", "--max-staleness-ms", "2000"]) {
+            Err(why) => break why,
+            Ok(out) => assert!(Instant::now() < deadline, "the check keeps passing: {out}"),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        why.contains("view 'totals' is") && why.contains("behind its source (bound 2000 ms)"),
+        "{why}"
+    );
     // Bounded staleness: served within the bound, refused with the reason past it (the last
     // word is more than 3 s old by now).
     let q = urlencode("SELECT n FROM totals");
@@ -597,6 +612,7 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
                     &client::QueryOptions {
                         max_staleness: Some(max),
                         max_staleness_wait: Some(Duration::from_millis(300)),
+                        ..Default::default()
                     },
                 )
                 .await

@@ -346,6 +346,22 @@ impl<'w> Cluster<'w> {
         self.start_node_env(idx, &peers, env);
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `TERM`) to a regional node.
+    pub fn signal_node(&mut self, region: &str, id: u64, signal: &str) {
+        let pid = self
+            .nodes
+            .iter()
+            .find(|(a, _)| a.region == region && a.id == id)
+            .and_then(|(_, p)| p.as_ref())
+            .map(|p| p.child.id())
+            .unwrap_or_else(|| panic!("no running node {region}-{id}"));
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// Whether the node's process is still running (false once it exited or was killed).
     pub fn node_running(&mut self, region: &str, id: u64) -> bool {
         self.nodes

@@ -10,9 +10,20 @@
 //! println!("reflects change batch {:?}", result.position("revenue_by_region"));
 //! # Ok(()) }
 //! ```
+//!
+//! A `Client` is a session with monotonic reads: it keeps the newest read token its answers
+//! carried and sends it with every read, so no answer reflects an older state of the region
+//! than one it already returned, whichever node answers. `QueryOptions` adds bounded
+//! staleness and linearizable reads.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
+
+pub use meridian_proto::ReadToken;
+
+mod subscribe;
+pub use subscribe::{Change, SubscribePosition, Subscription, SubscriptionEvent};
 
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::region_client::RegionClient;
@@ -24,6 +35,8 @@ pub const RESPONSE_BYTES_MAX: usize = 512 << 20;
 
 /// Per-attempt deadline of a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings on every connection, so that a node that stopped answering is noticed.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -91,8 +104,17 @@ pub struct Column {
 pub struct QueryOptions {
     /// Bounded staleness: every view the statement names at most this far behind its source.
     pub max_staleness: Option<std::time::Duration>,
-    /// How long a node may wait for that (`None`: the node's default, 2 s).
+    /// How long a node may wait for the read's conditions (staleness bound, `at_least`, the
+    /// session's token, `linearizable`) before the client tries the next node (`None`: the
+    /// node's default, 2 s).
     pub max_staleness_wait: Option<std::time::Duration>,
+    /// A state at least as new as this token's (from an earlier answer, possibly of another
+    /// client), on top of the session's own token.
+    pub at_least: Option<ReadToken>,
+    /// Linearizable: the answer reflects every batch the region acknowledged before the read
+    /// began (Raft ReadIndex through the leader). A node cut off from a majority of its region
+    /// fails the read instead of answering stale.
+    pub linearizable: bool,
 }
 
 /// Which change batch of a view a node had applied when it answered.
@@ -121,6 +143,8 @@ pub struct QueryResult {
     pub positions: Vec<Position>,
     pub region: String,
     pub node_id: u64,
+    /// The state the answer reflects, for a later read's `QueryOptions::at_least`.
+    pub token: Option<ReadToken>,
 }
 
 impl QueryResult {
@@ -140,6 +164,8 @@ impl QueryResult {
 pub struct Client {
     nodes: Vec<(String, RegionClient<Channel>)>,
     preferred: AtomicUsize,
+    /// The newest state an answer of this session reflected.
+    session: Mutex<Option<ReadToken>>,
 }
 
 impl Client {
@@ -156,7 +182,12 @@ impl Client {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|err| Error::Endpoint(url.clone(), err.to_string()))?
                 .connect_timeout(Duration::from_secs(2))
-                .timeout(QUERY_TIMEOUT);
+                .timeout(QUERY_TIMEOUT)
+                // A subscription's node that stops answering (paused, or its host gone) is
+                // noticed; a node cut off from its region ends its subscriptions itself.
+                .http2_keep_alive_interval(KEEPALIVE)
+                .keep_alive_timeout(KEEPALIVE)
+                .keep_alive_while_idle(true);
             // A query may return up to 100 000 rows, far past tonic's 4 MB default.
             nodes.push((
                 url,
@@ -170,7 +201,50 @@ impl Client {
         Ok(Client {
             nodes,
             preferred: AtomicUsize::new(0),
+            session: Mutex::new(None),
         })
+    }
+
+    /// The newest state this session's answers reflected: no later read answers from an
+    /// older one.
+    pub fn token(&self) -> Option<ReadToken> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A view's changes as the region applies them: a snapshot first, then every batch in
+    /// seq order; resumed on the region's next node when one goes away, from the last event
+    /// received (without a new snapshot when that node still holds the batches after it).
+    pub fn subscribe(&self, view: &str) -> Subscription {
+        self.subscribe_from(view, None)
+    }
+
+    /// [`Client::subscribe`] from a position an earlier subscription reached.
+    pub fn subscribe_from(&self, view: &str, from: Option<SubscribePosition>) -> Subscription {
+        Subscription {
+            view: view.to_string(),
+            nodes: self.nodes.clone(),
+            next_node: self.preferred.load(Ordering::Relaxed),
+            stream: None,
+            position: from,
+            snapshots: 0,
+        }
+    }
+
+    /// Forgets the session's token (for a region rebuilt from empty disks, whose log starts
+    /// over, so that no node can reach the old token).
+    pub fn reset_session(&self) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn remember(&self, token: &ReadToken) {
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        *session = Some(match session.take() {
+            Some(old) if old.region == token.region => old.newer(token.clone()),
+            _ => token.clone(),
+        });
     }
 
     /// Runs a read-only statement. Every node of the region serves reads from its own replica.
@@ -181,12 +255,18 @@ impl Client {
     /// Runs a read-only statement with options: with `max_staleness`, a node answers only
     /// when every view the statement names is at most that far behind its source (waiting up
     /// to `max_staleness_wait`), and a node that stays too stale sends the client to the
-    /// region's next node.
+    /// region's next node; the same for `at_least`, the session's token and `linearizable`.
     pub async fn query_with(
         &self,
         sql: &str,
         options: &QueryOptions,
     ) -> Result<QueryResult, Error> {
+        let at_least = match (self.token(), options.at_least.clone()) {
+            (Some(mine), Some(theirs)) if mine.region == theirs.region => Some(mine.newer(theirs)),
+            // A token of another region means nothing here: the node refuses it.
+            (_, Some(theirs)) => Some(theirs),
+            (mine, None) => mine,
+        };
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last = None;
         for attempt in 0..self.nodes.len() {
@@ -202,13 +282,24 @@ impl Client {
                     max_staleness_wait_ms: options
                         .max_staleness_wait
                         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    at_least: at_least
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    linearizable: options.linearizable,
                 })
                 .await
             {
                 Ok(resp) => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     let r = resp.into_inner();
+                    // A node that sends no token (or a bad one) leaves the session as it was.
+                    let token = ReadToken::parse(&r.token).ok();
+                    if let Some(t) = &token {
+                        self.remember(t);
+                    }
                     return Ok(QueryResult {
+                        token,
                         columns: r
                             .columns
                             .into_iter()

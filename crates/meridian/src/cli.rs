@@ -18,6 +18,11 @@ pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7000";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// A TOML file with one table per role ([coordinator], [central], [region], [dev]) whose
+    /// keys are the role's flags. Precedence: flags, then environment variables (MERIDIAN_ and
+    /// the flag in capitals, such as MERIDIAN_DATA_DIR), then the file, then the defaults.
+    #[arg(long, global = true, env = "MERIDIAN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -46,10 +51,26 @@ pub enum Command {
         #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
         /// Region to read from.
-        #[arg(long)]
+        #[arg(long, env = "MERIDIAN_REGION")]
         region: String,
+        /// Answer only when every view the statement names is at most this many ms behind
+        /// its source.
+        #[arg(long, value_name = "MS")]
+        max_staleness_ms: Option<u64>,
+        /// Answer from a state at least as new as this read token's (printed by an earlier
+        /// query, `region:index`).
+        #[arg(long, value_name = "TOKEN")]
+        at_least: Option<String>,
+        /// Linearizable: reflect every batch the region acknowledged before the read began.
+        #[arg(long)]
+        linearizable: bool,
         /// A read-only statement, such as "SELECT * FROM revenue_by_country LIMIT 5".
         sql: String,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Show regions, nodes, Raft roles, views, applied positions and freshness.
     Status {
@@ -59,6 +80,14 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Print only what is wrong, and exit non-zero if anything is: a view in error or
+        /// stalled, a region without a leader, a node not serving or not reporting, a replica
+        /// staler than --max-staleness-ms.
+        #[arg(long)]
+        check: bool,
+        /// The staleness bound of --check.
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        max_staleness_ms: i64,
     },
 }
 
@@ -73,35 +102,46 @@ impl Command {
     }
 }
 
+#[derive(Subcommand)]
+pub enum ConfigAction {
+    /// Check the --config file: its roles, settings and every value, as each role would read
+    /// them.
+    Check,
+}
+
 #[derive(clap::Args)]
 pub struct DevArgs {
     /// Where every component keeps its data.
-    #[arg(long, default_value = "./meridian-data")]
+    #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "./meridian-data")]
     pub data_dir: PathBuf,
     /// Use this Kafka cluster instead of the embedded one.
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_BROKERS")]
     pub brokers: Option<String>,
     /// Topic of the sample orders stream.
-    #[arg(long, default_value = "orders")]
+    #[arg(long, env = "MERIDIAN_TOPIC", default_value = "orders")]
     pub topic: String,
     /// Sample change events to produce.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, env = "MERIDIAN_EVENTS", default_value_t = 20_000)]
     pub events: usize,
     /// First port: the coordinator listens on it, regions on base+101.. (gRPC) and base+1101.. (HTTP).
-    #[arg(long, default_value_t = 7000)]
+    #[arg(long, env = "MERIDIAN_PORT_BASE", default_value_t = 7000)]
     pub port_base: u16,
     /// Stop after the demo instead of serving until Ctrl-C.
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_EXIT_AFTER_DEMO")]
     pub exit_after_demo: bool,
 }
 
 #[derive(clap::Args)]
 pub struct CoordinatorArgs {
     /// gRPC listen address.
-    #[arg(long, default_value = "127.0.0.1:7000")]
+    #[arg(long, env = "MERIDIAN_LISTEN", default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
     /// Where the catalog (RocksDB) lives.
-    #[arg(long, default_value = "./meridian-data/coordinator")]
+    #[arg(
+        long,
+        env = "MERIDIAN_DATA_DIR",
+        default_value = "./meridian-data/coordinator"
+    )]
     pub data_dir: PathBuf,
     /// How long a central worker keeps its views without renewing its lease (milliseconds):
     /// after that, its views move to another worker, under a new epoch.
@@ -118,19 +158,23 @@ pub struct CentralArgs {
     #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub coordinator: String,
     /// Where view state, offsets and change logs (RocksDB) live.
-    #[arg(long, default_value = "./meridian-data/central")]
+    #[arg(
+        long,
+        env = "MERIDIAN_DATA_DIR",
+        default_value = "./meridian-data/central"
+    )]
     pub data_dir: PathBuf,
     /// This worker's name, unique in the cluster (default: the name kept in the data dir, made
     /// up on first start).
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_NAME")]
     pub name: Option<String>,
     /// Change batches kept behind the slowest region; a region further behind gets a full
     /// batch with every row of the view instead.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, env = "MERIDIAN_CHANGE_LOG_RETAIN", default_value_t = 1_000)]
     pub change_log_retain: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics: per view progress, dead letters,
     /// stalled partitions, and each region's position in the change log.
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -150,33 +194,33 @@ pub enum CentralAction {
 #[derive(clap::Args)]
 pub struct RegionArgs {
     /// Region name (letters, digits, '-' and '_'), such as eu-west.
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_REGION")]
     pub region: String,
     /// This node's Raft id within the region (1, 2, 3...).
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_NODE_ID")]
     pub node_id: u64,
     /// Every node of the region as id=url, this one included:
     /// 1=http://127.0.0.1:7101,2=http://127.0.0.1:7102,3=http://127.0.0.1:7103
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_PEERS")]
     pub peers: String,
     /// gRPC listen address (default: the port of this node's --peers entry on 127.0.0.1).
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Address of the chDB-style HTTP SQL endpoint, such as 127.0.0.1:8101.
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_HTTP_LISTEN")]
     pub http_listen: SocketAddr,
     /// URL other processes use for this node's HTTP endpoint (default: from --http-listen).
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_HTTP_ADVERTISE")]
     pub http_advertise: Option<String>,
     /// Where the node keeps its Raft log (RocksDB) and DuckDB replica.
-    #[arg(long)]
+    #[arg(long, env = "MERIDIAN_DATA_DIR")]
     pub data_dir: PathBuf,
     /// The coordinator this node reports to.
     #[arg(long, env = "MERIDIAN_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub coordinator: String,
     /// Raft log entries kept behind the replica; older ones are compacted away, and a node that
     /// needs them gets a snapshot of the replica instead.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "MERIDIAN_RAFT_LOG_RETAIN", default_value_t = 10_000)]
     pub raft_log_retain: u64,
     /// A read that runs longer is interrupted and answers with an error (milliseconds).
     #[arg(long, env = "MERIDIAN_QUERY_TIMEOUT_MS", default_value_t = 30_000)]
@@ -218,6 +262,9 @@ pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Config {
+                action: ConfigAction::Check,
+            } => crate::config::check(self.config),
             Command::Dev(args) => crate::dev::run(args).await,
             Command::Coordinator(args) => {
                 crate::roles::coordinator(args, crate::roles::ctrl_c()).await
@@ -239,11 +286,29 @@ impl Cli {
             Command::Query {
                 coordinator,
                 region,
+                max_staleness_ms,
+                at_least,
+                linearizable,
                 sql,
-            } => crate::status::query(&coordinator, &region, &sql).await,
-            Command::Status { coordinator, json } => {
-                crate::status::status(&coordinator, json).await
+            } => {
+                let at_least = at_least.map(|t| client::ReadToken::parse(&t)).transpose()?;
+                let options = client::QueryOptions {
+                    max_staleness: max_staleness_ms.map(std::time::Duration::from_millis),
+                    at_least,
+                    linearizable,
+                    ..Default::default()
+                };
+                crate::status::query(&coordinator, &region, &sql, &options).await
             }
+            Command::Status {
+                coordinator,
+                json,
+                check: true,
+                max_staleness_ms,
+            } => crate::status::check(&coordinator, json, max_staleness_ms).await,
+            Command::Status {
+                coordinator, json, ..
+            } => crate::status::status(&coordinator, json).await,
         }
     }
 }

@@ -62,7 +62,12 @@ pub async fn sql(url: &str, statement: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn query(url: &str, region: &str, sql: &str) -> anyhow::Result<()> {
+pub async fn query(
+    url: &str,
+    region: &str,
+    sql: &str,
+    options: &client::QueryOptions,
+) -> anyhow::Result<()> {
     let mut c = connect(url).await?;
     let cat = c
         .get_catalog(pb::GetCatalogRequest {})
@@ -77,7 +82,7 @@ pub async fn query(url: &str, region: &str, sql: &str) -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(!nodes.is_empty(), "no nodes known for region '{region}'");
     let client = client::Client::connect(nodes).await?;
-    let r = client.query(sql).await?;
+    let r = client.query_with(sql, options).await?;
     print!("{}", result_table(&r));
     let pos: Vec<String> = r
         .positions
@@ -85,11 +90,12 @@ pub async fn query(url: &str, region: &str, sql: &str) -> anyhow::Result<()> {
         .map(|p| format!("{}@{}", p.view, p.applied_seq))
         .collect();
     println!(
-        "{} rows from {} node {} (applied: {})",
+        "{} rows from {} node {} (applied: {}; token {})",
         r.rows.len(),
         r.region,
         r.node_id,
-        pos.join(", ")
+        pos.join(", "),
+        r.token.as_ref().map_or("-".into(), ToString::to_string)
     );
     Ok(())
 }
@@ -158,6 +164,28 @@ pub async fn status(url: &str, as_json: bool) -> anyhow::Result<()> {
     } else {
         print!("{}", render(&s));
     }
+    Ok(())
+}
+
+/// `status --check`: the problems, one per line on standard error (a JSON array on standard
+/// output with `--json`), and an error when there is one.
+pub async fn check(url: &str, as_json: bool, max_staleness_ms: i64) -> anyhow::Result<()> {
+    let s = fetch(url).await?;
+    let problems = crate::check::problems(&s, max_staleness_ms);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&problems)?);
+    } else if problems.is_empty() {
+        println!(
+            "ok: {} regions, {} views, every replica within {max_staleness_ms} ms of its source",
+            s.regions.len(),
+            s.views.len()
+        );
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+    }
+    anyhow::ensure!(problems.is_empty(), "{} problems found", problems.len());
     Ok(())
 }
 

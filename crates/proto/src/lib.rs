@@ -8,6 +8,9 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod token;
+pub use token::ReadToken;
+
 /// The replica table a region must hold for a view: what the central worker pushes and what
 /// the coordinator tells a region to expect, from one definition.
 pub fn view_schema(def: &catalog::ViewDef, view_id: u64) -> v1::ViewSchema {

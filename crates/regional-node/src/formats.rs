@@ -73,7 +73,7 @@ fn is_wide_int(ch_type: &str) -> bool {
     matches!(ch_type, "Int64" | "UInt64" | "Int128")
 }
 
-fn json_value(v: &pb::Value, quote_wide: bool) -> Json {
+pub(crate) fn json_value(v: &pb::Value, quote_wide: bool) -> Json {
     use pb::value::Kind;
     match &v.kind {
         None => Json::Null,
@@ -152,7 +152,14 @@ pub fn positions_header(positions: &[pb::ViewPosition]) -> String {
 }
 
 /// Renders a result. `quote_64bit` follows ClickHouse's setting of the same name.
-pub fn render(format: Format, r: &QueryResult, elapsed_s: f64, quote_64bit: bool) -> String {
+/// `token` is the answer's read token (in JSON bodies under `meridian`).
+pub fn render(
+    format: Format,
+    r: &QueryResult,
+    token: &str,
+    elapsed_s: f64,
+    quote_64bit: bool,
+) -> String {
     let ch_types: Vec<String> = r
         .columns
         .iter()
@@ -196,7 +203,7 @@ pub fn render(format: Format, r: &QueryResult, elapsed_s: f64, quote_64bit: bool
                 data.join(",\n"),
                 r.rows.len(),
                 statistics,
-                json!({"positions": positions_json(&r.positions)})
+                json!({"positions": positions_json(&r.positions), "token": token})
             )
         }
         Format::JsonEachRow => r
@@ -306,6 +313,7 @@ mod tests {
                 fresh_at_ms: 110,
                 staleness_ms: 25,
             }],
+            raft_index: 7,
         }
     }
 
@@ -313,7 +321,8 @@ mod tests {
     fn formats_match_clickhouse() {
         let r = result();
         let compact: Json =
-            serde_json::from_str(&render(Format::JsonCompact, &r, 0.5, true)).expect("json");
+            serde_json::from_str(&render(Format::JsonCompact, &r, "eu:7", 0.5, true))
+                .expect("json");
         assert_eq!(
             compact["meta"],
             json!([{"name": "region", "type": "String"}, {"name": "n", "type": "Int64"}])
@@ -325,29 +334,34 @@ mod tests {
             json!([{"view": "v", "view_id": 3, "applied_seq": 7, "epoch": 9, "produced_at_ms": 100, "applied_at_ms": 120, "fresh_at_ms": 110, "staleness_ms": 25}])
         );
         assert_eq!(
+            compact["meridian"]["token"],
+            json!("eu:7"),
+            "the answer's read token"
+        );
+        assert_eq!(
             positions_header(&r.positions),
             "v;seq=7;epoch=9;produced_at_ms=100;applied_at_ms=120;fresh_at_ms=110;staleness_ms=25"
         );
         assert_eq!(
-            render(Format::JsonEachRow, &r, 0.0, false),
+            render(Format::JsonEachRow, &r, "eu:7", 0.0, false),
             "{\"region\":\"eu \\\"west\\\"\",\"n\":3}\n{\"region\":null,\"n\":1}\n"
         );
         assert_eq!(
-            render(Format::Csv { names: false }, &r, 0.0, true),
+            render(Format::Csv { names: false }, &r, "eu:7", 0.0, true),
             "\"eu \"\"west\"\"\",3\n\\N,1\n"
         );
         assert_eq!(
-            render(Format::Csv { names: true }, &r, 0.0, true)
+            render(Format::Csv { names: true }, &r, "eu:7", 0.0, true)
                 .lines()
                 .next(),
             Some("\"region\",\"n\"")
         );
         assert_eq!(
-            render(Format::Tsv { names: false }, &r, 0.0, true),
+            render(Format::Tsv { names: false }, &r, "eu:7", 0.0, true),
             "eu \"west\"\t3\n\\N\t1\n"
         );
-        let full: Json =
-            serde_json::from_str(&render(Format::Json, &r, 0.5, true)).expect("JSON is JSON");
+        let full: Json = serde_json::from_str(&render(Format::Json, &r, "eu:7", 0.5, true))
+            .expect("JSON is JSON");
         assert_eq!(full["data"][1], json!({"region": null, "n": "1"}));
         assert_eq!(Format::parse("Parquet"), None);
     }

@@ -1,7 +1,9 @@
 //! The HTTP SQL endpoint, compatible with the chDB/ClickHouse wrapper in the design notes:
 //! `GET /?query=<sql>&default_format=JSONCompact`, `POST /` with the SQL as the body, a
 //! trailing `FORMAT <name>` in the SQL as ClickHouse takes it, `GET /ping` (alive) and
-//! `GET /replicas_status` (ready for reads).
+//! `GET /replicas_status` (ready for reads). A read's consistency is chosen by parameters
+//! (see [`crate::consistency`]): `max_staleness_ms`, `at_least=<token>`,
+//! `consistency=linearizable`, all waiting at most `max_staleness_wait_ms`.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -20,7 +22,11 @@ pub fn router(shared: Shared) -> Router {
         .route("/", get(get_query).post(post_query))
         .route("/ping", get(|| async { "Ok.\n" }))
         .route("/replicas_status", get(replicas_status))
+        // The names Kubernetes probes use: alive, and ready for reads.
+        .route("/healthz", get(|| async { "Ok.\n" }))
+        .route("/readyz", get(replicas_status))
         .route("/metrics", get(metrics))
+        .route("/subscribe", get(subscribe))
         .with_state(shared)
 }
 
@@ -100,6 +106,65 @@ async fn post_query(
         _ => body,
     };
     answer(s, sql, &params).await
+}
+
+/// `GET /subscribe?view=<name>[&from=view_id:epoch:seq]`: `Region.Subscribe` as chunked
+/// JSONEachRow lines (see [`crate::subscribe::json_lines`]); a failure after the stream began
+/// is a last `{"_op":"error","message":...}` line.
+async fn subscribe(
+    State(s): State<Shared>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    use futures::StreamExt as _;
+    let Some(view) = params.get("view") else {
+        return bad_request("subscribe: name the view as ?view=<name>".into());
+    };
+    let from = match params
+        .get("from")
+        .map(|f| crate::subscribe::parse_from(f))
+        .transpose()
+    {
+        Ok(from) => from.unwrap_or_default(),
+        Err(e) => return bad_request(e),
+    };
+    let req = meridian_proto::v1::SubscribeRequest {
+        view: view.clone(),
+        view_id: from.0,
+        epoch: from.1,
+        seq: from.2,
+    };
+    let stream = match crate::subscribe::subscribe(&s, req) {
+        Ok(stream) => stream,
+        Err(status) => {
+            let code = match status.code() {
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return error_response(code, status.message().to_string());
+        }
+    };
+    let mut schema = None;
+    let lines = stream.map(move |item| -> Result<String, std::convert::Infallible> {
+        Ok(match item {
+            Ok(ev) => {
+                if let Some(s) = &ev.schema {
+                    schema = Some(s.clone());
+                }
+                crate::subscribe::json_lines(&ev, schema.as_ref())
+            }
+            Err(status) => format!(
+                "{}\n",
+                serde_json::json!({"_op": "error", "message": status.message()})
+            ),
+        })
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson; charset=UTF-8")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 fn bad_request(msg: String) -> Response {
@@ -184,11 +249,39 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
         Ok(v) => crate::staleness::wait_ms(v),
         Err(e) => return bad_request(e),
     };
+    let at_least = match crate::consistency::ReadLevel::parse_token(
+        params.get("at_least").map_or("", String::as_str),
+    ) {
+        Ok(t) => t,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    let linearizable = match params.get("consistency").map(|v| v.trim()) {
+        None | Some("any") => false,
+        Some("linearizable") => true,
+        Some(other) => {
+            return bad_request(format!(
+                "consistency={other}: expected any or linearizable (bounded staleness is max_staleness_ms=N, monotonic reads at_least=<token>)"
+            ))
+        }
+    };
+    let level = crate::consistency::ReadLevel {
+        max_staleness_ms: max_staleness,
+        at_least,
+        linearizable,
+        wait_ms,
+    };
     let started = Instant::now();
-    let result = s.query_bounded(sql, max_staleness, wait_ms).await;
+    let result = s.query_at(sql, &level).await;
     match result {
         Ok(r) => {
-            let body = render(format, &r, started.elapsed().as_secs_f64(), quote_64bit);
+            let token = s.token(&r).to_string();
+            let body = render(
+                format,
+                &r,
+                &token,
+                started.elapsed().as_secs_f64(),
+                quote_64bit,
+            );
             let mut response = (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, format.content_type())],
@@ -198,6 +291,10 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
             // What the answer reflects, per view (also in JSON bodies under "meridian").
             if let Ok(v) = header::HeaderValue::from_str(&positions_header(&r.positions)) {
                 response.headers_mut().insert("x-meridian-positions", v);
+            }
+            // The state it reflects, for a later read's at_least.
+            if let Ok(v) = header::HeaderValue::from_str(&token) {
+                response.headers_mut().insert("x-meridian-token", v);
             }
             response
         }

@@ -5,6 +5,8 @@
 //! [`node`] is the Raft thread (raft-rs `RawNode` over [`storage::RaftStore`] and
 //! [`replica::Replica`]); [`service`] and [`http`] are the network shells.
 
+pub mod consistency;
+pub mod feed;
 pub mod formats;
 pub mod http;
 pub mod metrics;
@@ -15,6 +17,7 @@ pub mod service;
 mod slog_bridge;
 pub mod staleness;
 pub mod storage;
+pub mod subscribe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -162,6 +165,7 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
         queries: Arc::new(Semaphore::new(service::QUERIES_MAX)),
+        subscribers: Arc::new(Semaphore::new(subscribe::SUBSCRIBERS_MAX)),
         limits: cfg.query_limits,
     };
 

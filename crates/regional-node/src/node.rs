@@ -36,7 +36,9 @@ const REQUESTS_PER_ROUND_MAX: usize = 256;
 const MAX_SIZE_PER_MSG: u64 = 4 << 20;
 mod apply;
 mod propose;
+mod read;
 use apply::Stall;
+pub use read::{ReadReply, READS_PENDING_MAX, READ_INDEX_TIMEOUT};
 
 pub enum Request {
     /// A Raft message from a peer.
@@ -48,6 +50,11 @@ pub enum Request {
     },
     Status {
         reply: oneshot::Sender<NodeState>,
+    },
+    /// A linearizable read's index: the leader's commit index once a majority confirmed it
+    /// leads (Raft ReadIndex).
+    ReadIndex {
+        reply: ReadReply,
     },
     /// The views the region should hold (name, view id), from the coordinator; the leader
     /// proposes to drop the others.
@@ -145,9 +152,36 @@ pub struct NodeHandle {
     /// Why this node must not serve reads now (its replica could not apply a committed entry),
     /// or `None`. Written by the Raft thread, read by every query.
     unavailable: Arc<Mutex<Option<String>>>,
+    /// The node's applied Raft index: its replica holds every entry up to it.
+    applied: tokio::sync::watch::Receiver<u64>,
+    /// Every batch the replica applies, for subscribers.
+    feed: Arc<crate::feed::Feed>,
+    /// The leader this node knows (0: none), as of the Raft thread's last round.
+    leader: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl NodeHandle {
+    pub fn feed(&self) -> &Arc<crate::feed::Feed> {
+        &self.feed
+    }
+
+    /// The leader this node knows, 0 for none (cheap: no round trip to the Raft thread).
+    pub fn leader_id(&self) -> u64 {
+        self.leader.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the replica has applied Raft index `index` (at once when it has), or
+    /// until `deadline`; returns the applied index either way.
+    pub async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> u64 {
+        let mut rx = self.applied.clone();
+        let reached = tokio::time::timeout_at(deadline, rx.wait_for(|&a| a >= index)).await;
+        if let Ok(Ok(a)) = reached {
+            return *a;
+        }
+        let applied = *self.applied.borrow();
+        applied
+    }
+
     /// Why this node must not answer reads now, if it must not.
     pub fn unavailable(&self) -> Option<String> {
         self.unavailable
@@ -211,6 +245,10 @@ struct Node {
     /// index has reached its index.
     repair: Option<(u64, Vec<u8>)>,
     unavailable: Arc<Mutex<Option<String>>>,
+    /// Publishes `applied` to readers waiting for an index.
+    applied_watch: tokio::sync::watch::Sender<u64>,
+    leader: Arc<std::sync::atomic::AtomicU64>,
+    reads: read::Reads,
 }
 
 /// Opens the log and the replica and starts the Raft thread. `outbox` has one sender per peer.
@@ -222,10 +260,12 @@ pub fn start(
 ) -> anyhow::Result<(NodeHandle, std::thread::JoinHandle<()>, duckdb::Connection)> {
     std::fs::create_dir_all(&cfg.data_dir)?;
     let store = RaftStore::open(&cfg.data_dir.join("raft"), &cfg.peers)?;
-    let replica = Replica::open_with_memory(
+    let mut replica = Replica::open_with_memory(
         &cfg.data_dir.join("replica.duckdb"),
         cfg.replica_memory_max.as_deref(),
     )?;
+    let feed = crate::feed::Feed::new();
+    replica.set_feed(feed.clone());
     let reader = replica.reader()?;
     // The replica may be ahead of the durable commit index: the commit index is written
     // without a sync (a crash can lose its last moves), and a crash can hit between a
@@ -259,6 +299,7 @@ pub fn start(
     let raw = RawNode::new(&raft_cfg, store, &logger)?;
     info!(node = cfg.id, applied, "raft node opened");
     let (tx, rx) = sync_channel(REQUEST_QUEUE_MAX);
+    let (applied_watch, applied_rx) = tokio::sync::watch::channel(applied);
     let node = Node {
         id: cfg.id,
         raw,
@@ -278,7 +319,11 @@ pub fn start(
         stall: None,
         repair: None,
         unavailable: Arc::default(),
+        applied_watch,
+        reads: Default::default(),
+        leader: Arc::default(),
     };
+    let leader = node.leader.clone();
     let unavailable = node.unavailable.clone();
     let span = info_span!("raft", region = %cfg.region, node = cfg.id);
     let thread = std::thread::Builder::new()
@@ -292,7 +337,17 @@ pub fn start(
                 std::process::exit(70);
             }
         })?;
-    Ok((NodeHandle { tx, unavailable }, thread, reader))
+    Ok((
+        NodeHandle {
+            tx,
+            unavailable,
+            applied: applied_rx,
+            feed,
+            leader,
+        },
+        thread,
+        reader,
+    ))
 }
 
 fn now_ms() -> i64 {
@@ -327,12 +382,23 @@ impl Node {
             if last_tick.elapsed() >= TICK {
                 self.raw.tick();
                 last_tick = Instant::now();
+                self.expire_reads(last_tick);
             }
             if let Err(e) = self.retry_stalled().and_then(|()| self.on_ready()) {
                 // Failing to persist the log leaves the node unable to keep Raft's promises.
                 error!(error = %e, "raft storage failed; stopping the node");
                 std::process::exit(70);
             }
+            self.leader.store(
+                self.raw.raft.leader_id,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let applied = self.applied;
+            self.applied_watch.send_if_modified(|a| {
+                let moved = *a != applied;
+                *a = applied;
+                moved
+            });
         }
     }
 
@@ -347,6 +413,7 @@ impl Node {
             Request::Status { reply } => {
                 let _ = reply.send(self.state());
             }
+            Request::ReadIndex { reply } => self.read_index(reply),
             Request::Stop => {}
             Request::Repair { index, data } => {
                 if self.stall.is_some() {
@@ -445,6 +512,10 @@ impl Node {
         if !ready.messages().is_empty() {
             let msgs = ready.take_messages();
             self.send_messages(msgs);
+        }
+        if !ready.read_states().is_empty() {
+            let states = ready.take_read_states();
+            self.read_states(states);
         }
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();

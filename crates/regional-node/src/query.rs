@@ -76,9 +76,13 @@ pub enum QueryError {
     Cancelled,
     #[error("this node does not serve reads now: {0}")]
     Unavailable(String),
-    /// Bounded staleness not met within the wait.
+    /// A consistency condition (staleness bound, at_least token, linearizable) not met
+    /// within the wait.
     #[error("{0}")]
     TooStale(String),
+    /// An `at_least` token that is malformed or from another region.
+    #[error("{0}")]
+    BadToken(String),
 }
 
 pub struct QueryResult {
@@ -87,6 +91,9 @@ pub struct QueryResult {
     /// Per-view applied positions read in the same transaction as the rows, so they say
     /// exactly which change batches the rows reflect.
     pub positions: Vec<pb::ViewPosition>,
+    /// Raft index of the last entry the replica had applied, read in the same transaction:
+    /// the answer reflects exactly the region's log up to it (a read token's index).
+    pub raft_index: u64,
 }
 
 /// Skips white space and comments at the start of `sql`.
@@ -305,10 +312,14 @@ fn run_inside(
     }
     drop(rows);
     let positions = read_positions(conn)?;
+    let raft_index = conn
+        .prepare_cached("SELECT coalesce(max(applied_index), 0::UBIGINT) FROM _meridian_raft")?
+        .query_row([], |r| r.get::<_, u64>(0))?;
     Ok(QueryResult {
         columns,
         rows: rows_out,
         positions,
+        raft_index,
     })
 }
 
@@ -354,7 +365,9 @@ mod tests {
                 .expect("open");
         conn.execute_batch(
             "CREATE TABLE t (a BIGINT, b VARCHAR); INSERT INTO t VALUES (1, 'x'), (2, NULL);
-             CREATE TABLE _meridian_applied (view VARCHAR, seq UBIGINT, produced_at_ms BIGINT, applied_at_ms BIGINT, view_id UBIGINT, epoch UBIGINT, fresh_at_ms BIGINT);",
+             CREATE TABLE _meridian_applied (view VARCHAR, seq UBIGINT, produced_at_ms BIGINT, applied_at_ms BIGINT, view_id UBIGINT, epoch UBIGINT, fresh_at_ms BIGINT);
+             CREATE TABLE _meridian_raft (id INTEGER PRIMARY KEY, applied_index UBIGINT NOT NULL);
+             INSERT INTO _meridian_raft VALUES (0, 42);",
         )
         .expect("setup");
         conn
@@ -495,6 +508,10 @@ mod tests {
             vec![("a", "BIGINT"), ("b", "VARCHAR"), ("s", "HUGEINT")]
         );
         assert_eq!(r.rows.len(), 2);
+        assert_eq!(
+            r.raft_index, 42,
+            "the Raft index read in the answer's transaction"
+        );
         assert_eq!(r.rows[0].values[0].kind, Some(pb::value::Kind::Int(2)));
         assert_eq!(r.rows[0].values[1].kind, None);
         for sql in [

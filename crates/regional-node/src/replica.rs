@@ -76,6 +76,8 @@ pub struct Replica {
     /// Incarnations of views dropped here. A shipper that has not yet heard of the drop may
     /// still push them; those pushes must not bring the table back.
     dropped: std::collections::HashSet<(String, u64)>,
+    /// Where applied batches are published for subscribers (none in tests that do not ask).
+    feed: Option<std::sync::Arc<crate::feed::Feed>>,
 }
 
 /// Quotes an identifier for DuckDB.
@@ -162,7 +164,13 @@ impl Replica {
             tables,
             applied_index,
             dropped,
+            feed: None,
         })
+    }
+
+    /// Publishes every batch applied from now on, and every wholesale replacement, to `feed`.
+    pub fn set_feed(&mut self, feed: std::sync::Arc<crate::feed::Feed>) {
+        self.feed = Some(feed);
     }
 
     /// A new connection to the same database, for readers.
@@ -233,6 +241,9 @@ impl Replica {
         self.positions = positions;
         self.dropped = dropped;
         self.applied_index = raft_index;
+        if let Some(feed) = &self.feed {
+            feed.reset(None);
+        }
         Ok(())
     }
 
@@ -264,6 +275,9 @@ impl Replica {
         self.positions.remove(&view);
         self.dropped.insert((view.clone(), schema.view_id));
         self.applied_index = raft_index;
+        if let Some(feed) = &self.feed {
+            feed.reset(Some(&view));
+        }
         info!(view = %view, "view table dropped");
         Ok(0)
     }
@@ -370,7 +384,7 @@ impl Replica {
             drop_table(&tx, &view)?;
             create_table(&tx, schema)?;
         }
-        let mut applied_any = false;
+        let mut applied = Vec::new();
         for batch in &push.batches {
             match admit(&pos, batch) {
                 Admit::Skip => continue,
@@ -404,8 +418,9 @@ impl Replica {
                     0
                 },
             };
-            applied_any = true;
+            applied.push(batch);
         }
+        let applied_any = !applied.is_empty();
         // The central tier vouches that the change log up to `fresh.seq` reflects the source
         // as of `fresh.at_ms`: it holds for this replica once it applied that far.
         let mut fresher = false;
@@ -427,6 +442,12 @@ impl Replica {
         tx.commit()?;
         debug!(view = %view, seq = pos.seq, raft_index, elapsed_us = started.elapsed().as_micros() as u64, commit_us = (started.elapsed() - before_commit).as_micros() as u64, "applied");
         self.applied_index = raft_index;
+        if let Some(feed) = &self.feed {
+            if recreate {
+                feed.reset(Some(&view));
+            }
+            feed.publish(&view, schema.view_id, &applied);
+        }
         self.tables.insert(view.clone(), schema.clone());
         self.positions.insert(view, pos.clone());
         Ok(pos.seq)
@@ -547,9 +568,37 @@ fn recorded_raft_index(conn: &Connection) -> Result<u64, ReplicaError> {
 fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
     use prost::Message as _;
     let index = recorded_raft_index(conn)?;
+    let views = views_inside(conn, None)?;
+    let dropped = read_dropped(conn)?
+        .into_iter()
+        .map(|(view, view_id)| pb::DroppedView { view, view_id })
+        .collect();
+    Ok((
+        index,
+        pb::ReplicaSnapshot { views, dropped }.encode_to_vec(),
+    ))
+}
+
+/// One view's rows and applied position, read through `conn` in one read-only transaction
+/// (a subscription's snapshot); `None` when the replica holds no such view.
+pub fn view_snapshot(
+    conn: &Connection,
+    view: &str,
+) -> Result<Option<pb::ViewSnapshot>, ReplicaError> {
+    conn.execute_batch("BEGIN TRANSACTION READ ONLY")?;
+    let result = views_inside(conn, Some(view)).map(|mut v| v.pop());
+    conn.execute_batch("ROLLBACK")?;
+    result
+}
+
+/// Every view's rows and position (or only `only`'s), inside the caller's transaction.
+fn views_inside(
+    conn: &Connection,
+    only: Option<&str>,
+) -> Result<Vec<pb::ViewSnapshot>, ReplicaError> {
     let mut views = Vec::new();
-    let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, epoch, checksum, coalesce(fresh_at_ms, 0) FROM _meridian_applied ORDER BY view")?;
-    let mut rows = stmt.query([])?;
+    let mut stmt = conn.prepare("SELECT view, seq, produced_at_ms, applied_at_ms, schema_json, epoch, checksum, coalesce(fresh_at_ms, 0) FROM _meridian_applied WHERE ?::VARCHAR IS NULL OR view = ? ORDER BY view")?;
+    let mut rows = stmt.query(duckdb::params![only, only])?;
     while let Some(r) = rows.next()? {
         let view: String = r.get(0)?;
         let json: String = r.get(4)?;
@@ -583,14 +632,7 @@ fn snapshot_inside(conn: &Connection) -> Result<(u64, Vec<u8>), ReplicaError> {
             fresh_at_ms: r.get(7)?,
         });
     }
-    let dropped = read_dropped(conn)?
-        .into_iter()
-        .map(|(view, view_id)| pb::DroppedView { view, view_id })
-        .collect();
-    Ok((
-        index,
-        pb::ReplicaSnapshot { views, dropped }.encode_to_vec(),
-    ))
+    Ok(views)
 }
 
 fn schema_to_json(s: &pb::ViewSchema) -> String {

@@ -45,6 +45,8 @@ pub struct Shared {
     pub started_at_ms: i64,
     pub metrics: Arc<crate::metrics::QueryMetrics>,
     pub queries: Arc<Semaphore>,
+    /// Subscriptions running (see [`crate::subscribe`]).
+    pub subscribers: Arc<Semaphore>,
     pub limits: QueryLimits,
 }
 
@@ -91,37 +93,6 @@ impl Shared {
             started_at_ms: self.started_at_ms,
             apply_error: st.apply_error.unwrap_or_default(),
         })
-    }
-
-    /// Runs a read-only query, answering only when every view it names is at most
-    /// `max_staleness_ms` behind its source (`None`: any staleness); looks again every
-    /// [`crate::staleness::RETRY`] until `wait_ms` has passed, then refuses with the reason.
-    pub async fn query_bounded(
-        &self,
-        sql: String,
-        max_staleness_ms: Option<i64>,
-        wait_ms: u64,
-    ) -> Result<QueryResult, QueryError> {
-        let started = std::time::Instant::now();
-        let mut result = self.query(sql.clone()).await;
-        let Some(max_ms) = max_staleness_ms else {
-            return result;
-        };
-        let deadline = started + Duration::from_millis(wait_ms);
-        while let Ok(r) = &result {
-            let Err(why) = crate::staleness::check(&sql, &r.positions, max_ms) else {
-                break;
-            };
-            if std::time::Instant::now() + crate::staleness::RETRY > deadline {
-                return Err(QueryError::TooStale(format!(
-                    "{why}; waited {} ms (max_staleness_wait_ms={wait_ms})",
-                    started.elapsed().as_millis()
-                )));
-            }
-            tokio::time::sleep(crate::staleness::RETRY).await;
-            result = self.query(sql.clone()).await;
-        }
-        result
     }
 
     /// Runs a read-only query on a blocking thread, within `self.limits`. DuckDB is interrupted
@@ -209,7 +180,8 @@ pub fn query_status(e: &QueryError) -> Status {
         QueryError::Empty
         | QueryError::NotReadOnly(_)
         | QueryError::Internal(_)
-        | QueryError::DuckDb(_) => Status::invalid_argument(msg),
+        | QueryError::DuckDb(_)
+        | QueryError::BadToken(_) => Status::invalid_argument(msg),
         QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => Status::resource_exhausted(msg),
         QueryError::Timeout(_) => Status::deadline_exceeded(msg),
         QueryError::Cancelled => Status::cancelled(msg),
@@ -280,16 +252,19 @@ impl pb::region_server::Region for RegionService {
         req: TRequest<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
         let req = req.into_inner();
-        let wait_ms = crate::staleness::wait_ms(
+        let level = crate::consistency::ReadLevel {
+            max_staleness_ms: req.max_staleness_ms,
+            at_least: crate::consistency::ReadLevel::parse_token(&req.at_least)
+                .map_err(|e| query_status(&e))?,
+            linearizable: req.linearizable,
             // 0 on the wire: not given.
-            (req.max_staleness_wait_ms != 0).then_some(req.max_staleness_wait_ms),
-        );
-        match self
-            .0
-            .query_bounded(req.sql, req.max_staleness_ms, wait_ms)
-            .await
-        {
+            wait_ms: crate::staleness::wait_ms(
+                (req.max_staleness_wait_ms != 0).then_some(req.max_staleness_wait_ms),
+            ),
+        };
+        match self.0.query_at(req.sql, &level).await {
             Ok(r) => Ok(Response::new(pb::QueryResponse {
+                token: self.0.token(&r).to_string(),
                 columns: r.columns,
                 rows: r.rows,
                 positions: r.positions,
@@ -298,6 +273,15 @@ impl pb::region_server::Region for RegionService {
             })),
             Err(e) => Err(query_status(&e)),
         }
+    }
+
+    type SubscribeStream = crate::subscribe::EventStream;
+
+    async fn subscribe(
+        &self,
+        req: TRequest<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        crate::subscribe::subscribe(&self.0, req.into_inner()).map(Response::new)
     }
 
     async fn node_status(

@@ -151,25 +151,27 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let report = report.clone();
-            async move {
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                let body = render(&report.lock().unwrap_or_else(|p| p.into_inner()), now_ms);
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    body,
-                )
-            }
-        }),
-    );
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "Ok.\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let report = report.clone();
+                async move {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    let body = render(&report.lock().unwrap_or_else(|p| p.into_inner()), now_ms);
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "central worker metrics listening");
     axum::serve(listener, app)
