@@ -99,6 +99,55 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
     let mut total = events.len() as u64;
     let first_seq = converge_to_oracle(&rt, &cluster, &g, total, "first load");
 
+    // Typed results: dates, timestamps and decimals arrive typed; rows map onto structs.
+    let sdk = rt
+        .block_on(client::Client::connect(cluster.region_endpoints(REGION)))
+        .expect("client");
+    let r = rt
+        .block_on(sdk.query(
+            "SELECT DATE '2024-01-01' AS d, TIMESTAMP '2024-01-01 00:00:01.5' AS t, 1.50::DECIMAL(10,2) AS x, NULL AS n",
+        ))
+        .expect("typed values");
+    assert_eq!(
+        r.rows[0],
+        vec![
+            client::Value::Date(client::Date { days: 19_723 }),
+            client::Value::Timestamp(client::Timestamp {
+                micros: 1_704_067_201_500_000
+            }),
+            client::Value::Decimal(client::Decimal {
+                unscaled: 150,
+                scale: 2
+            }),
+            client::Value::Null,
+        ]
+    );
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Totals {
+        country: String,
+        status: String,
+        orders: i64,
+        revenue: f64,
+    }
+    let mut got: Vec<Totals> = rt
+        .block_on(sdk.query_as(&format!("SELECT * FROM {VIEW}")))
+        .expect("rows map onto the struct");
+    got.sort_by(|a, b| (&a.country, &a.status).cmp(&(&b.country, &b.status)));
+    let expected: Vec<Totals> = meridian_tests::orders_oracle(&g)
+        .into_iter()
+        .map(|row| Totals {
+            country: row[0].clone(),
+            status: row[1].clone(),
+            orders: row[2].parse().expect("orders"),
+            revenue: row[3].parse().expect("revenue"),
+        })
+        .collect();
+    assert_eq!(got, expected, "query_as equals the oracle");
+    let err = rt
+        .block_on(sdk.query_as::<Totals>("SELECT 'x' AS country"))
+        .expect_err("a missing field");
+    assert!(err.to_string().contains("missing field"), "{err}");
+
     // Tokens: every node's answer carries one of its region, and every node serves a token
     // it has reached; one past the region's log is refused after the wait, naming the index.
     let (leader_id, _) = leader(&rt, &cluster);

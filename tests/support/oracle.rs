@@ -24,6 +24,9 @@ pub fn text(v: &client::Value) -> String {
         client::Value::Float(f) => f.to_string(),
         client::Value::Text(s) => s.clone(),
         client::Value::Bool(b) => b.to_string(),
+        client::Value::Date(d) => d.to_string(),
+        client::Value::Timestamp(t) => t.to_string(),
+        client::Value::Decimal(d) => d.to_string(),
     }
 }
 

@@ -24,6 +24,8 @@ pub use meridian_proto::ReadToken;
 
 mod subscribe;
 pub use subscribe::{Change, SubscribePosition, Subscription, SubscriptionEvent};
+mod values;
+pub use values::{Date, Decimal, Timestamp};
 
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::region_client::RegionClient;
@@ -47,6 +49,9 @@ pub enum Error {
     /// The statement was refused (syntax, unknown table, not read-only...).
     #[error("query refused by {node}: {message}")]
     Refused { node: String, message: String },
+    /// A row did not map onto the type asked for (`query_as`, `rows_as`).
+    #[error("row {row} does not map onto the type asked for: {message}")]
+    Decode { row: usize, message: String },
     /// Every node of the region failed, or none met the read's staleness bound; the last
     /// error is kept.
     #[error("no node of the region could answer; last error from {node}: {message}")]
@@ -61,6 +66,9 @@ pub enum Value {
     Float(f64),
     Text(String),
     Bool(bool),
+    Date(Date),
+    Timestamp(Timestamp),
+    Decimal(Decimal),
 }
 
 impl Value {
@@ -148,6 +156,30 @@ pub struct QueryResult {
 }
 
 impl QueryResult {
+    /// The rows mapped onto `T` through serde, by column name: a struct with a field per
+    /// column (or a subset, unless it denies unknown fields). Dates and timestamps map as
+    /// their text (`2024-01-01`, `2024-01-01 12:00:00`), decimals as numbers.
+    pub fn rows_as<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, Error> {
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let object: serde_json::Map<String, serde_json::Value> = self
+                    .columns
+                    .iter()
+                    .zip(row)
+                    .map(|(c, v)| (c.name.clone(), values::to_json(v)))
+                    .collect();
+                serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| {
+                    Error::Decode {
+                        row: i,
+                        message: e.to_string(),
+                    }
+                })
+            })
+            .collect()
+    }
+
     pub fn position(&self, view: &str) -> Option<u64> {
         self.positions
             .iter()
@@ -252,6 +284,14 @@ impl Client {
         self.query_with(sql, &QueryOptions::default()).await
     }
 
+    /// Runs a read-only statement and maps its rows onto `T` (see [`QueryResult::rows_as`]).
+    pub async fn query_as<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<T>, Error> {
+        self.query(sql).await?.rows_as()
+    }
+
     /// Runs a read-only statement with options: with `max_staleness`, a node answers only
     /// when every view the statement names is at most that far behind its source (waiting up
     /// to `max_staleness_wait`), and a node that stays too stale sends the client to the
@@ -298,21 +338,29 @@ impl Client {
                     if let Some(t) = &token {
                         self.remember(t);
                     }
+                    let columns: Vec<Column> = r
+                        .columns
+                        .into_iter()
+                        .map(|c| Column {
+                            name: c.name,
+                            type_name: c.r#type,
+                        })
+                        .collect();
+                    let rows = r
+                        .rows
+                        .into_iter()
+                        .map(|row| {
+                            row.values
+                                .into_iter()
+                                .zip(&columns)
+                                .map(|(v, c)| values::typed(Value::from(v), &c.type_name))
+                                .collect()
+                        })
+                        .collect();
                     return Ok(QueryResult {
                         token,
-                        columns: r
-                            .columns
-                            .into_iter()
-                            .map(|c| Column {
-                                name: c.name,
-                                type_name: c.r#type,
-                            })
-                            .collect(),
-                        rows: r
-                            .rows
-                            .into_iter()
-                            .map(|row| row.values.into_iter().map(Value::from).collect())
-                            .collect(),
+                        columns,
+                        rows,
                         positions: r
                             .positions
                             .into_iter()

@@ -107,6 +107,9 @@ pub fn cell(v: &client::Value) -> String {
         client::Value::Float(f) => f.to_string(),
         client::Value::Text(s) => s.clone(),
         client::Value::Bool(b) => b.to_string(),
+        client::Value::Date(d) => d.to_string(),
+        client::Value::Timestamp(t) => t.to_string(),
+        client::Value::Decimal(d) => d.to_string(),
     }
 }
 

@@ -304,6 +304,7 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
                 E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 E::Unavailable(_) | E::TooStale(_) => StatusCode::SERVICE_UNAVAILABLE,
                 E::TooManyRows(_) | E::TooManyBytes(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                E::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             };
             error_response(status, e.to_string())

@@ -83,6 +83,12 @@ pub enum QueryError {
     /// An `at_least` token that is malformed or from another region.
     #[error("{0}")]
     BadToken(String),
+    /// A result value the node cannot read (a type the DuckDB bindings do not convert).
+    #[error("{0}")]
+    Unreadable(String),
+    /// The read failed inside the node (a bug): nothing was answered.
+    #[error("the query failed inside the node: {0}")]
+    Failed(String),
 }
 
 pub struct QueryResult {
@@ -274,8 +280,13 @@ fn run_inside(
     let mut rows = stmt.query([])?;
     let mut n_cols = 0;
     let mut columns = Vec::new();
+    // Columns of DuckDB's NULL type (`SELECT NULL`): duckdb-rs panics reading them as values.
+    let mut null_typed = Vec::new();
     if let Some(s) = rows.as_ref() {
         n_cols = s.column_count();
+        null_typed = (0..n_cols)
+            .map(|i| matches!(s.column_type(i), duckdb::arrow::datatypes::DataType::Null))
+            .collect();
         columns = (0..n_cols)
             .map(|i| pb::ColumnInfo {
                 name: s
@@ -300,8 +311,25 @@ fn run_inside(
         }
         let mut values = Vec::with_capacity(n_cols);
         for i in 0..n_cols {
-            let v: DValue = row.get(i)?;
-            let v = from_duck(v);
+            let v = if null_typed.get(i).copied().unwrap_or(false) {
+                pb::Value { kind: None }
+            } else {
+                // The bindings panic on some nested types (a list of DuckDB's NULL type).
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    row.get::<_, DValue>(i)
+                }));
+                match read {
+                    Ok(v) => from_duck(v?),
+                    Err(_) => {
+                        let c = columns.get(i);
+                        return Err(QueryError::Unreadable(format!(
+                            "column '{}' of type {} holds values this node cannot read; cast it to a concrete type (such as [NULL]::INTEGER[])",
+                            c.map_or("?", |c| c.name.as_str()),
+                            c.map_or("?", |c| c.r#type.as_str()),
+                        )));
+                    }
+                }
+            };
             bytes += value_bytes(&v);
             values.push(v);
         }
@@ -512,6 +540,20 @@ mod tests {
             r.raft_index, 42,
             "the Raft index read in the answer's transaction"
         );
+        // DuckDB's NULL type reads as a null, in and out of lists and structs.
+        let nulls = query(&conn, "SELECT NULL AS n, 1 AS one").expect("nulls");
+        assert_eq!(nulls.rows[0].values[0].kind, None);
+        assert_eq!(nulls.rows[0].values[1].kind, Some(pb::value::Kind::Int(1)));
+        assert_eq!(nulls.columns[0].r#type, "NULL");
+        // One the bindings cannot convert is refused with the column, not a crash.
+        let Err(e) = query(&conn, "SELECT 1 AS one, [NULL] AS l") else {
+            panic!("a list of NULL is refused");
+        };
+        assert!(
+            matches!(&e, QueryError::Unreadable(m) if m.contains("column 'l'")),
+            "{e}"
+        );
+        assert_eq!(count(&conn), 2, "the connection still serves");
         assert_eq!(r.rows[0].values[0].kind, Some(pb::value::Kind::Int(2)));
         assert_eq!(r.rows[0].values[1].kind, None);
         for sql in [

@@ -132,7 +132,7 @@ impl Shared {
         });
         let result = tokio::select! {
             joined = &mut task => joined
-                .unwrap_or_else(|e| Err(QueryError::NotReadOnly(format!("query panicked: {e}")))),
+                .unwrap_or_else(|e| Err(QueryError::Failed(format!("query panicked: {e}")))),
             _ = tokio::time::sleep(limits.timeout) => Err(QueryError::Timeout(limits.timeout)),
         };
         self.metrics.record_query(started.elapsed(), result.is_ok());
@@ -181,7 +181,9 @@ pub fn query_status(e: &QueryError) -> Status {
         | QueryError::NotReadOnly(_)
         | QueryError::Internal(_)
         | QueryError::DuckDb(_)
-        | QueryError::BadToken(_) => Status::invalid_argument(msg),
+        | QueryError::BadToken(_)
+        | QueryError::Unreadable(_) => Status::invalid_argument(msg),
+        QueryError::Failed(_) => Status::internal(msg),
         QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => Status::resource_exhausted(msg),
         QueryError::Timeout(_) => Status::deadline_exceeded(msg),
         QueryError::Cancelled => Status::cancelled(msg),
