@@ -4,7 +4,8 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in libclang-dev clang cmake pkg-config g++ make zlib1g-dev; do
+# iproute2 and iptables: the network-fault chaos test puts nodes in network namespaces.
+for pkg in libclang-dev clang cmake pkg-config g++ make zlib1g-dev iproute2 iptables; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -107,9 +107,16 @@ impl Drop for Workdir {
     }
 }
 
-struct Proc {
+/// A process a test started; killed when dropped.
+pub struct Proc {
     name: String,
     child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Proc {
@@ -119,7 +126,8 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(work: &Workdir, name: &str, cmd: &mut Command) -> Proc {
+/// Starts `cmd` with its output in the work dir's log `name`.
+pub fn spawn(work: &Workdir, name: &str, cmd: &mut Command) -> Proc {
     let log = work.log(name);
     let err = log.try_clone().expect("clone log handle");
     let child = cmd
@@ -699,5 +707,6 @@ impl<'w> Cluster<'w> {
 
 mod http;
 pub use http::*;
+pub mod netns;
 mod oracle;
 pub use oracle::*;

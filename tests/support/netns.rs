@@ -1,0 +1,163 @@
+//! Hosts with their own addresses, for network faults against real processes: each host is a
+//! Linux network namespace joined to a bridge in the test's own namespace (which keeps the
+//! bridge's first address, `gateway`), and a fault is an iptables rule inside a host's
+//! namespace. Needs root and iproute2/iptables; everything is removed when dropped.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+pub struct Net {
+    tag: String,
+    prefix: String,
+    hosts: usize,
+}
+
+fn run(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("run {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Net {
+    /// `hosts` namespaces on one bridge, named after this process so that runs do not meet.
+    pub fn new(hosts: usize) -> anyhow::Result<Net> {
+        let pid = std::process::id();
+        let net = Net {
+            tag: format!("m{}", pid % 100_000),
+            prefix: format!("10.{}.{}", 200 + pid % 50, (pid / 50) % 250),
+            hosts,
+        };
+        let bridge = net.bridge();
+        run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", net.gateway()),
+            "dev",
+            &bridge,
+        ])?;
+        run(&["ip", "link", "set", &bridge, "up"])?;
+        // A host's traffic to another crosses the bridge, which a Docker host's FORWARD policy
+        // (with bridge netfilter on) would drop.
+        run(&[
+            "iptables", "-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+        ])?;
+        for i in 1..=hosts {
+            let (ns, veth) = (net.ns(i), format!("{}v{i}", net.tag));
+            run(&["ip", "netns", "add", &ns])?;
+            run(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            run(&["ip", "link", "set", &veth, "master", &bridge, "up"])?;
+            let ip = format!("{}/24", net.ip(i));
+            run(&[
+                "ip", "netns", "exec", &ns, "ip", "addr", "add", &ip, "dev", "eth0",
+            ])?;
+            run(&[
+                "ip", "netns", "exec", &ns, "ip", "link", "set", "eth0", "up",
+            ])?;
+            run(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.tag)
+    }
+
+    pub fn ns(&self, host: usize) -> String {
+        format!("{}h{host}", self.tag)
+    }
+
+    /// The test's own address on the bridge.
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    pub fn ip(&self, host: usize) -> String {
+        format!("{}.{}", self.prefix, 10 + host)
+    }
+
+    /// `program` to run inside `host`.
+    pub fn command(&self, host: usize, program: &std::path::Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(host)]).arg(program);
+        c
+    }
+
+    fn iptables(&self, host: usize, rule: &[&str]) -> anyhow::Result<()> {
+        let ns = self.ns(host);
+        let mut args = vec!["ip", "netns", "exec", &ns, "iptables"];
+        args.extend_from_slice(rule);
+        run(&args)
+    }
+
+    /// Drops every packet between `host` and `ip`, both ways.
+    pub fn cut(&self, host: usize, ip: &str) -> anyhow::Result<()> {
+        self.iptables(host, &["-A", "INPUT", "-s", ip, "-j", "DROP"])?;
+        self.iptables(host, &["-A", "OUTPUT", "-d", ip, "-j", "DROP"])
+    }
+
+    /// Drops the packets of connections between `host` and `ip` to or from `port` on either
+    /// side (the rest of their traffic still flows).
+    pub fn cut_port(&self, host: usize, ip: &str, port: u16) -> anyhow::Result<()> {
+        let port = port.to_string();
+        for (chain, addr) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+            for dir in ["--dport", "--sport"] {
+                self.iptables(
+                    host,
+                    &["-A", chain, addr, ip, "-p", "tcp", dir, &port, "-j", "DROP"],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every fault of `host`.
+    pub fn heal(&self, host: usize) -> anyhow::Result<()> {
+        self.iptables(host, &["-F", "INPUT"])?;
+        self.iptables(host, &["-F", "OUTPUT"])
+    }
+
+    /// Whether a TCP connection from `host` (`None`: the test's own namespace) to `ip:port`
+    /// opens within a second; the proof that a cut is real, or healed.
+    pub fn connects(&self, host: Option<usize>, ip: &str, port: u16) -> bool {
+        match host {
+            None => format!("{ip}:{port}")
+                .parse()
+                .ok()
+                .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).ok())
+                .is_some(),
+            Some(h) => Command::new("ip")
+                .args(["netns", "exec", &self.ns(h), "timeout", "1", "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/{ip}/{port}"))
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 1..=self.hosts {
+            let _ = run(&["ip", "netns", "del", &self.ns(i)]);
+        }
+        let bridge = self.bridge();
+        let _ = run(&["ip", "link", "del", &bridge]);
+        let _ = run(&[
+            "iptables", "-D", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+        ]);
+    }
+}
