@@ -22,6 +22,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [ "${1:-}" = "--with-test-broker" ]; then
+  # The Kubernetes manifests are checked against the Kubernetes schemas, offline.
+  if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
+    echo "setup: installing kubernetes-validate (pip) for the manifest test"
+    python3 -m pip install -q kubernetes-validate
+  fi
   if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
     echo "setup: installing the tansu Kafka broker for the end-to-end tests (cargo install, about 11 minutes once)"
     cargo install tansu --locked --features dynostore,libsql

@@ -7,6 +7,7 @@
 mod central;
 mod config;
 mod consistency;
+mod deploy;
 mod freshness;
 mod views;
 

@@ -196,9 +196,10 @@ pub struct RegionArgs {
     /// Region name (letters, digits, '-' and '_'), such as eu-west.
     #[arg(long, env = "MERIDIAN_REGION")]
     pub region: String,
-    /// This node's Raft id within the region (1, 2, 3...).
+    /// This node's Raft id within the region (1, 2, 3...). Without it: the number after the
+    /// host name's last '-', plus one (a Kubernetes StatefulSet's pod eu-west-0 is node 1).
     #[arg(long, env = "MERIDIAN_NODE_ID")]
-    pub node_id: u64,
+    pub node_id: Option<u64>,
     /// Every node of the region as id=url, this one included:
     /// 1=http://127.0.0.1:7101,2=http://127.0.0.1:7102,3=http://127.0.0.1:7103
     #[arg(long, env = "MERIDIAN_PEERS")]
@@ -235,6 +236,12 @@ pub struct RegionArgs {
     /// 512MB or 4GB); a read that needs more spills to disk instead of starving the writer.
     #[arg(long, env = "MERIDIAN_REPLICA_MEMORY_MAX", default_value = "1GB")]
     pub replica_memory_max: String,
+}
+
+/// The node id a host name gives: its ordinal after the last '-', plus one (`eu-west-2` is 3).
+pub fn node_id_from_hostname(host: &str) -> Option<u64> {
+    let (_, ordinal) = host.trim().rsplit_once('-')?;
+    ordinal.parse::<u64>().ok()?.checked_add(1)
 }
 
 /// Parses `1=http://a:1,2=http://b:2`.
@@ -324,5 +331,13 @@ mod tests {
         for bad in ["1", "x=http://a:1", "1=a:1", "1=http://a:1,1=http://b:1"] {
             assert!(parse_peers(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_statefulset_pod_name_gives_the_node_id() {
+        assert_eq!(node_id_from_hostname("eu-west-0"), Some(1));
+        assert_eq!(node_id_from_hostname("us-east-2\n"), Some(3));
+        assert_eq!(node_id_from_hostname("meridian"), None);
+        assert_eq!(node_id_from_hostname("eu-west-x"), None);
     }
 }

@@ -145,7 +145,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(crate::roles::region(
                 RegionArgs {
                     region: region.to_string(),
-                    node_id: n.into(),
+                    node_id: Some(n.into()),
                     peers: peers.join(","),
                     listen: None,
                     http_listen: SocketAddr::from(([127, 0, 0, 1], grpc_port(n) + 1000)),

@@ -91,9 +91,24 @@ pub async fn central(args: CentralArgs, shutdown: watch::Receiver<bool>) -> anyh
 
 pub async fn region(args: RegionArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let peers = parse_peers(&args.peers)?;
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None => {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .unwrap_or_default();
+            crate::cli::node_id_from_hostname(&host).with_context(|| {
+                format!(
+                    "no --node-id, and the host name '{}' does not end in -N",
+                    host.trim()
+                )
+            })?
+        }
+    };
     let own = peers
-        .get(&args.node_id)
-        .with_context(|| format!("--peers has no entry for --node-id {}", args.node_id))?
+        .get(&node_id)
+        .with_context(|| format!("--peers has no entry for node id {node_id}"))?
         .clone();
     let grpc_listen = match args.listen {
         Some(l) => l,
@@ -109,7 +124,7 @@ pub async fn region(args: RegionArgs, shutdown: watch::Receiver<bool>) -> anyhow
     regional_node::failpoints_from_env()?;
     let cfg = regional_node::RegionConfig {
         region: args.region,
-        node_id: args.node_id,
+        node_id,
         grpc_advertise: own,
         http_advertise: args
             .http_advertise
