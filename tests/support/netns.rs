@@ -8,6 +8,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    Connected,
+    Refused,
+    TimedOut,
+}
+
 pub struct Net {
     tag: String,
     prefix: String,
@@ -131,20 +138,57 @@ impl Net {
         self.iptables(host, &["-F", "OUTPUT"])
     }
 
-    /// Whether a TCP connection from `host` (`None`: the test's own namespace) to `ip:port`
-    /// opens within a second; the proof that a cut is real, or healed.
-    pub fn connects(&self, host: Option<usize>, ip: &str, port: u16) -> bool {
+    /// What a TCP connection from `host` (`None`: the test's own namespace) to `ip:port`
+    /// meets within two seconds.
+    pub fn reach(&self, host: Option<usize>, ip: &str, port: u16) -> Reach {
         match host {
-            None => format!("{ip}:{port}")
-                .parse()
-                .ok()
-                .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).ok())
-                .is_some(),
-            Some(h) => Command::new("ip")
-                .args(["netns", "exec", &self.ns(h), "timeout", "1", "bash", "-c"])
+            None => {
+                let Ok(addr) = format!("{ip}:{port}").parse() else {
+                    return Reach::Refused;
+                };
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(_) => Reach::Connected,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Reach::TimedOut,
+                    Err(_) => Reach::Refused,
+                }
+            }
+            // `timeout` exits 124 when the connection attempt was still hanging.
+            Some(h) => match Command::new("ip")
+                .args(["netns", "exec", &self.ns(h), "timeout", "2", "bash", "-c"])
                 .arg(format!("exec 3<>/dev/tcp/{ip}/{port}"))
-                .output()
-                .is_ok_and(|o| o.status.success()),
+                .status()
+                .map(|s| s.code())
+            {
+                Ok(Some(0)) => Reach::Connected,
+                Ok(Some(124)) => Reach::TimedOut,
+                _ => Reach::Refused,
+            },
+        }
+    }
+
+    /// The proof that a cut is real: the connection hangs (its packets vanish), which a
+    /// refused one (a reset came back) or an open one does not prove.
+    pub fn is_cut(&self, host: Option<usize>, ip: &str, port: u16) -> bool {
+        self.reach(host, ip, port) == Reach::TimedOut
+    }
+
+    /// Whether `ip:port` accepts a connection from `host` within `within` (asking again).
+    pub fn connects_within(
+        &self,
+        host: Option<usize>,
+        ip: &str,
+        port: u16,
+        within: Duration,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.reach(host, ip, port) == Reach::Connected {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }

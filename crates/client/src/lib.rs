@@ -157,9 +157,24 @@ pub struct QueryResult {
 
 impl QueryResult {
     /// The rows mapped onto `T` through serde, by column name: a struct with a field per
-    /// column (or a subset, unless it denies unknown fields). Dates and timestamps map as
-    /// their text (`2024-01-01`, `2024-01-01 12:00:00`), decimals as numbers.
+    /// column (or a subset, unless it denies unknown fields). Dates map as `2024-01-01`,
+    /// timestamps as RFC 3339 in UTC (`2024-01-01T12:00:00Z`, what chrono's `DateTime<Utc>`
+    /// reads), decimals as numbers (integers at scale 0).
     pub fn rows_as<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, Error> {
+        if let Some(c) = self
+            .columns
+            .iter()
+            .enumerate()
+            .find(|(i, c)| self.columns[..*i].iter().any(|d| d.name == c.name))
+        {
+            return Err(Error::Decode {
+                row: 0,
+                message: format!(
+                    "two columns are named '{}'; give them distinct names (AS) to map rows by name",
+                    c.1.name
+                ),
+            });
+        }
         self.rows
             .iter()
             .enumerate()
@@ -382,7 +397,7 @@ impl Client {
                 Err(status)
                     if matches!(
                         status.code(),
-                        Code::InvalidArgument | Code::ResourceExhausted
+                        Code::InvalidArgument | Code::ResourceExhausted | Code::Internal
                     ) =>
                 {
                     return Err(Error::Refused {

@@ -34,6 +34,16 @@ pub struct Timestamp {
     pub micros: i64,
 }
 
+impl Timestamp {
+    /// RFC 3339 in UTC: `2024-01-01T12:00:00Z`, with `.ffffff` when there are fractions.
+    pub fn rfc3339(&self) -> String {
+        format!(
+            "{}Z",
+            catalog::format_timestamp(self.micros).replacen(' ', "T", 1)
+        )
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&catalog::format_timestamp(self.micros))
@@ -58,8 +68,10 @@ impl Decimal {
             None => (false, text),
         };
         let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        // Significant digits: 0.05 has two.
+        let significant = int.trim_start_matches('0').len() + frac.len();
         if int.is_empty()
-            || int.len() + frac.len() > DECIMAL_DIGITS_MAX
+            || significant > DECIMAL_DIGITS_MAX
             || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
         {
             return None;
@@ -119,7 +131,10 @@ pub(crate) fn to_json(v: &Value) -> Json {
         Value::Text(s) => Json::String(s.clone()),
         Value::Bool(b) => Json::Bool(*b),
         Value::Date(d) => Json::String(d.to_string()),
-        Value::Timestamp(t) => Json::String(t.to_string()),
+        Value::Timestamp(t) => Json::String(t.rfc3339()),
+        Value::Decimal(d) if d.scale == 0 => {
+            i64::try_from(d.unscaled).map_or_else(|_| Json::String(d.to_string()), Json::from)
+        }
         Value::Decimal(d) => serde_json::Number::from_f64(d.to_f64())
             .map_or_else(|| Json::String(d.to_string()), Json::Number),
     }
@@ -164,6 +179,23 @@ mod tests {
         }
         assert!(Decimal::parse("1.2.3").is_none() && Decimal::parse("").is_none());
         assert!(Decimal::parse(&"9".repeat(39)).is_none());
+        assert!(
+            Decimal::parse(&format!("0.{}", "1".repeat(38))).is_some(),
+            "DECIMAL(38,38)"
+        );
+        assert_eq!(
+            to_json(&Value::Timestamp(Timestamp {
+                micros: 1_704_067_201_500_000
+            })),
+            Json::String("2024-01-01T00:00:01.500000Z".into())
+        );
+        assert_eq!(
+            to_json(&Value::Decimal(Decimal {
+                unscaled: 12,
+                scale: 0
+            })),
+            Json::from(12)
+        );
         assert_eq!(Date { days: 19_723 }.ymd(), (2024, 1, 1));
     }
 }

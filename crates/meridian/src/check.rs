@@ -21,6 +21,25 @@ pub fn problems(s: &pb::ClusterStatus, max_staleness_ms: i64) -> Vec<String> {
                 v.view, st.partition, st.offset, st.high_watermark
             ));
         }
+        for sh in &v.shipping {
+            if !sh.error.is_empty() {
+                out.push(format!(
+                    "view '{}' cannot ship to region '{}': {}",
+                    v.view, sh.region, sh.error
+                ));
+            }
+            // A region the view ships to whose nodes the coordinator has not heard from.
+            if !s
+                .regions
+                .iter()
+                .any(|r| r.region == sh.region && r.nodes.iter().any(|n| n.status.is_some()))
+            {
+                out.push(format!(
+                    "region '{}' (view '{}') has no node reporting",
+                    sh.region, v.view
+                ));
+            }
+        }
     }
     for r in &s.regions {
         let reporting: Vec<(&pb::NodeReport, &pb::NodeStatusResponse)> = r
@@ -135,6 +154,26 @@ mod tests {
         assert_eq!(
             p,
             vec!["region 'eu' node 2: view 'v' is 31000 ms behind its source (bound 30000 ms)"]
+        );
+
+        let mut unshipped = healthy.clone();
+        unshipped.views[0].shipping = vec![
+            pb::ShipStatus {
+                region: "eu".into(),
+                error: "push timed out".into(),
+                ..Default::default()
+            },
+            pb::ShipStatus {
+                region: "us".into(),
+                ..Default::default()
+            },
+        ];
+        assert_eq!(
+            problems(&unshipped, 30_000),
+            vec![
+                "view 'v' cannot ship to region 'eu': push timed out",
+                "region 'us' (view 'v') has no node reporting"
+            ]
         );
 
         let mut broken = healthy.clone();

@@ -25,7 +25,9 @@ pub fn with_file(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     let Some(path) = config_path(&args) else {
         return Ok(args);
     };
-    let Some(role) = role_of(&args) else {
+    // Only the roles read the file: an admin command (status, query...) works whatever it
+    // holds.
+    let Some((role, _)) = role_of(&args).filter(|(r, _)| ROLES.contains(&r.as_str())) else {
         return Ok(args);
     };
     let text = read(&path)?;
@@ -52,16 +54,18 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
     std::env::var_os("MERIDIAN_CONFIG").map(PathBuf::from)
 }
 
-/// The subcommand: the first argument that is not an option (or an option's value).
-fn role_of(args: &[OsString]) -> Option<String> {
-    let mut it = args.iter().skip(1);
-    while let Some(a) = it.next() {
+/// The subcommand and its position: the first argument that is not an option (or the value
+/// of `--config`).
+fn role_of(args: &[OsString]) -> Option<(String, usize)> {
+    let mut i = 1;
+    while let Some(a) = args.get(i) {
         let a = a.to_string_lossy();
         if a == "--config" {
-            it.next();
+            i += 1;
         } else if !a.starts_with('-') {
-            return Some(a.to_string());
+            return Some((a.to_string(), i));
         }
+        i += 1;
     }
     None
 }
@@ -168,18 +172,25 @@ fn merge(
             .find(|a| a.get_long() == Some(flag.as_str()))
             .is_some_and(|a| a.get_action().takes_values());
         if takes_value {
-            extra.push(format!("--{flag}").into());
-            extra.push(value.into());
+            // One token, so that a value starting with '-' is not read as a flag.
+            extra.push(format!("--{flag}={value}").into());
         } else if value == "true" {
             extra.push(format!("--{flag}").into());
         } else if value != "false" {
             bail!("config: [{role}] {flag} is a switch: true or false, not '{value}'");
         }
     }
-    let at = args
-        .iter()
-        .position(|a| a.to_string_lossy() == role)
-        .map_or(args.len(), |i| i + 1);
+    let Some((_, at)) = role_of(&args).filter(|(r, _)| r == role) else {
+        bail!("config: the command line does not run '{role}'");
+    };
+    // A nested command (`central drain NAME`) takes none of the role's settings.
+    if args[at + 1..].iter().any(|a| {
+        let a = a.to_string_lossy();
+        cmd.get_subcommands().any(|s| s.get_name() == a)
+    }) {
+        return Ok(args);
+    }
+    let at = at + 1;
     let mut out = args;
     out.splice(at..at, extra);
     Ok(out)
@@ -242,12 +253,28 @@ mod tests {
         .expect("merge");
         assert_eq!(
             merged,
-            args(&["meridian", "region", "--region", "eu", "--data-dir", "/cli"]),
+            args(&["meridian", "region", "--region=eu", "--data-dir", "/cli"]),
             "the flag wins over the file, the environment too"
         );
         assert_eq!(
-            role_of(&args(&["meridian", "--config", "x", "region"])),
-            Some("region".into())
+            role_of(&args(&["meridian", "--config", "region", "region"])),
+            Some(("region".into(), 3))
+        );
+        // A nested command takes none of them: `central drain` has its own flags.
+        let central = [("data-dir".to_string(), "/d".to_string())];
+        let drain = args(&["meridian", "central", "drain", "w1"]);
+        assert_eq!(
+            merge(drain.clone(), "central", &central, &|_| false).expect("merge"),
+            drain
+        );
+        // A value starting with '-' stays a value.
+        let named = [("name".to_string(), "-blue".to_string())];
+        assert_eq!(
+            merge(args(&["meridian", "central"]), "central", &named, &|_| {
+                false
+            })
+            .expect("merge"),
+            args(&["meridian", "central", "--name=-blue"])
         );
     }
 
