@@ -7,6 +7,7 @@
 //! - **region cut off**: the central tier cannot reach the region (pushes and status reports
 //!   dropped) while the region's nodes still talk to each other; the region stops moving and
 //!   says so (its staleness grows), and after healing it catches up.
+//!
 //! A reader with a session reads throughout and counts reads that went backwards. At the end of
 //! each scenario every replica equals the DuckDB oracle, and a table is printed.
 //! Needs root (network namespaces, iptables).
