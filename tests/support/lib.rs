@@ -525,6 +525,20 @@ impl<'w> Cluster<'w> {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`) to the coordinator.
+    pub fn signal_coordinator(&mut self, signal: &str) {
+        let pid = self
+            .coordinator_proc
+            .as_ref()
+            .map(|p| p.child.id())
+            .expect("the coordinator runs");
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill_central(&mut self) {
         self.kill_worker("central");
