@@ -99,10 +99,19 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
     let mut total = events.len() as u64;
     let first_seq = converge_to_oracle(&rt, &cluster, &g, total, "first load");
 
-    // Typed results: dates, timestamps and decimals arrive typed; rows map onto structs.
+    // Typed results: dates, timestamps and decimals arrive typed; rows map onto structs. The
+    // client finds the region's nodes through the coordinator.
     let sdk = rt
-        .block_on(client::Client::connect(cluster.region_endpoints(REGION)))
-        .expect("client");
+        .block_on(client::Client::discover(&cluster.coordinator, REGION))
+        .expect("the coordinator lists the region's nodes");
+    let err = rt
+        .block_on(client::Client::discover(&cluster.coordinator, "mars"))
+        .err()
+        .expect("no such region");
+    assert!(
+        err.to_string().contains("no node of region 'mars'"),
+        "{err}"
+    );
     let r = rt
         .block_on(sdk.query(
             "SELECT DATE '2024-01-01' AS d, TIMESTAMP '2024-01-01 00:00:01.5' AS t, 1.50::DECIMAL(10,2) AS x, NULL AS n",

@@ -216,6 +216,41 @@ pub struct Client {
 }
 
 impl Client {
+    /// Asks the coordinator at `coordinator` (gRPC URL) for the nodes of `region`, and
+    /// connects to them. The list is the coordinator's at this moment.
+    pub async fn discover(coordinator: &str, region: &str) -> Result<Client, Error> {
+        use meridian_proto::v1::coordinator_client::CoordinatorClient;
+        let fail = |message: String| Error::Unavailable {
+            node: coordinator.to_string(),
+            message,
+        };
+        let endpoint = Endpoint::from_shared(coordinator.to_string())
+            .map_err(|e| Error::Endpoint(coordinator.to_string(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| fail(format!("cannot reach the coordinator: {e}")))?;
+        let catalog = CoordinatorClient::new(channel)
+            .get_catalog(pb::GetCatalogRequest {})
+            .await
+            .map_err(|s| fail(s.message().to_string()))?
+            .into_inner();
+        let nodes: Vec<String> = catalog
+            .regions
+            .iter()
+            .filter(|r| r.region == region)
+            .flat_map(|r| r.nodes.iter().map(|n| n.grpc_addr.clone()))
+            .collect();
+        if nodes.is_empty() {
+            return Err(fail(format!(
+                "the coordinator knows no node of region '{region}'"
+            )));
+        }
+        Client::connect(nodes).await
+    }
+
     /// Takes the gRPC URLs of a region's nodes. Connections are made lazily, so a node that is
     /// down at connect time does not fail the call.
     pub async fn connect<I, S>(endpoints: I) -> Result<Client, Error>

@@ -68,20 +68,7 @@ pub async fn query(
     sql: &str,
     options: &client::QueryOptions,
 ) -> anyhow::Result<()> {
-    let mut c = connect(url).await?;
-    let cat = c
-        .get_catalog(pb::GetCatalogRequest {})
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
-    let nodes: Vec<String> = cat
-        .regions
-        .iter()
-        .filter(|r| r.region == region)
-        .flat_map(|r| r.nodes.iter().map(|n| n.grpc_addr.clone()))
-        .collect();
-    anyhow::ensure!(!nodes.is_empty(), "no nodes known for region '{region}'");
-    let client = client::Client::connect(nodes).await?;
+    let client = client::Client::discover(url, region).await?;
     let r = client.query_with(sql, options).await?;
     print!("{}", result_table(&r));
     let pos: Vec<String> = r
