@@ -339,6 +339,26 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // Many linearizable reads at once on one node share ReadIndex requests: all answer.
+    let node = rt
+        .block_on(client::Client::connect([grpc_of(&cluster, alone)]))
+        .expect("client");
+    let options = client::QueryOptions {
+        linearizable: true,
+        max_staleness_wait: Some(Duration::from_secs(10)),
+        ..Default::default()
+    };
+    let sql = format!("SELECT count(*) FROM {VIEW}");
+    let answers = rt.block_on(async {
+        let reads = (0..64).map(|_| node.query_with(&sql, &options));
+        futures::future::join_all(reads).await
+    });
+    assert!(
+        answers.iter().all(|a| a.is_ok()),
+        "{:?}",
+        answers.iter().find(|a| a.is_err())
+    );
+
     let events = changes(&mut g, 200);
     produce(&rt, &broker.addr, "orders", &events);
     total += events.len() as u64;

@@ -384,7 +384,15 @@ impl Node {
                 last_tick = Instant::now();
                 self.expire_reads(last_tick);
             }
-            if let Err(e) = self.retry_stalled().and_then(|()| self.on_ready()) {
+            // Linearizable reads are asked for outside any Ready (raft-rs forbids changing its
+            // state between `ready` and `advance`); reads answered by a Ready may leave others
+            // waiting, asked for right after it.
+            self.ask_read_index();
+            let mut result = self.retry_stalled().and_then(|()| self.on_ready());
+            if result.is_ok() && self.ask_read_index() {
+                result = self.on_ready();
+            }
+            if let Err(e) = result {
                 // Failing to persist the log leaves the node unable to keep Raft's promises.
                 error!(error = %e, "raft storage failed; stopping the node");
                 std::process::exit(70);

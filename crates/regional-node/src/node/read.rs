@@ -4,7 +4,6 @@
 //! acknowledged before the read began. A node cut off from a majority never gets an answer:
 //! its read fails at its deadline instead of serving a stale state.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use raft::prelude::ReadState;
@@ -13,20 +12,32 @@ use tracing::debug;
 
 use super::Node;
 
-/// ReadIndex requests a node keeps waiting at once; more are refused.
+/// Linearizable reads a node keeps waiting at once; more are refused.
 pub const READS_PENDING_MAX: usize = 1024;
-/// A ReadIndex request the leader has not answered by then is failed (its caller may ask
+/// A ReadIndex request the leader has not answered by then is failed (its callers may ask
 /// again: a new leader drops its predecessor's requests and those sent before it committed an
 /// entry of its own term).
 pub const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Reply to a ReadIndex request: the index to wait for, or why there is none.
+/// Reply to a linearizable read: the index to wait for, or why there is none.
 pub type ReadReply = oneshot::Sender<Result<u64, String>>;
 
+/// Reads share ReadIndex requests: one request is in flight at a time, and the reads that
+/// arrive meanwhile wait for the next one. A read may only use an index the leader confirmed
+/// *after* the read arrived, so it never joins a request already asked.
 #[derive(Default)]
 pub(super) struct Reads {
     next: u64,
-    pending: HashMap<u64, (ReadReply, Instant)>,
+    /// The request in flight: its id, when it was asked, and the reads it answers.
+    inflight: Option<(u64, Instant, Vec<ReadReply>)>,
+    /// Reads that arrived after the request in flight was asked.
+    waiting: Vec<ReadReply>,
+}
+
+impl Reads {
+    fn len(&self) -> usize {
+        self.waiting.len() + self.inflight.as_ref().map_or(0, |(_, _, r)| r.len())
+    }
 }
 
 impl Node {
@@ -38,11 +49,24 @@ impl Node {
             ));
             return;
         }
-        if self.reads.pending.len() >= READS_PENDING_MAX {
+        if self.reads.len() >= READS_PENDING_MAX {
             let _ = reply.send(Err(format!(
                 "{READS_PENDING_MAX} linearizable reads are already waiting on this node"
             )));
             return;
+        }
+        self.reads.waiting.push(reply);
+    }
+
+    /// Asks one ReadIndex for every waiting read, unless a request is in flight; whether it
+    /// asked. Never while a Ready is being handled: raft-rs forbids changing its state between
+    /// `ready` and `advance` (a follower's request is a message, and a message there is fatal).
+    pub(super) fn ask_read_index(&mut self) -> bool {
+        if self.reads.inflight.is_some() {
+            return false;
+        }
+        if self.reads.waiting.is_empty() {
+            return false;
         }
         self.reads.next += 1;
         let id = self.reads.next;
@@ -53,38 +77,50 @@ impl Node {
             ctx.extend_from_slice(&word.to_be_bytes());
         }
         self.raw.read_index(ctx);
-        self.reads.pending.insert(id, (reply, Instant::now()));
+        let replies = std::mem::take(&mut self.reads.waiting);
+        self.reads.inflight = Some((id, Instant::now(), replies));
+        true
     }
 
-    /// Answers the requests whose index the leader confirmed.
+    /// Answers the reads whose index the leader confirmed (the next request is asked after
+    /// the Ready, by the Raft thread's loop).
     pub(super) fn read_states(&mut self, states: Vec<ReadState>) {
         for rs in states {
             let Some(id) = read_ctx(&rs.request_ctx, self.id, self.incarnation) else {
                 continue;
             };
-            if let Some((reply, _)) = self.reads.pending.remove(&id) {
-                let _ = reply.send(Ok(rs.index));
+            if self
+                .reads
+                .inflight
+                .as_ref()
+                .is_some_and(|(i, _, _)| *i == id)
+            {
+                if let Some((_, _, replies)) = self.reads.inflight.take() {
+                    for r in replies {
+                        let _ = r.send(Ok(rs.index));
+                    }
+                }
             }
         }
     }
 
-    /// Fails requests older than [`READ_INDEX_TIMEOUT`] and forgets abandoned ones.
+    /// Fails the request in flight once older than [`READ_INDEX_TIMEOUT`] (and asks for the
+    /// reads waiting behind it), and forgets abandoned reads.
     pub(super) fn expire_reads(&mut self, now: Instant) {
-        let expired: Vec<u64> = self
+        self.reads.waiting.retain(|r| !r.is_closed());
+        let expired = self
             .reads
-            .pending
-            .iter()
-            .filter(|(_, (reply, asked))| {
-                reply.is_closed() || now.duration_since(*asked) >= READ_INDEX_TIMEOUT
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some((reply, _)) = self.reads.pending.remove(&id) {
-                debug!(id, "read index request expired");
-                let _ = reply.send(Err(format!(
-                    "the region's leader did not confirm a read index within {READ_INDEX_TIMEOUT:?}"
-                )));
+            .inflight
+            .as_ref()
+            .is_some_and(|(_, asked, _)| now.duration_since(*asked) >= READ_INDEX_TIMEOUT);
+        if expired {
+            if let Some((id, _, replies)) = self.reads.inflight.take() {
+                debug!(id, reads = replies.len(), "read index request expired");
+                for r in replies {
+                    let _ = r.send(Err(format!(
+                        "the region's leader did not confirm a read index within {READ_INDEX_TIMEOUT:?}"
+                    )));
+                }
             }
         }
     }
