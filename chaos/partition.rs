@@ -29,6 +29,8 @@ use serde_json::Value as Json;
 const REGION: &str = "eu-west";
 const GRPC: u16 = 7101;
 const HTTP: u16 = 8101;
+/// Steps of the seeded random schedule (each about 1 to 2.5 s).
+const RANDOM_STEPS: usize = 6;
 
 struct Region {
     // Fields drop in order: the processes stop before their namespaces go.
@@ -387,7 +389,7 @@ fn a_cut_off_node_and_a_cut_off_region_lose_nothing_and_catch_up() {
     );
     let recovered = converge(&rt, &region, &g, "after the minority partition");
     table.push((
-        "minority: leader cut from peers",
+        "minority: leader cut from peers".to_string(),
         1,
         scenario_events,
         recovered,
@@ -442,9 +444,77 @@ fn a_cut_off_node_and_a_cut_off_region_lose_nothing_and_catch_up() {
     );
     let recovered = converge(&rt, &region, &g, "after the region was cut off");
     table.push((
-        "region cut off from the central tier",
+        "region cut off from the central tier".to_string(),
         3,
         scenario_events,
+        recovered,
+        take(&seen),
+    ));
+
+    // Random: a seeded schedule of the faults above and of single links cut, with changes
+    // flowing, then healed. MERIDIAN_CHAOS_SEED replays one.
+    let seed = std::env::var("MERIDIAN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    eprintln!("random faults seed: {seed} (replay with MERIDIAN_CHAOS_SEED={seed})");
+    let mut rng = seed;
+    let mut next = |n: u64| {
+        // xorshift64
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let (mut faults, mut produced) = (0, 0);
+    for _ in 0..RANDOM_STEPS {
+        for h in 1..=3 {
+            net.heal(h).expect("heal");
+        }
+        let h = next(3) as usize + 1;
+        let other = (h + next(2) as usize) % 3 + 1;
+        match next(4) {
+            0 => {
+                for p in (1..=3).filter(|&p| p != h) {
+                    net.cut(h, &net.ip(p)).expect("cut");
+                }
+                faults += 1;
+            }
+            1 => {
+                net.cut(h, &net.ip(other)).expect("cut a link");
+                faults += 1;
+            }
+            2 => {
+                for n in 1..=3 {
+                    net.cut_port(n, &net.gateway(), GRPC).expect("cut pushes");
+                }
+                faults += 1;
+            }
+            _ => {}
+        }
+        let events = changes(&mut g, 100);
+        produce(&rt, &broker.addr, "orders", &events);
+        produced += events.len();
+        std::thread::sleep(Duration::from_millis(1_000 + 500 * next(4)));
+    }
+    for h in 1..=3 {
+        net.heal(h).expect("heal");
+    }
+    let recovered = converge(
+        &rt,
+        &region,
+        &g,
+        &format!("after random faults (seed {seed})"),
+    );
+    table.push((
+        format!("random, seed {seed}"),
+        faults,
+        produced,
         recovered,
         take(&seen),
     ));
