@@ -104,8 +104,8 @@ impl Node {
         }
     }
 
-    /// Fails the request in flight once older than [`READ_INDEX_TIMEOUT`] (and asks for the
-    /// reads waiting behind it), and forgets abandoned reads.
+    /// Fails the reads of the request in flight once it is older than [`READ_INDEX_TIMEOUT`]
+    /// (the loop then asks for the reads waiting behind it), and forgets abandoned reads.
     pub(super) fn expire_reads(&mut self, now: Instant) {
         self.reads.waiting.retain(|r| !r.is_closed());
         let expired = self
