@@ -79,6 +79,30 @@ fn grpc_of(cluster: &Cluster<'_>, id: u64) -> String {
     cluster.node_of(REGION, id).grpc.clone()
 }
 
+/// The gRPC health service's status of `service` at `url` (1 SERVING, 2 NOT_SERVING).
+fn health(rt: &tokio::runtime::Runtime, url: &str, service: &str) -> Option<i32> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(3), async {
+            let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let mut c = HealthClient::new(channel);
+            c.check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner().status)
+        })
+        .await
+        .ok()
+        .flatten()
+    })
+}
+
 fn token_of(json: &Json) -> ReadToken {
     ReadToken::parse(json["meridian"]["token"].as_str().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e} in {json}"))
@@ -323,6 +347,15 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
         started.elapsed() < Duration::from_secs(15),
         "the wait is bounded"
     );
+    // The standard gRPC health service says so too, once the node knows no leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&rt, &grpc_of(&cluster, alone), "meridian.v1.Region") != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "a node without a majority stays SERVING"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     for id in [2, 3] {
         cluster.signal_node(REGION, id, "CONT");
     }
@@ -375,6 +408,14 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
         .cli(&["status", "--check"])
         .expect("a healthy cluster passes the check");
     assert!(out.starts_with("ok:"), "{out}");
+    // SERVING (1) on every node and on the coordinator.
+    for id in 1..=3 {
+        assert_eq!(
+            health(&rt, &grpc_of(&cluster, id), "meridian.v1.Region"),
+            Some(1)
+        );
+    }
+    assert_eq!(health(&rt, &cluster.coordinator, ""), Some(1));
     for path in ["/healthz", "/readyz"] {
         let (code, body) = http("GET", &http_of(&cluster, 1), path, "").expect("GET");
         assert_eq!((code, body.as_str()), (200, "Ok.\n"), "{path}");

@@ -65,7 +65,15 @@ pub async fn serve_coordinator(
         .await
         .with_context(|| format!("binding the coordinator on {listen}"))?;
     info!(listen = %listen, "coordinator listening");
+    // The standard gRPC health service: serving while the process is.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", "meridian.v1.Coordinator"] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     Server::builder()
+        .add_service(health_service)
         .add_service(pb::coordinator_server::CoordinatorServer::new(service))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -178,7 +178,10 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
     info!(region = %cfg.region, node = cfg.node_id, grpc = %cfg.grpc_listen, http = %cfg.http_listen, "regional node listening");
 
     let mut sd = shutdown.clone();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(health_loop(shared.clone(), health, shutdown.clone()));
     let grpc = Server::builder()
+        .add_service(health_service)
         .add_service(
             pb::region_server::RegionServer::new(RegionService(shared.clone()))
                 .max_decoding_message_size(service::MESSAGE_BYTES_MAX),
@@ -215,6 +218,38 @@ pub async fn run(cfg: RegionConfig, mut shutdown: watch::Receiver<bool>) -> anyh
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     info!("regional node stopped");
     Ok(())
+}
+
+/// How often the gRPC health service's status is brought up to date.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the standard gRPC health service (`grpc.health.v1.Health`) saying what `/readyz`
+/// says: `meridian.v1.Region` (and the server as a whole, `""`) is SERVING while the node
+/// serves reads, knows its leader and has caught up, NOT_SERVING otherwise.
+async fn health_loop(
+    shared: Shared,
+    reporter: tonic_health::server::HealthReporter,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    loop {
+        let ready = match shared.status().await {
+            Ok(st) => http::readiness(&st).is_ok(),
+            Err(_) => false,
+        };
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in ["", "meridian.v1.Region"] {
+            reporter.set_service_status(service, status).await;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+        }
+    }
 }
 
 /// A node that has not served reads for this long (its replica cannot apply a committed
