@@ -7,40 +7,16 @@ use std::time::{Duration, Instant};
 
 use meridian::sample::OrdersGenerator;
 use meridian_tests::{
-    changes, converge_to_oracle, orders_cluster, produce, runtime, Workdir, REGIONS,
+    changes, chaos_seed, converge_to_oracle, orders_cluster, produce, runtime, Rng, Workdir,
+    REGIONS,
 };
 
 /// Kills in one run: the issue asks for at least 50.
 const KILLS: usize = 50;
 
-/// xorshift64: a seeded schedule, printed so that a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn regional_nodes_killed_fifty_times_under_a_stream_all_restart_and_equal_the_oracle() {
-    let seed = std::env::var("MERIDIAN_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-        | 1;
-    eprintln!("crash loop seed: {seed} (replay with MERIDIAN_CHAOS_SEED={seed})");
+    let seed = chaos_seed("crash loop");
     let mut rng = Rng(seed);
     let rt = runtime();
     let work = Workdir::new("chaos-crash-loop");

@@ -21,8 +21,8 @@ use meridian_proto::v1::region_client::RegionClient;
 use meridian_proto::v1::{NodeStatusRequest, NodeStatusResponse};
 use meridian_tests::netns::Net;
 use meridian_tests::{
-    changes, create_topic, free_port, http, meridian_bin, orders_oracle, produce, runtime, spawn,
-    text, urlencode, Broker, Proc, Workdir, ORDERS_COLUMNS, VIEW,
+    changes, chaos_seed, create_topic, free_port, http, meridian_bin, orders_oracle, orders_rows,
+    produce, runtime, spawn, urlencode, wait_for_addr, Broker, Proc, Rng, Workdir, VIEW,
 };
 use serde_json::Value as Json;
 
@@ -113,7 +113,7 @@ fn start(rt: &tokio::runtime::Runtime, work: &Workdir, broker: &Broker) -> Regio
             ])
             .arg(work.path.join("coordinator")),
     )];
-    wait_for_port_on(&net.gateway(), port);
+    wait_for_addr(&net.gateway(), port, Duration::from_secs(20)).expect("the coordinator listens");
     procs.push(spawn(
         work,
         "central",
@@ -171,15 +171,6 @@ fn start(rt: &tokio::runtime::Runtime, work: &Workdir, broker: &Broker) -> Regio
     region
 }
 
-fn wait_for_port_on(ip: &str, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = format!("{ip}:{port}").parse().expect("address");
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {ip}:{port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits until every node's replica equals the oracle; returns how long that took.
 fn converge(
     rt: &tokio::runtime::Runtime,
@@ -195,17 +186,7 @@ fn converge(
             .block_on(client::Client::connect([region.grpc(h)]))
             .expect("client");
         loop {
-            let rows: Option<Vec<Vec<String>>> = rt
-                .block_on(
-                    client.query(&format!("SELECT {ORDERS_COLUMNS} FROM {VIEW} ORDER BY ALL")),
-                )
-                .ok()
-                .map(|r| {
-                    r.rows
-                        .iter()
-                        .map(|row| row.iter().map(text).collect())
-                        .collect()
-                });
+            let rows = orders_rows(rt, &client).ok().map(|(rows, _)| rows);
             if rows.as_ref() == Some(&expected) {
                 break;
             }
@@ -453,24 +434,9 @@ fn a_cut_off_node_and_a_cut_off_region_lose_nothing_and_catch_up() {
 
     // Random: a seeded schedule of the faults above and of single links cut, with changes
     // flowing, then healed. MERIDIAN_CHAOS_SEED replays one.
-    let seed = std::env::var("MERIDIAN_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-        | 1;
-    eprintln!("random faults seed: {seed} (replay with MERIDIAN_CHAOS_SEED={seed})");
-    let mut rng = seed;
-    let mut next = |n: u64| {
-        // xorshift64
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let seed = chaos_seed("random faults");
+    let mut rng = Rng(seed);
+    let mut next = |n: u64| rng.below(n);
     let (mut faults, mut produced) = (0, 0);
     for _ in 0..RANDOM_STEPS {
         for h in 1..=3 {

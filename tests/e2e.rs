@@ -9,6 +9,7 @@ mod config;
 mod consistency;
 mod deploy;
 mod freshness;
+mod subscribe;
 mod views;
 
 use std::collections::BTreeMap;

@@ -178,18 +178,12 @@ impl<'w> Cluster<'w> {
 
     /// Sends a signal (`STOP`, `CONT`, `TERM`) to a regional node.
     pub fn signal_node(&mut self, region: &str, id: u64, signal: &str) {
-        let pid = self
-            .nodes
+        self.nodes
             .iter()
             .find(|(a, _)| a.region == region && a.id == id)
             .and_then(|(_, p)| p.as_ref())
-            .map(|p| p.child.id())
-            .unwrap_or_else(|| panic!("no running node {region}-{id}"));
-        let ok = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{signal} {pid}");
+            .unwrap_or_else(|| panic!("no running node {region}-{id}"))
+            .signal(signal);
     }
 
     /// Whether the node's process is still running (false once it exited or was killed).
@@ -262,15 +256,9 @@ impl<'w> Cluster<'w> {
 
     /// Sends a signal (`STOP`, `CONT`, `TERM`) to a central worker.
     pub fn signal_worker(&mut self, name: &str, signal: &str) {
-        let pid = self
-            .worker_proc(name)
-            .map(|p| p.child.id())
-            .unwrap_or_else(|| panic!("no running central worker '{name}'"));
-        let ok = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{signal} {pid}");
+        self.worker_proc(name)
+            .unwrap_or_else(|| panic!("no running central worker '{name}'"))
+            .signal(signal);
     }
 
     /// Whether the worker's process is still running (false once it exited or was killed).
@@ -349,16 +337,10 @@ impl<'w> Cluster<'w> {
 
     /// Sends a signal (`STOP`, `CONT`) to the coordinator.
     pub fn signal_coordinator(&mut self, signal: &str) {
-        let pid = self
-            .coordinator_proc
+        self.coordinator_proc
             .as_ref()
-            .map(|p| p.child.id())
-            .expect("the coordinator runs");
-        let ok = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{signal} {pid}");
+            .expect("the coordinator runs")
+            .signal(signal);
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

@@ -30,6 +30,25 @@ pub fn text(v: &client::Value) -> String {
     }
 }
 
+/// A result's rows as text, as the oracle lists them.
+pub fn rows_text(r: &client::QueryResult) -> Vec<Row> {
+    r.rows
+        .iter()
+        .map(|row| row.iter().map(text).collect())
+        .collect()
+}
+
+/// The sample view's rows on the node(s) `client` reads from, in the oracle's columns and
+/// order, and the view's applied seq there.
+pub fn orders_rows(
+    rt: &tokio::runtime::Runtime,
+    client: &client::Client,
+) -> anyhow::Result<(Vec<Row>, Option<u64>)> {
+    let r =
+        rt.block_on(client.query(&format!("SELECT {ORDERS_COLUMNS} FROM {VIEW} ORDER BY ALL")))?;
+    Ok((rows_text(&r), r.position(VIEW)))
+}
+
 /// Runs `select` over `rows_sql` (statements that build the source table) in DuckDB.
 pub fn oracle(setup: &[String], select: &str) -> Vec<Row> {
     let conn = duckdb::Connection::open_in_memory().expect("duckdb");
@@ -113,11 +132,7 @@ pub fn check_replicas(
             node.region,
             node.id
         );
-        let rows: Vec<Row> = got
-            .rows
-            .iter()
-            .map(|r| r.iter().map(text).collect())
-            .collect();
+        let rows = rows_text(&got);
         assert_eq!(
             rows.len(),
             expected.len(),

@@ -111,6 +111,16 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid} ({})", self.name);
+    }
 }
 
 impl Drop for Proc {
@@ -175,12 +185,49 @@ impl Broker {
 }
 
 pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    wait_for_addr("127.0.0.1", port, timeout)
+}
+
+/// Waits until something listens on `host:port`.
+pub fn wait_for_addr(host: &str, port: u16, timeout: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpStream::connect((host, port)).is_ok() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("nothing listens on port {port} after {timeout:?}")
+    bail!("nothing listens on {host}:{port} after {timeout:?}")
+}
+
+/// xorshift64: a seeded schedule for chaos tests, replayable from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// The seed of a chaos schedule: `MERIDIAN_CHAOS_SEED`, or drawn from the clock; printed so
+/// that a failure can be replayed.
+pub fn chaos_seed(what: &str) -> u64 {
+    let seed = std::env::var("MERIDIAN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    eprintln!("{what} seed: {seed} (replay with MERIDIAN_CHAOS_SEED={seed})");
+    seed
 }

@@ -213,18 +213,8 @@ impl CatalogStore {
     }
 }
 
-/// A catalog identity: the wall clock and the process id mixed by a randomly keyed hash.
-pub fn draw_identity() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
+/// A catalog identity, drawn once when the catalog is first created.
+pub use meridian_proto::draw_run_id as draw_identity;
 
 fn tagged(tag: &str, id: u64) -> String {
     format!("{tag}{id:016x}")

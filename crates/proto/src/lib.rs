@@ -11,6 +11,21 @@ pub use v1::*;
 pub mod token;
 pub use token::ReadToken;
 
+/// A number drawn once per run of a process (the wall clock and the process id mixed by a
+/// randomly keyed hash): tells that run from an earlier or a concurrent one, wherever a run
+/// must be told apart (a catalog's identity, a worker's session).
+pub fn draw_run_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 /// The replica table a region must hold for a view: what the central worker pushes and what
 /// the coordinator tells a region to expect, from one definition.
 pub fn view_schema(def: &catalog::ViewDef, view_id: u64) -> v1::ViewSchema {

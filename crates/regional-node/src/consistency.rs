@@ -107,7 +107,7 @@ impl Shared {
         let Some(max_ms) = level.max_staleness_ms else {
             return result;
         };
-        let deadline = started + Duration::from_millis(level.wait_ms);
+        let deadline = deadline.into_std();
         while let Ok(r) = &result {
             let Err(why) = crate::staleness::check(&sql, &r.positions, max_ms) else {
                 break;

@@ -6,15 +6,8 @@ use super::CentralError;
 
 /// A number drawn at start: tells this run of the worker from an earlier or a concurrent one.
 pub(super) fn new_session() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish() | 1
+    // Never 0, which means "no session".
+    meridian_proto::draw_run_id() | 1
 }
 
 fn valid_name(n: &str) -> bool {
