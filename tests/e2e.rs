@@ -9,6 +9,7 @@ mod config;
 mod consistency;
 mod deploy;
 mod freshness;
+mod joins;
 mod subscribe;
 mod views;
 

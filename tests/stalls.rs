@@ -79,6 +79,7 @@ fn a_view_positioned_inside_a_producer_batch_does_not_stall() {
         view_id: 2,
         def,
         stream: c.stream("s").expect("stream").clone(),
+        joined: None,
         store: store.clone(),
         clock: Arc::new(SystemClock),
         latest,

@@ -114,6 +114,10 @@ fn windows_close_by_the_slowest_partition_and_late_events_are_counted() {
     cluster
         .sql("CREATE MATERIALIZED VIEW per_minute AS SELECT window_start, count() AS n, sum(v) AS total FROM tumble(readings, at, 1m) GROUP BY window_start SETTINGS allowed_lateness='0s'")
         .expect("view");
+    // The same windows, emitted only once final.
+    cluster
+        .sql("CREATE MATERIALIZED VIEW per_minute_final AS SELECT window_start, count() AS n, sum(v) AS total FROM tumble(readings, at, 1m) GROUP BY window_start EMIT AFTER WATERMARK SETTINGS allowed_lateness='0s'")
+        .expect("final view");
     // Hopping windows over the same readings: each is in three windows.
     cluster
         .sql("CREATE MATERIALIZED VIEW sliding AS SELECT window_start, window_end, count() AS n, max(v) AS top FROM hop(readings, at, 1m, 3m) GROUP BY window_start, window_end SETTINGS allowed_lateness='0s'")
@@ -176,6 +180,19 @@ fn windows_close_by_the_slowest_partition_and_late_events_are_counted() {
         &want,
         seq,
     );
+    // EMIT AFTER WATERMARK: the closed windows only (10:10 is still open), same rows.
+    let seq = cluster
+        .wait_converged("per_minute_final", n_on_time + 2, CONVERGE_TIMEOUT)
+        .expect("converges");
+    let closed: Vec<_> = want[..10].to_vec();
+    check_replicas(
+        &rt,
+        &cluster,
+        "per_minute_final",
+        "CAST(window_start AS VARCHAR), n, total",
+        &closed,
+        seq,
+    );
     // The hop view: the reading at 10:03:30 is only in closed windows; the one at 10:09:59 is
     // applied in its two windows still open (ending after the watermark, 10:10:50), not in
     // the one that ended at 10:10.
@@ -206,7 +223,7 @@ fn windows_close_by_the_slowest_partition_and_late_events_are_counted() {
         seq,
     );
     let status = cluster.status().expect("status");
-    for name in ["per_minute", "sliding"] {
+    for name in ["per_minute", "per_minute_final", "sliding"] {
         let view = status["views"]
             .as_array()
             .and_then(|v| v.iter().find(|v| v["view"] == name))

@@ -170,6 +170,48 @@ impl Catalog {
         })
     }
 
+    /// The stream a view joins, checked: a stream with a primary key (the view keeps one
+    /// row of it per key), other than the view's own, on the same brokers with the same
+    /// settings (the view reads both with one consumer), and another topic.
+    fn joined_stream(
+        &self,
+        sql: &str,
+        left: &StreamDef,
+        j: &crate::ast::Spanned<String>,
+    ) -> Result<&StreamDef, SqlError> {
+        let here = |msg: String| SqlError::at(sql, j.offset, msg);
+        let Some(right) = self.stream(&j.value) else {
+            let what = if self.get(&j.value).is_some() {
+                "is a view, not a stream (a view over a view is not supported yet)"
+            } else {
+                "does not exist"
+            };
+            return Err(here(format!("stream '{}' {what}", j.value)));
+        };
+        if right.name.eq_ignore_ascii_case(&left.name) {
+            return Err(here(format!(
+                "a stream joined with itself ('{}') is not supported",
+                right.name
+            )));
+        }
+        if left.primary_key.is_empty() {
+            return Err(here(format!("stream '{}' has no primary key: a join keeps each of its rows by key, to join it again when the other side changes (set primary_key='...')", left.name)));
+        }
+        if right.primary_key.is_empty() {
+            return Err(here(format!("stream '{}' has no primary key: a view joins a table-like stream, one row per key (set primary_key='...')", right.name)));
+        }
+        if right.brokers != left.brokers || right.kafka_options != left.kafka_options {
+            return Err(here(format!("streams '{}' and '{}' have different brokers or Kafka settings; a view reads both with one consumer", left.name, right.name)));
+        }
+        if right.topic == left.topic {
+            return Err(here(format!(
+                "streams '{}' and '{}' read the same topic '{}'",
+                left.name, right.name, right.topic
+            )));
+        }
+        Ok(right)
+    }
+
     fn plan_here(&self, sql: &str) -> Result<Change, SqlError> {
         match parse(sql)? {
             Statement::CreateStream(stmt) => {
@@ -198,8 +240,12 @@ impl Catalog {
                         format!("stream '{}' {what}", stmt.query.from.value),
                     ));
                 };
+                let joined = match &stmt.query.join {
+                    Some(j) => Some(self.joined_stream(sql, stream, j)?),
+                    None => None,
+                };
                 Ok(Change::Create(Object::View(ViewDef::from_ast(
-                    sql, &stmt, stream,
+                    sql, &stmt, stream, joined,
                 )?)))
             }
             Statement::Drop {
@@ -236,10 +282,7 @@ impl Catalog {
                     None => name,
                 };
                 if kind == ObjectKind::Stream {
-                    if let Some(v) = self
-                        .views()
-                        .find(|v| v.stream.eq_ignore_ascii_case(&name.value))
-                    {
+                    if let Some(v) = self.views().find(|v| v.reads(&name.value)) {
                         return Err(SqlError::at(
                             sql,
                             name.offset,
@@ -274,7 +317,9 @@ impl Catalog {
                         ),
                     ));
                 };
-                Ok(Change::Explain(view.plan.explain(stream, &view.outputs)))
+                let right = view.joined_stream().and_then(|j| self.stream(j));
+                let input = view.input(stream, right);
+                Ok(Change::Explain(view.plan.explain(&input, &view.outputs)))
             }
         }
     }

@@ -354,8 +354,9 @@ impl ViewDef {
         sql: &str,
         stmt: &ast::CreateView,
         stream: &StreamDef,
+        joined: Option<&StreamDef>,
     ) -> Result<ViewDef, SqlError> {
-        let planned = crate::view::plan(sql, &stmt.query, stream)?;
+        let planned = crate::view::plan(sql, &stmt.query, stream, joined)?;
         Ok(ViewDef {
             name: stmt.name.value.clone(),
             stream: stream.name.clone(),
@@ -364,6 +365,28 @@ impl ViewDef {
             regions: planned.regions,
             plan: planned.plan,
         })
+    }
+
+    /// The stream the view joins, if it does.
+    pub fn joined_stream(&self) -> Option<&str> {
+        self.plan.join.as_ref().map(|j| j.stream.as_str())
+    }
+
+    /// Whether the view reads stream `name` (its own, or the one it joins).
+    pub fn reads(&self, name: &str) -> bool {
+        self.stream.eq_ignore_ascii_case(name)
+            || self
+                .joined_stream()
+                .is_some_and(|j| j.eq_ignore_ascii_case(name))
+    }
+
+    /// The row the view's expressions read: its stream, or for a join the stream's columns
+    /// followed by the joined stream's (`right`).
+    pub fn input(&self, stream: &StreamDef, right: Option<&StreamDef>) -> StreamDef {
+        match (&self.plan.join, right) {
+            (Some(j), Some(r)) => crate::view::joined_input(stream, r, &j.input_names),
+            _ => stream.clone(),
+        }
     }
 
     pub fn assigned_to(&self, region: &str) -> bool {

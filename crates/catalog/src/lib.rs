@@ -26,7 +26,9 @@ pub use value::{
     civil_from_days, days_from_civil, format_date, format_timestamp, parse_date, parse_timestamp,
     ColumnType, Value,
 };
-pub use view::{AggFunc, Aggregate, Finish, Plan, PlanKind, Ref, Slot, WindowPlan};
+pub use view::{
+    AggFunc, Aggregate, Finish, JoinKind, JoinPlan, Plan, PlanKind, Ref, Slot, WindowPlan,
+};
 
 #[cfg(test)]
 mod tests;

@@ -40,7 +40,9 @@ mod plan;
 use expr::{duration_micros, quote_ident, quote_str, Mode, Planner};
 use parse::object_name;
 pub use parse::{parse_query, Derived, DerivedItem, ParsedQuery, QueryText};
-pub use plan::{AggFunc, Aggregate, Finish, HopPlan, Plan, PlanKind, Ref, Slot, WindowPlan};
+pub use plan::{
+    AggFunc, Aggregate, Finish, HopPlan, JoinKind, JoinPlan, Plan, PlanKind, Ref, Slot, WindowPlan,
+};
 
 /// The planned view: outputs, their key positions, regions and the plan.
 pub struct Planned {
@@ -60,10 +62,64 @@ fn output_name(e: &Expr) -> String {
     }
 }
 
-/// Plans a parsed view query over its stream.
-pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Planned, SqlError> {
+/// The evaluator's names of a join's input columns: the stream's, then the joined stream's,
+/// where a name the stream has too is qualified with the joined stream's alias or name.
+pub fn join_input_names(left: &StreamDef, right: &StreamDef, qualifier: &str) -> Vec<String> {
+    let mut names: Vec<String> = left.columns.iter().map(|c| c.name.clone()).collect();
+    for c in &right.columns {
+        if left.column_index(&c.name).is_some() {
+            names.push(format!("{qualifier}.{}", c.name));
+        } else {
+            names.push(c.name.clone());
+        }
+    }
+    names
+}
+
+/// The row a join view's expressions read, as one stream: the stream's columns (and its
+/// primary key), then the joined stream's under `names` ([`join_input_names`]).
+pub fn joined_input(left: &StreamDef, right: &StreamDef, names: &[String]) -> StreamDef {
+    let mut s = left.clone();
+    for (c, n) in right
+        .columns
+        .iter()
+        .zip(names.iter().skip(left.columns.len()))
+    {
+        s.columns.push(crate::defs::Column {
+            name: n.clone(),
+            ..c.clone()
+        });
+    }
+    s
+}
+
+/// Plans a parsed view query over its stream (and the stream it joins, if it does).
+pub fn plan(
+    sql: &str,
+    parsed: &ParsedQuery,
+    stream: &StreamDef,
+    joined: Option<&StreamDef>,
+) -> Result<Planned, SqlError> {
     let q = &parsed.query;
+    let join = match (&parsed.join, joined) {
+        (Some(_), Some(right)) => Some(expr::join_context(sql, parsed, stream, right)?),
+        (Some(j), None) => {
+            return Err(SqlError::at(
+                sql,
+                j.offset,
+                format!("stream '{}' to join was not found", j.value),
+            ))
+        }
+        (None, _) => None,
+    };
+    let input = match &join {
+        Some(j) => joined_input(stream, j.right, &j.names),
+        None => stream.clone(),
+    };
+    let left_stream = stream;
+    let stream = &input;
     let mut p = Planner {
+        join,
         sql,
         base: parsed.offset,
         text: &parsed.text,
@@ -135,7 +191,23 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
         return Err(p.err(select_span, "unsupported clause in a materialized view's SELECT (TOP, INTO, PREWHERE, WINDOW, QUALIFY and the like)"));
     }
     if let Some(TableFactor::Table { alias: Some(a), .. }) = s.from.first().map(|f| &f.relation) {
+        if p.join.is_some() {
+            // As in SQL, an aliased stream is named by its alias only.
+            p.qualifiers.clear();
+        }
         p.qualifiers.push(a.name.value.clone());
+    }
+    if let Some(j) = &p.join {
+        if let Some(q) = j
+            .qualifiers
+            .iter()
+            .find(|q| p.qualifiers.iter().any(|l| l.eq_ignore_ascii_case(q)))
+        {
+            return Err(p.err(
+                select_span,
+                format!("both sides of the join are named '{q}'; give them different aliases"),
+            ));
+        }
     }
     if let Some(TableFactor::Table {
         name,
@@ -237,6 +309,19 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
                     item.span(),
                     "SELECT * with EXCLUDE, EXCEPT, REPLACE, RENAME or ILIKE is not supported in materialized views; list the columns",
                 ))
+            }
+            SelectItem::QualifiedWildcard(..) if p.join.is_some() => {
+                return Err(p.err(
+                    item.span(),
+                    "a qualified * (o.* or c.*) over a join is not supported; list the columns",
+                ))
+            }
+            SelectItem::Wildcard(_) if p.join.as_ref().is_some_and(|j| !j.ambiguous.is_empty()) => {
+                let both = p.join.as_ref().map(|j| j.ambiguous.join(", ")).unwrap_or_default();
+                return Err(p.err(
+                    item.span(),
+                    format!("SELECT * over a join whose streams both have column(s) {both}; list the columns (qualified where both have them)"),
+                ));
             }
             SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => match &parsed.derived {
                 // The subquery's columns, in its order.
@@ -484,6 +569,8 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
                     finish: Finish::Direct(Vec::new()),
                     window: None,
                     hop: None,
+                    join: None,
+                    emit_final: false,
                 },
             )
         }
@@ -602,6 +689,8 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
                 finish: Finish::Direct(Vec::new()),
                 window: window_plan,
                 hop: hop_plan,
+                join: None,
+                emit_final: false,
             };
             // Outputs straight from keys and aggregates need no evaluation per group.
             let direct: Option<Vec<Ref>> = out_sql
@@ -672,6 +761,26 @@ pub fn plan(sql: &str, parsed: &ParsedQuery, stream: &StreamDef) -> Result<Plann
             (outputs, key_outputs, plan)
         }
     };
+    let mut plan = plan;
+    if let Some(at) = parsed.emit_after_watermark {
+        if plan.window.is_none() {
+            return Err(SqlError::at(sql, at + parsed.offset, "EMIT AFTER WATERMARK needs windows that close: FROM tumble() or hop() grouped by window_start, with SETTINGS allowed_lateness".to_string()));
+        }
+        plan.emit_final = true;
+    }
+    if p.join.is_some() {
+        if let Some(a) = plan
+            .aggregates
+            .iter()
+            .find(|a| matches!(a.func, AggFunc::Latest | AggFunc::Earliest))
+        {
+            return Err(p.err(
+                select_span,
+                format!("{} over a join is not supported yet: a change to the joined stream re-joins rows, which has no arrival order", a.text),
+            ));
+        }
+        plan.join = Some(Box::new(p.join_plan(s, left_stream)?));
+    }
     Ok(Planned {
         outputs,
         key_outputs,

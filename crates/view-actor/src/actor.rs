@@ -12,7 +12,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::core::ViewCore;
+use crate::core::{input_partition, split_input, ViewCore};
 use crate::decode::decode;
 use crate::progress::Verdict;
 use crate::store::{Commit, DeadLetter, StoreError, ViewStore};
@@ -91,6 +91,9 @@ pub struct ViewActor {
     pub view_id: u64,
     pub def: ViewDef,
     pub stream: StreamDef,
+    /// The stream the view joins, if it does: read by the same consumer, its partitions
+    /// numbered as input 1 ([`crate::core::INPUT_SHIFT`]).
+    pub joined: Option<StreamDef>,
     pub store: ViewStore,
     pub clock: Arc<dyn Clock>,
     /// Latest committed sequence, for the shippers.
@@ -138,7 +141,7 @@ impl ViewActor {
                 s.late_events = meta.late_events;
                 s.watermark_us = meta.watermark_us;
             });
-            let mut core = ViewCore::new(self.def.clone(), &self.stream, groups).map_err(ActorError::View)?;
+            let mut core = ViewCore::new_joined(self.def.clone(), &self.stream, self.joined.as_ref(), groups).map_err(ActorError::View)?;
             core.set_event_times(meta.event_times_us.clone(), meta.watermark_us);
             core.set_arrival(meta.arrival);
             let mut meta = meta;
@@ -151,7 +154,8 @@ impl ViewActor {
             let mut freshness = crate::fresh::Freshness::default();
             if self.fresh.is_some() {
                 let probe: BaseConsumer = consumer_config(&self.stream, "meridian-metadata").create()?;
-                if let Err(e) = crate::fresh::spawn_probe(probe, self.stream.topic.clone(), probe_watch, self.clock.clone(), sample_tx) {
+                let topics = self.sources().iter().map(|s| s.topic.clone()).collect();
+                if let Err(e) = crate::fresh::spawn_probe(probe, topics, probe_watch, self.clock.clone(), sample_tx) {
                     warn!(error = %e, "starting the freshness probe failed; regions will read the view as behind");
                 }
             }
@@ -176,8 +180,8 @@ impl ViewActor {
             // Where "caught up" is, as of now.
             let mut catch_up: Option<HashMap<i32, i64>> = match &self.caught_up {
                 Some(tx) if !*tx.borrow() => {
-                    let stream = self.stream.clone();
-                    let marks = tokio::task::spawn_blocking(move || partition_marks(&stream))
+                    let sources = self.owned_sources();
+                    let marks = tokio::task::spawn_blocking(move || input_marks(&sources))
                         .await
                         .map_err(|e| ActorError::Join(e.to_string()))?;
                     match marks {
@@ -194,8 +198,8 @@ impl ViewActor {
             loop {
                 if tokio::time::Instant::now() >= next_check {
                     next_check = tokio::time::Instant::now() + self.check_interval;
-                    let stream = self.stream.clone();
-                    let marks = tokio::task::spawn_blocking(move || partition_marks(&stream))
+                    let sources = self.owned_sources();
+                    let marks = tokio::task::spawn_blocking(move || input_marks(&sources))
                         .await
                         .map_err(|e| ActorError::Join(e.to_string()))?;
                     match marks {
@@ -220,11 +224,13 @@ impl ViewActor {
                                 }
                             }
                             let rewinds = watch.check(&offsets, &marks, self.clock.now_ms()).map_err(|l| {
-                                ActorError::DataLost(format!("partition {} is at offset {}, but its oldest message is {}", l.partition, l.offset, l.low_watermark))
+                                let (topic, partition) = self.kafka_partition(l.partition);
+                                ActorError::DataLost(format!("partition {partition} of topic '{topic}' is at offset {}, but its oldest message is {}", l.offset, l.low_watermark))
                             })?;
                             for r in rewinds {
-                                warn!(partition = r.partition, offset = offsets.get(&r.partition).copied().unwrap_or(0), rewind_to = r.to, "view is behind the partition and made no progress; fetching again from an earlier offset");
-                                match consumer.seek(&self.stream.topic, r.partition, Offset::Offset(r.to), METADATA_TIMEOUT) {
+                                let (topic, partition) = self.kafka_partition(r.partition);
+                                warn!(topic, partition, offset = offsets.get(&r.partition).copied().unwrap_or(0), rewind_to = r.to, "view is behind the partition and made no progress; fetching again from an earlier offset");
+                                match consumer.seek(topic, partition, Offset::Offset(r.to), METADATA_TIMEOUT) {
                                     Ok(()) => fresh.positioned(r.partition),
                                     Err(e) => warn!(partition = r.partition, error = %e, "rewinding a stalled partition failed"),
                                 }
@@ -282,13 +288,17 @@ impl ViewActor {
                 let mut origins = Vec::with_capacity(messages.len());
                 span.in_scope(|| -> Result<(), ActorError> {
                     for m in &messages {
-                        let next = offsets.get(&m.partition()).copied().unwrap_or(m.offset());
-                        match fresh.verdict(m.partition(), m.offset(), next) {
+                        let Some((source, input)) = self.input_of(m.topic(), m.partition()) else {
+                            warn!(topic = m.topic(), partition = m.partition(), "a message from a partition the view does not read; skipped");
+                            continue;
+                        };
+                        let next = offsets.get(&input).copied().unwrap_or(m.offset());
+                        match fresh.verdict(input, m.offset(), next) {
                             // After a restart librdkafka may hand back a message below the
                             // stored position; it was counted already.
                             Verdict::Skip | Verdict::Drop => continue,
                             Verdict::RewindAndDrop => {
-                                gap_rewinds.push((m.partition(), next));
+                                gap_rewinds.push((input, next));
                                 continue;
                             }
                             Verdict::Take => {
@@ -297,14 +307,14 @@ impl ViewActor {
                                 }
                             }
                         }
-                        new_offsets.insert(m.partition(), m.offset() + 1);
-                        offsets.insert(m.partition(), m.offset() + 1);
+                        new_offsets.insert(input, m.offset() + 1);
+                        offsets.insert(input, m.offset() + 1);
                         consumed += 1;
                         consumed_bytes += (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
-                        match decode(&self.stream, m.key(), m.payload()) {
+                        match decode(self.source(source), m.key(), m.payload()) {
                             Ok(Some(event)) => {
                                 events.push(event);
-                                origins.push((m.topic().to_string(), m.partition(), m.offset()));
+                                origins.push((m.topic().to_string(), m.partition(), m.offset(), input));
                             }
                             Ok(None) => {}
                             Err(reason) => {
@@ -317,7 +327,7 @@ impl ViewActor {
                 })?;
                 // The batch is evaluated (DuckDB) and applied (store reads) off the runtime's
                 // threads; the core comes back with the result.
-                let partitions: Vec<i32> = origins.iter().map(|(_, p, _)| *p).collect();
+                let partitions: Vec<i32> = origins.iter().map(|(_, _, _, input)| *input).collect();
                 let store = self.store.clone();
                 let (back, applied) = tokio::task::spawn_blocking(move || {
                     let applied = core.apply_batch(&events, &partitions, &store);
@@ -328,21 +338,22 @@ impl ViewActor {
                 .map_err(|e| ActorError::Join(e.to_string()))?;
                 core = back;
                 for (i, reason) in applied.map_err(ActorError::View)? {
-                    let (topic, partition, offset) = origins[i].clone();
+                    let (topic, partition, offset, _) = origins[i].clone();
                     span.in_scope(|| warn!(topic, partition, offset, %reason, "message sent to the dead-letter table"));
                     commit.dead_letters.push(DeadLetter { topic, partition, offset, reason });
                 }
-                for (partition, next) in gap_rewinds {
-                    let stream = self.stream.clone();
-                    let low = tokio::task::spawn_blocking(move || partition_marks(&stream))
+                for (input, next) in gap_rewinds {
+                    let sources = self.owned_sources();
+                    let low = tokio::task::spawn_blocking(move || input_marks(&sources))
                         .await
                         .map_err(|e| ActorError::Join(e.to_string()))??
-                        .get(&partition)
+                        .get(&input)
                         .map_or(next, |&(low, _)| low);
                     let to = (next - crate::progress::REWIND_MESSAGES).max(low).min(next);
-                    warn!(partition, offset = next, rewind_to = to, "the broker answered from past the view's position; fetching again from earlier");
-                    consumer.seek(&self.stream.topic, partition, Offset::Offset(to), METADATA_TIMEOUT)?;
-                    fresh.rewound(partition);
+                    let (topic, partition) = self.kafka_partition(input);
+                    warn!(topic, partition, offset = next, rewind_to = to, "the broker answered from past the view's position; fetching again from earlier");
+                    consumer.seek(topic, partition, Offset::Offset(to), METADATA_TIMEOUT)?;
+                    fresh.rewound(input);
                 }
                 if consumed == 0 && !core.has_pending_changes() {
                     continue;
@@ -383,7 +394,10 @@ impl ViewActor {
                         changes: out.changes.iter().map(change_to_wire).collect(),
                         source_offsets: offsets
                             .iter()
-                            .map(|(&partition, &next_offset)| pb::SourceOffset { topic: self.stream.topic.clone(), partition, next_offset })
+                            .map(|(&input, &next_offset)| {
+                                let (topic, partition) = self.kafka_partition(input);
+                                pb::SourceOffset { topic: topic.to_string(), partition, next_offset }
+                            })
                             .collect(),
                         produced_at_ms: now,
                         events: consumed,
@@ -400,6 +414,7 @@ impl ViewActor {
                 commit.groups = out.groups;
                 commit.rows = out.rows;
                 commit.truncate_rows = out.truncate_rows;
+                commit.join = out.join;
                 let n_dead = commit.dead_letters.len();
                 let store = self.store.clone();
                 tokio::task::spawn_blocking(move || store.commit(commit)).instrument(span.clone()).await.map_err(|e| ActorError::Join(e.to_string()))??;
@@ -431,6 +446,43 @@ impl ViewActor {
         .await
     }
 
+    /// The streams the view reads: its own, then the one it joins.
+    fn sources(&self) -> Vec<&StreamDef> {
+        std::iter::once(&self.stream)
+            .chain(self.joined.as_ref())
+            .collect()
+    }
+
+    fn owned_sources(&self) -> Vec<StreamDef> {
+        self.sources().into_iter().cloned().collect()
+    }
+
+    /// Input stream `i` (0: the view's own, 1: the one it joins).
+    fn source(&self, i: usize) -> &StreamDef {
+        match (i, &self.joined) {
+            (1, Some(j)) => j,
+            _ => &self.stream,
+        }
+    }
+
+    /// The input stream and input partition of a message's topic and partition.
+    fn input_of(&self, topic: &str, partition: i32) -> Option<(usize, i32)> {
+        let source = if self.stream.topic == topic {
+            0
+        } else if self.joined.as_ref().is_some_and(|j| j.topic == topic) {
+            1
+        } else {
+            return None;
+        };
+        Some((source, input_partition(source, partition)?))
+    }
+
+    /// The topic and Kafka partition of an input partition.
+    fn kafka_partition(&self, input: i32) -> (&str, i32) {
+        let (source, partition) = split_input(input);
+        (self.source(source).topic.as_str(), partition)
+    }
+
     fn publish_fresh(&self, fresh: Option<crate::fresh::Fresh>) {
         if let (Some(tx), Some(f)) = (&self.fresh, fresh) {
             tx.send_replace(f);
@@ -459,28 +511,33 @@ impl ViewActor {
         f(&mut s);
     }
 
-    /// Assigns every partition of the topic, each at its stored next offset (or the beginning).
-    /// Also returns the starting offset of every partition that had none stored: the
-    /// partition's oldest message now.
+    /// Assigns every partition of the view's topics (its stream's, and the joined stream's),
+    /// each at its stored next offset (or the beginning). Also returns the starting offset of
+    /// every input partition that had none stored: the partition's oldest message now.
     async fn subscribe(
         &self,
         offsets: &HashMap<i32, i64>,
     ) -> Result<(StreamConsumer, Vec<(i32, i64)>, Vec<i32>), ActorError> {
-        let topic = self.stream.topic.clone();
         let (partitions, started) = tokio::task::spawn_blocking({
-            let stream = self.stream.clone();
+            let sources = self.owned_sources();
             let known: Vec<i32> = offsets.keys().copied().collect();
             move || -> Result<_, ActorError> {
-                let partitions = topic_partitions(&stream)?;
-                let consumer: BaseConsumer =
-                    consumer_config(&stream, "meridian-metadata").create()?;
+                let mut all = Vec::new();
                 let mut started = Vec::new();
-                for p in partitions.iter().filter(|p| !known.contains(p)) {
-                    let (low, _high) =
-                        consumer.fetch_watermarks(&stream.topic, *p, METADATA_TIMEOUT)?;
-                    started.push((*p, low));
+                for (source, stream) in sources.iter().enumerate() {
+                    let consumer: BaseConsumer =
+                        consumer_config(stream, "meridian-metadata").create()?;
+                    for p in topic_partitions(stream)? {
+                        let input = input_of_partition(source, stream, p)?;
+                        all.push((input, stream.topic.clone(), p));
+                        if !known.contains(&input) {
+                            let (low, _high) =
+                                consumer.fetch_watermarks(&stream.topic, p, METADATA_TIMEOUT)?;
+                            started.push((input, low));
+                        }
+                    }
                 }
-                Ok((partitions, started))
+                Ok((all, started))
             }
         })
         .await
@@ -512,18 +569,34 @@ impl ViewActor {
         let consumer: StreamConsumer =
             consumer_config(&self.stream, &format!("meridian-view-{}", self.def.name)).create()?;
         let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
+        for (input, topic, p) in &partitions {
             let offset = offsets
-                .get(p)
-                .or_else(|| started.iter().find(|(q, _)| q == p).map(|(_, o)| o))
+                .get(input)
+                .or_else(|| started.iter().find(|(q, _)| q == input).map(|(_, o)| o))
                 .copied()
                 .unwrap_or(0);
-            tpl.add_partition_offset(&topic, *p, Offset::Offset(offset))?;
+            tpl.add_partition_offset(topic, *p, Offset::Offset(offset))?;
         }
         consumer.assign(&tpl)?;
-        info!(topic = %topic, partitions = partitions.len(), "consuming");
-        Ok((consumer, started, partitions))
+        info!(topics = ?self.sources().iter().map(|s| s.topic.as_str()).collect::<Vec<_>>(), partitions = partitions.len(), "consuming");
+        Ok((
+            consumer,
+            started,
+            partitions.into_iter().map(|(input, _, _)| input).collect(),
+        ))
     }
+}
+
+/// The input partition of partition `p` of input `source`, or an error for a partition
+/// number too large to number inputs by.
+fn input_of_partition(source: usize, stream: &StreamDef, p: i32) -> Result<i32, ActorError> {
+    input_partition(source, p).ok_or_else(|| {
+        ActorError::View(format!(
+            "topic '{}' has partition {p}, beyond the {} partitions a view reads per topic",
+            stream.topic,
+            1 << crate::core::INPUT_SHIFT
+        ))
+    })
 }
 
 fn received(
@@ -560,16 +633,18 @@ fn consumer_config(stream: &StreamDef, group: &str) -> ClientConfig {
     c
 }
 
-/// Every partition of `topic` with its (low, high) watermarks.
-fn partition_marks(stream: &StreamDef) -> Result<HashMap<i32, (i64, i64)>, ActorError> {
-    let partitions = topic_partitions(stream)?;
-    let consumer: BaseConsumer = consumer_config(stream, "meridian-metadata").create()?;
-    let mut marks = HashMap::with_capacity(partitions.len());
-    for p in partitions {
-        marks.insert(
-            p,
-            consumer.fetch_watermarks(&stream.topic, p, METADATA_TIMEOUT)?,
-        );
+/// Every input partition of the view's topics with its (low, high) watermarks.
+fn input_marks(sources: &[StreamDef]) -> Result<HashMap<i32, (i64, i64)>, ActorError> {
+    let mut marks = HashMap::new();
+    for (source, stream) in sources.iter().enumerate() {
+        let partitions = topic_partitions(stream)?;
+        let consumer: BaseConsumer = consumer_config(stream, "meridian-metadata").create()?;
+        for p in partitions {
+            marks.insert(
+                input_of_partition(source, stream, p)?,
+                consumer.fetch_watermarks(&stream.topic, p, METADATA_TIMEOUT)?,
+            );
+        }
     }
     Ok(marks)
 }

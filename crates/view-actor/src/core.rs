@@ -18,8 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::decode::SourceEvent;
 
 mod fsum;
+mod join;
 mod output;
 mod window;
+
+pub use join::{input_partition, split_input, JoinWrites, Side, INPUT_SHIFT};
 
 pub use fsum::ExactSum;
 use output::{agg_row, exists};
@@ -30,10 +33,28 @@ pub type Row = Vec<Value>;
 
 /// Groups evaluated per call of the per-group stage when all rows are listed.
 const FINISH_CHUNK: usize = 10_000;
+/// A join's touched rows joined and evaluated per call (a change to a joined row may touch
+/// many), well below the evaluator's row-by-row fallback bound.
+const JOIN_EVAL_CHUNK: usize = 2_000;
 
-/// Reads the stored projection of a source row by primary key.
+/// Reads the stored projection of a source row by primary key, and a join view's stored
+/// rows and index.
 pub trait RowLookup {
     fn get_row(&self, pk: &Key) -> Result<Option<Row>, String>;
+    /// A join's stored row of `side` with primary key `pk`.
+    fn get_side(&self, side: Side, pk: &Key) -> Result<Option<Row>, String> {
+        let _ = (side, pk);
+        Err("this store keeps no joined rows".to_string())
+    }
+    /// The primary keys of the stored left rows whose join key is `key`.
+    fn holders(&self, key: &Key) -> Result<Vec<Key>, String> {
+        let _ = key;
+        Err("this store keeps no joined rows".to_string())
+    }
+    /// The primary keys of every stored left row.
+    fn left_keys(&self) -> Result<Vec<Key>, String> {
+        Err("this store keeps no joined rows".to_string())
+    }
 }
 
 /// The state of one key of the view.
@@ -126,6 +147,8 @@ pub struct BatchOutput {
     pub arrival: u64,
     /// Events of the batch that changed a closed window, and so were not applied.
     pub late_events: u64,
+    /// A join view's rows and index changed by the batch.
+    pub join: Option<JoinWrites>,
 }
 
 pub struct ViewCore {
@@ -161,6 +184,11 @@ pub struct ViewCore {
     /// No open window ends before this (`None`: not known yet), so that groups are scanned for
     /// windows to close only when one does.
     open_end_min: Option<i64>,
+    /// A view that joins another stream: both sides' rows.
+    join: Option<join::JoinState>,
+    /// Keys whose emitted row a truncate dropped in this batch (EMIT AFTER WATERMARK, where
+    /// a touched key's change is emitted only if the view held its row).
+    forgotten: BTreeSet<KeyOrd>,
 }
 
 /// A key with a total order, so that a batch's changes come out in a deterministic order.
@@ -231,7 +259,28 @@ impl ViewCore {
         stream: &StreamDef,
         groups: HashMap<Key, GroupState>,
     ) -> Result<ViewCore, String> {
-        let columns: Vec<(String, String)> = stream
+        Self::new_joined(def, stream, None, groups)
+    }
+
+    /// A view over `stream` that may join stream `right`.
+    pub fn new_joined(
+        def: ViewDef,
+        stream: &StreamDef,
+        right: Option<&StreamDef>,
+        groups: HashMap<Key, GroupState>,
+    ) -> Result<ViewCore, String> {
+        let join = match (&def.plan.join, right) {
+            (Some(j), Some(r)) => Some(join::JoinState::new((**j).clone(), stream, r)),
+            (Some(j), None) => {
+                return Err(format!(
+                    "view '{}' joins stream '{}', which was not given",
+                    def.name, j.stream
+                ))
+            }
+            (None, _) => None,
+        };
+        let input = def.input(stream, right);
+        let columns: Vec<(String, String)> = input
             .columns
             .iter()
             .map(|c| (c.name.clone(), c.ty.duckdb_type().to_string()))
@@ -260,6 +309,8 @@ impl ViewCore {
             arrival: 0,
             ordered: false,
             open_end_min: None,
+            join,
+            forgotten: BTreeSet::new(),
         };
         core.ordered = core
             .def
@@ -305,6 +356,9 @@ impl ViewCore {
         partitions: &[i32],
         store: &dyn RowLookup,
     ) -> Result<Vec<(usize, String)>, String> {
+        if self.join.is_some() {
+            return self.apply_joined(events, partitions, store);
+        }
         let mut rows: Vec<&[Value]> = Vec::new();
         let mut which = Vec::with_capacity(events.len());
         for e in events {
@@ -334,6 +388,76 @@ impl ViewCore {
             self.apply_one(i, event, result, store, &mut dead)?;
             self.late_events += u64::from(self.event_late);
         }
+        Ok(dead)
+    }
+
+    /// A join view's batch: the events change the sides, then every left row they touched
+    /// is joined from the sides' state at the end of the batch, evaluated, and its slots
+    /// replace the ones it had. A row whose evaluation fails leaves the view, and the event
+    /// that last touched it is the dead letter. Touched rows are joined and evaluated
+    /// [`JOIN_EVAL_CHUNK`] at a time: a change to a joined row may touch many left rows.
+    ///
+    /// Windows and `latest`/`earliest` are refused over a join at CREATE, so the event-time
+    /// and arrival bookkeeping of [`Self::apply_batch`] has nothing to do here.
+    fn apply_joined(
+        &mut self,
+        events: &[SourceEvent],
+        partitions: &[i32],
+        store: &dyn RowLookup,
+    ) -> Result<Vec<(usize, String)>, String> {
+        debug_assert!(
+            self.def.plan.window.is_none() && self.def.plan.hop.is_none() && !self.ordered
+        );
+        let Some(mut j) = self.join.take() else {
+            return Ok(Vec::new());
+        };
+        let result = self.apply_joined_with(&mut j, events, partitions, store);
+        self.join = Some(j);
+        result
+    }
+
+    fn apply_joined_with(
+        &mut self,
+        j: &mut join::JoinState,
+        events: &[SourceEvent],
+        partitions: &[i32],
+        store: &dyn RowLookup,
+    ) -> Result<Vec<(usize, String)>, String> {
+        let mut touched = BTreeMap::new();
+        for (i, event) in events.iter().enumerate() {
+            let source = split_input(partitions.get(i).copied().unwrap_or(0)).0;
+            if j.apply(i, source, event, store, &mut touched)? {
+                self.truncate();
+            }
+        }
+        let touched: Vec<(Key, usize)> = touched.into_iter().map(|(KeyOrd(k), i)| (k, i)).collect();
+        let mut dead: Vec<(usize, String)> = Vec::new();
+        for chunk in touched.chunks(JOIN_EVAL_CHUNK) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            let mut has_row = Vec::with_capacity(chunk.len());
+            for (pk, _) in chunk {
+                let row = j.joined(pk, store)?;
+                has_row.push(row.is_some());
+                rows.extend(row);
+            }
+            let refs: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
+            let mut projected = self.project.eval(&refs)?.into_iter();
+            for ((pk, i), has_row) in chunk.iter().zip(has_row) {
+                let new = match has_row.then(|| projected.next()).flatten() {
+                    None => None,
+                    Some(Ok(p)) => p,
+                    Some(Err(reason)) => {
+                        if !dead.iter().any(|(d, _)| d == i) {
+                            let key: Vec<String> = pk.iter().map(ToString::to_string).collect();
+                            dead.push((*i, format!("evaluating the view's expressions over the joined row of ({}) failed: {reason}", key.join(", "))));
+                        }
+                        None
+                    }
+                };
+                self.upsert(pk.clone(), new, store)?;
+            }
+        }
+        dead.sort_by_key(|(i, _)| *i);
         Ok(dead)
     }
 
@@ -478,6 +602,9 @@ impl ViewCore {
             if g.out_bytes > 0 {
                 self.gone_rows += 1;
                 self.gone_bytes += g.out_bytes as i64;
+                if self.def.plan.emit_final {
+                    self.forgotten.insert(KeyOrd(key.clone()));
+                }
             }
         }
         self.groups.clear();
@@ -639,19 +766,32 @@ impl ViewCore {
                     out.changes.push(RowChange { key, row });
                 }
                 PlanKind::Aggregate => match self.groups.get(&key) {
+                    // EMIT AFTER WATERMARK: an open window is kept, not emitted.
+                    Some(g) if exists(&key, g) && self.def.plan.emit_final && !g.closed => {
+                        out.groups.push((key.clone(), Some(g.clone())));
+                        if self.forgotten.contains(&KeyOrd(key.clone())) {
+                            // Its final row from before a truncate leaves the view.
+                            out.changes.push(RowChange { key, row: None });
+                        }
+                    }
                     Some(g) if exists(&key, g) => {
                         agg_rows.push(agg_row(&self.def, &key, g));
                         present.push(key);
                     }
                     _ => {
+                        let mut emitted = !self.def.plan.emit_final
+                            || self.forgotten.contains(&KeyOrd(key.clone()));
                         if let Some(g) = self.groups.remove(&key) {
                             if g.out_bytes > 0 {
+                                emitted = true;
                                 out.rows_delta -= 1;
                                 out.bytes_delta -= g.out_bytes as i64;
                             }
                         }
                         out.groups.push((key.clone(), None));
-                        out.changes.push(RowChange { key, row: None });
+                        if emitted {
+                            out.changes.push(RowChange { key, row: None });
+                        }
                     }
                 },
             }
@@ -680,12 +820,22 @@ impl ViewCore {
             out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));
         }
         self.close_windows(&mut out)?;
+        if self.def.plan.emit_final {
+            // One change per key, the last: a window re-opened after a truncate and closed
+            // in the same batch has its delete, then its final row.
+            out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));
+            out.changes.reverse();
+            out.changes.dedup_by(|later, kept| later.key == kept.key);
+            out.changes.reverse();
+            self.forgotten.clear();
+        }
         out.watermark = self.watermark;
         out.event_times = self.event_times.clone();
         out.arrival = self.arrival;
         out.late_events = std::mem::take(&mut self.late_events);
         out.rows = self.pending_rows.drain().collect();
         out.truncate_rows = std::mem::take(&mut self.truncated);
+        out.join = self.join.as_mut().map(join::JoinState::take_writes);
         Ok(out)
     }
 }

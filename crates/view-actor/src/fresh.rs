@@ -81,11 +81,12 @@ impl Freshness {
 }
 
 /// Starts the probe on a thread of its own (the client's calls block). It reads the marks of
-/// the partitions in `partitions` and sends each sample to `tx`, dropping it when the actor
+/// the input partitions in `partitions` (of `topics`, by input: see
+/// [`crate::core::INPUT_SHIFT`]) and sends each sample to `tx`, dropping it when the actor
 /// has not taken the last ones; it ends when the actor drops the receiver.
 pub fn spawn_probe(
     consumer: BaseConsumer,
-    topic: String,
+    topics: Vec<String>,
     partitions: watch::Receiver<Vec<i32>>,
     clock: Arc<dyn Clock>,
     tx: mpsc::Sender<Sample>,
@@ -100,7 +101,12 @@ pub fn spawn_probe(
                 let mut marks = HashMap::with_capacity(wanted.len());
                 let mut ok = !wanted.is_empty();
                 for p in wanted {
-                    match consumer.fetch_watermarks(&topic, p, PROBE_INTERVAL * 5) {
+                    let (source, partition) = crate::core::split_input(p);
+                    let Some(topic) = topics.get(source) else {
+                        ok = false;
+                        break;
+                    };
+                    match consumer.fetch_watermarks(topic, partition, PROBE_INTERVAL * 5) {
                         Ok((_, high)) => {
                             marks.insert(p, high);
                         }

@@ -10,7 +10,7 @@ use prost::Message;
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{GroupState, Key, Row, RowLookup};
+use crate::core::{GroupState, JoinWrites, Key, Row, RowLookup, Side};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -104,6 +104,28 @@ pub struct Commit {
     pub dead_letters: Vec<DeadLetter>,
     /// Delete every stored source row first (the source was truncated).
     pub truncate_rows: bool,
+    /// A join view's rows and index.
+    pub join: Option<JoinWrites>,
+}
+
+/// The tags of a join view's stored rows (by side) and of its index from a join key to the
+/// left rows holding it (`jx/` + join key + NUL + left key; JSON text holds no NUL, so a
+/// join key's entries are exactly those under its prefix).
+const JOIN_LEFT: &[u8] = b"jl/";
+const JOIN_RIGHT: &[u8] = b"jr/";
+const JOIN_INDEX: &[u8] = b"jx/";
+
+fn side_tag(side: Side) -> &'static [u8] {
+    match side {
+        Side::Left => JOIN_LEFT,
+        Side::Right => JOIN_RIGHT,
+    }
+}
+
+fn index_prefix(key: &Key) -> Result<Vec<u8>, String> {
+    let mut k = serde_json::to_vec(key).map_err(|e| e.to_string())?;
+    k.push(0);
+    Ok(k)
 }
 
 /// A key (without the view's prefix) and its value.
@@ -179,6 +201,40 @@ impl ViewStore {
             let mut end = self.key(b"row/");
             end.push(0xff);
             wb.delete_range(start, end);
+        }
+        if let Some(j) = &c.join {
+            for (truncated, tag) in [(j.truncate_left, JOIN_LEFT), (j.truncate_right, JOIN_RIGHT)] {
+                if truncated {
+                    let mut end = self.key(tag);
+                    end.push(0xff);
+                    wb.delete_range(self.key(tag), end);
+                }
+            }
+            if j.truncate_left {
+                let mut end = self.key(JOIN_INDEX);
+                end.push(0xff);
+                wb.delete_range(self.key(JOIN_INDEX), end);
+            }
+            for (side, rows) in [(Side::Left, &j.left), (Side::Right, &j.right)] {
+                for (k, r) in rows {
+                    let key = self.tagged(side_tag(side), &json(k));
+                    match r {
+                        Some(r) => wb.put(key, json(r)),
+                        None => wb.delete(key),
+                    }
+                }
+            }
+            for (jk, pk, present) in &j.index {
+                let mut rest = json(jk);
+                rest.push(0);
+                rest.extend_from_slice(&json(pk));
+                let key = self.tagged(JOIN_INDEX, &rest);
+                if *present {
+                    wb.put(key, b"");
+                } else {
+                    wb.delete(key);
+                }
+            }
         }
         wb.put(self.key(b"meta"), json(&c.meta));
         for (p, o) in &c.offsets {
@@ -428,15 +484,54 @@ impl ViewStore {
     }
 }
 
-impl RowLookup for ViewStore {
-    fn get_row(&self, pk: &Key) -> Result<Option<Row>, String> {
-        let key = self.tagged(b"row/", &serde_json::to_vec(pk).map_err(|e| e.to_string())?);
+impl ViewStore {
+    fn get_json_row(&self, tag: &[u8], pk: &Key) -> Result<Option<Row>, String> {
+        let key = self.tagged(tag, &serde_json::to_vec(pk).map_err(|e| e.to_string())?);
         match self.db.get(key).map_err(|e| format!("rocksdb: {e}"))? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|e| format!("corrupt source row: {e}")),
         }
+    }
+
+    /// The keys stored under `tag` + `prefix`, each parsed from what follows the prefix.
+    fn keys_under(&self, tag: &[u8], prefix: &[u8]) -> Result<Vec<Key>, String> {
+        let mut start = self.key(tag);
+        start.extend_from_slice(prefix);
+        let skip = start.len();
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, _) = item.map_err(|e| format!("rocksdb: {e}"))?;
+            if !k.starts_with(&start) {
+                break;
+            }
+            out.push(
+                serde_json::from_slice(&k[skip..]).map_err(|e| format!("corrupt join key: {e}"))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+impl RowLookup for ViewStore {
+    fn get_row(&self, pk: &Key) -> Result<Option<Row>, String> {
+        self.get_json_row(b"row/", pk)
+    }
+
+    fn get_side(&self, side: Side, pk: &Key) -> Result<Option<Row>, String> {
+        self.get_json_row(side_tag(side), pk)
+    }
+
+    fn holders(&self, key: &Key) -> Result<Vec<Key>, String> {
+        self.keys_under(JOIN_INDEX, &index_prefix(key)?)
+    }
+
+    fn left_keys(&self) -> Result<Vec<Key>, String> {
+        self.keys_under(JOIN_LEFT, b"")
     }
 }
 

@@ -427,6 +427,13 @@ fn reconcile(
         let Some(stream) = catalog.stream(&def.stream) else {
             continue;
         };
+        let joined = match def.joined_stream() {
+            Some(name) => match catalog.stream(name) {
+                Some(s) => Some(s.clone()),
+                None => continue,
+            },
+            None => None,
+        };
         let Some(&lease_epoch) = leases.get(&entry.id) else {
             continue;
         };
@@ -470,6 +477,7 @@ fn reconcile(
                 view_id: entry.id,
                 def: def.clone(),
                 stream: stream.clone(),
+                joined: joined.clone(),
                 store: store.clone(),
                 clock: clock.clone(),
                 latest: latest_tx,
@@ -482,7 +490,9 @@ fn reconcile(
             let handle = tokio::spawn(supervise(actor, stop_rx, entry.id));
             RunningView {
                 name: def.name.clone(),
-                plan: def.plan.explain(stream, &def.outputs),
+                plan: def
+                    .plan
+                    .explain(&def.input(stream, joined.as_ref()), &def.outputs),
                 store,
                 status,
                 latest,

@@ -58,6 +58,7 @@ async fn messages_lost_to_retention_stop_the_view() {
         view_id: 2,
         def,
         stream,
+        joined: None,
         store: store.clone(),
         clock: Arc::new(SystemClock),
         latest,

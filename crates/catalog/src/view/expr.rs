@@ -63,7 +63,88 @@ pub(super) enum Mode {
     Group,
 }
 
+/// What a join view's planner needs to resolve columns: which names are the joined stream's,
+/// and which both streams have (those must be qualified).
+pub struct JoinCtx<'a> {
+    pub(super) right: &'a StreamDef,
+    /// Names the joined stream's columns may be qualified with: its name and its alias.
+    pub(super) qualifiers: Vec<String>,
+    /// The evaluator's names of the joined row's columns ([`super::join_input_names`]).
+    pub(super) names: Vec<String>,
+    pub(super) n_left: usize,
+    /// Column names both streams have.
+    pub(super) ambiguous: Vec<String>,
+    pub(super) kind: JoinKind,
+    pub(super) on: Expr,
+}
+
+/// Reads `JOIN t [AS a] ON ...` of a parsed view over `left`.
+pub(super) fn join_context<'a>(
+    sql: &str,
+    parsed: &ParsedQuery,
+    left: &StreamDef,
+    right: &'a StreamDef,
+) -> Result<JoinCtx<'a>, SqlError> {
+    let SetExpr::Select(select) = parsed.query.body.as_ref() else {
+        return Err(SqlError::at(
+            sql,
+            parsed.offset,
+            "a join needs a SELECT".to_string(),
+        ));
+    };
+    let Some(j) = select.from.first().and_then(|f| f.joins.first()) else {
+        return Err(SqlError::at(
+            sql,
+            parsed.offset,
+            "the view has no JOIN".to_string(),
+        ));
+    };
+    use sqlparser::ast::{JoinConstraint, JoinOperator};
+    let (kind, on) = match &j.join_operator {
+        JoinOperator::Left(JoinConstraint::On(e))
+        | JoinOperator::LeftOuter(JoinConstraint::On(e)) => (JoinKind::Left, e.clone()),
+        JoinOperator::Join(JoinConstraint::On(e)) | JoinOperator::Inner(JoinConstraint::On(e)) => {
+            (JoinKind::Inner, e.clone())
+        }
+        _ => {
+            return Err(SqlError::at(
+                sql,
+                parsed.offset,
+                "only INNER and LEFT joins with ON are supported".to_string(),
+            ))
+        }
+    };
+    // As in SQL, an aliased stream is named by its alias only.
+    let qualifiers = match &j.relation {
+        TableFactor::Table { alias: Some(a), .. } => vec![a.name.value.clone()],
+        _ => vec![right.name.clone()],
+    };
+    let qualifier = qualifiers.last().cloned().unwrap_or_default();
+    let ambiguous = right
+        .columns
+        .iter()
+        .filter(|c| left.column_index(&c.name).is_some())
+        .map(|c| c.name.clone())
+        .collect();
+    Ok(JoinCtx {
+        right,
+        names: super::join_input_names(left, right, &qualifier),
+        qualifiers,
+        n_left: left.columns.len(),
+        ambiguous,
+        kind,
+        on,
+    })
+}
+
+/// A column a join's condition names: of the view's stream, or of the joined stream.
+enum Side {
+    Left(usize),
+    Right(usize),
+}
+
 pub(super) struct Planner<'a> {
+    pub(super) join: Option<JoinCtx<'a>>,
     pub(super) sql: &'a str,
     pub(super) base: usize,
     pub(super) text: &'a QueryText,
@@ -306,7 +387,199 @@ impl<'a> Planner<'a> {
         SqlError::at(self.sql, self.at(span), msg.into())
     }
 
+    /// A column named `q.col` where `q` names the view's stream.
+    fn qualified_column(&self, ident: &Ident) -> Result<String, SqlError> {
+        match &self.join {
+            Some(j) => match self
+                .stream
+                .column_index(&ident.value)
+                .filter(|&i| i < j.n_left)
+            {
+                Some(i) => Ok(quote_ident(&self.stream.columns[i].name)),
+                None => Err(self.err(
+                    ident.span,
+                    format!(
+                        "unknown column '{}' in stream '{}'",
+                        ident.value, self.stream.name
+                    ),
+                )),
+            },
+            None => self.column(ident),
+        }
+    }
+
+    /// A column of the joined stream, named `q.col` where `q` names it.
+    fn right_column(&self, ident: &Ident) -> Result<String, SqlError> {
+        let Some(j) = &self.join else {
+            return self.column(ident);
+        };
+        match j.right.column_index(&ident.value) {
+            Some(i) => Ok(quote_ident(&j.names[j.n_left + i])),
+            None => {
+                let known: Vec<&str> = j.right.columns.iter().map(|c| c.name.as_str()).collect();
+                Err(self.err(
+                    ident.span,
+                    format!(
+                        "unknown column '{}' in stream '{}' (columns: {})",
+                        ident.value,
+                        j.right.name,
+                        known.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn names_right(&self, q: &Ident) -> bool {
+        self.join.as_ref().is_some_and(|j| {
+            j.qualifiers
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&q.value))
+        })
+    }
+
+    /// Which stream's column a join condition's operand is.
+    fn join_side(&self, e: &Expr) -> Result<Option<Side>, SqlError> {
+        let Some(j) = &self.join else {
+            return Ok(None);
+        };
+        Ok(match e {
+            Expr::Nested(inner) => return self.join_side(inner),
+            Expr::Identifier(id) => {
+                self.column(id)?;
+                match self.stream.column_index(&id.value) {
+                    Some(i) if i < j.n_left => Some(Side::Left(i)),
+                    Some(i) => Some(Side::Right(i - j.n_left)),
+                    None => None,
+                }
+            }
+            Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [q, col] if self.names_right(q) => {
+                    self.right_column(col)?;
+                    j.right.column_index(&col.value).map(Side::Right)
+                }
+                [q, col]
+                    if self
+                        .qualifiers
+                        .iter()
+                        .any(|n| n.eq_ignore_ascii_case(&q.value)) =>
+                {
+                    self.qualified_column(col)?;
+                    self.stream.column_index(&col.value).map(Side::Left)
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
+    /// The join of a join view, from its ON condition: equalities (ANDed) between columns of
+    /// the view's stream and the whole primary key of the joined stream.
+    pub(super) fn join_plan(&self, _s: &Select, left: &StreamDef) -> Result<JoinPlan, SqlError> {
+        let Some(j) = &self.join else {
+            return Err(self.err(Span::empty(), "the view has no join"));
+        };
+        let usage = format!(
+            "a join's ON equates columns of stream '{}' with the whole primary key of stream '{}' ({}), joined by AND; filter with WHERE",
+            left.name,
+            j.right.name,
+            j.right
+                .primary_key
+                .iter()
+                .map(|&i| j.right.columns[i].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut terms = vec![&j.on];
+        let mut pairs: Vec<(usize, usize, Span)> = Vec::new();
+        while let Some(e) = terms.pop() {
+            match e {
+                Expr::Nested(inner) => terms.push(inner.as_ref()),
+                Expr::BinaryOp {
+                    left: a,
+                    op: BinaryOperator::And,
+                    right: b,
+                } => {
+                    terms.push(b.as_ref());
+                    terms.push(a.as_ref());
+                }
+                Expr::BinaryOp {
+                    left: a,
+                    op: BinaryOperator::Eq,
+                    right: b,
+                } => match (self.join_side(a)?, self.join_side(b)?) {
+                    (Some(Side::Left(l)), Some(Side::Right(r)))
+                    | (Some(Side::Right(r)), Some(Side::Left(l))) => pairs.push((l, r, e.span())),
+                    _ => return Err(self.err(e.span(), usage.clone())),
+                },
+                other => return Err(self.err(other.span(), usage.clone())),
+            }
+        }
+        let mut left_key = Vec::new();
+        for &pk in &j.right.primary_key {
+            let mut matching = pairs.iter().filter(|(_, r, _)| *r == pk);
+            let Some(&(l, _, span)) = matching.next() else {
+                return Err(self.err(j.on.span(), usage.clone()));
+            };
+            if let Some((_, _, again)) = matching.next() {
+                return Err(self.err(
+                    *again,
+                    format!(
+                        "'{}' of stream '{}' is equated twice",
+                        j.right.columns[pk].name, j.right.name
+                    ),
+                ));
+            }
+            let (lt, rt) = (left.columns[l].ty, j.right.columns[pk].ty);
+            if lt == ColumnType::Float64 {
+                return Err(self.err(
+                    span,
+                    format!("a join on a floating-point column ('{}') is not supported: SQL equates -0.0 with 0.0 where a key lookup would not; cast both sides to an integer or a string in the streams", left.columns[l].name),
+                ));
+            }
+            if lt != rt {
+                return Err(self.err(
+                    span,
+                    format!(
+                        "a join compares equal types: '{}' is {} and '{}' is {}",
+                        left.columns[l].name,
+                        lt.name(),
+                        j.right.columns[pk].name,
+                        rt.name()
+                    ),
+                ));
+            }
+            left_key.push(l);
+        }
+        if let Some((_, _, span)) = pairs
+            .iter()
+            .find(|(_, r, _)| !j.right.primary_key.contains(r))
+        {
+            return Err(self.err(*span, usage));
+        }
+        Ok(JoinPlan {
+            stream: j.right.name.clone(),
+            kind: j.kind,
+            left_key,
+            input_names: j.names.clone(),
+        })
+    }
+
     pub(super) fn column(&self, ident: &Ident) -> Result<String, SqlError> {
+        if let Some(j) = &self.join {
+            if j.ambiguous
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&ident.value))
+            {
+                return Err(self.err(
+                    ident.span,
+                    format!(
+                        "column '{}' is in both stream '{}' and stream '{}'; qualify it",
+                        ident.value, self.stream.name, j.right.name
+                    ),
+                ));
+            }
+        }
         match self.stream.column_index(&ident.value) {
             Some(i) => Ok(quote_ident(&self.stream.columns[i].name)),
             None => {
@@ -419,6 +692,13 @@ impl<'a> Planner<'a> {
                 }
             }
             Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [q, col] if self.names_right(q) => {
+                    let sql = self.right_column(col)?;
+                    if mode == Mode::Group {
+                        return Err(group_col(self, col));
+                    }
+                    sql
+                }
                 [q, col] if self.names_derived(q) => {
                     if mode == Mode::Group {
                         return Err(group_col(self, col));
@@ -445,10 +725,10 @@ impl<'a> Planner<'a> {
                         ));
                     }
                     if mode == Mode::Group {
-                        self.column(col)?;
+                        self.qualified_column(col)?;
                         return Err(group_col(self, col));
                     }
-                    self.column(col)?
+                    self.qualified_column(col)?
                 }
                 _ => {
                     return Err(self.err(

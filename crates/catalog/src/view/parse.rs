@@ -15,6 +15,10 @@ pub struct ParsedQuery {
     /// The text sqlparser read, with Proton's interval shorthand rewritten.
     pub text: QueryText,
     pub derived: Option<Box<Derived>>,
+    /// `JOIN t ON ...`: the joined stream's name (the condition is planned with the view).
+    pub join: Option<Spanned<String>>,
+    /// `EMIT AFTER WATERMARK`: where it was written.
+    pub emit_after_watermark: Option<usize>,
 }
 
 /// A subquery in FROM (or a WITH query) that only filters and computes columns over a stream:
@@ -406,26 +410,23 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
             format!("the view's query has more than {QUERY_TOKENS_MAX} tokens; too many expression terms"),
         ));
     }
-    // Proton's EMIT clause has no counterpart in the parser; say so rather than "expected end".
-    let mut depth = 0i32;
-    for t in &tokens {
-        match &t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
-            Token::Word(w)
-                if depth == 0
-                    && w.quote_style.is_none()
-                    && w.value.eq_ignore_ascii_case("emit") =>
-            {
-                return Err(SqlError::at(
+    // Proton's EMIT clause has no counterpart in the parser: it is read here and blanked out
+    // (same length, so positions stay) before the query is parsed.
+    let (emit_after_watermark, blanked) = emit_clause(sql, offset, original, &tokens)?;
+    let tokens = match &blanked {
+        Some(b) => Tokenizer::new(&dialect, b)
+            .tokenize_with_location()
+            .map_err(|e| {
+                parser_error(
                     sql,
-                    offset + offset_of(original, t.span.start),
-                    "EMIT clauses are not supported yet: a view emits its changes at the end of every batch".to_string(),
-                ));
-            }
-            _ => {}
-        }
-    }
+                    offset,
+                    &as_is,
+                    ParserError::TokenizerError(e.to_string()),
+                )
+            })?,
+        None => tokens,
+    };
+    let original = blanked.as_deref().unwrap_or(original);
     let text = QueryText::rewrite(original, &tokens);
     let mut parser = Parser::new(&dialect)
         .with_recursion_limit(EXPR_DEPTH_MAX)
@@ -471,11 +472,39 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
             ))
         }
     };
-    if let Some(j) = from.joins.first() {
+    if let Some(span) = relation_extras(&from.relation) {
         return Err(SqlError::at(
             sql,
-            at(j.relation.span()),
-            "joins are not supported yet in materialized views".to_string(),
+            at(span),
+            "a view reads a stream by its name and an alias only (no column list, sample, version or hints)".to_string(),
+        ));
+    }
+    let join = match from.joins.as_slice() {
+        [] => None,
+        [j] => Some(parse_join(sql, &at, j, derived.is_some())?),
+        [_, second, ..] => return Err(SqlError::at(
+            sql,
+            at(second.relation.span()),
+            "a materialized view joins one stream with one other (a second JOIN is not supported)"
+                .to_string(),
+        )),
+    };
+    if let (
+        Some(j),
+        TableFactor::Table {
+            args: Some(_),
+            name,
+            ..
+        },
+    ) = (&join, &from.relation)
+    {
+        return Err(SqlError::at(
+            sql,
+            at(name.span()),
+            format!(
+                "windows over a join are not supported yet (tumble() or hop() with JOIN {})",
+                j.value
+            ),
         ));
     }
     let name = match &from.relation {
@@ -498,7 +527,7 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
                         value: id.value.clone(),
                         offset: at(id.span),
                     };
-                    return Ok(ParsedQuery { query: query.clone(), offset, from, text, derived });
+                    return Ok(ParsedQuery { query: query.clone(), offset, from, text, derived, join: None, emit_after_watermark });
                 }
                 ("tumble", None) => {
                     return Err(SqlError::at(sql, at(name.span()), "tumble() takes a stream first: tumble(stream, time_column, INTERVAL 1 MINUTE)".to_string()))
@@ -539,7 +568,157 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
         from,
         text,
         derived,
+        join,
+        emit_after_watermark,
     })
+}
+
+/// Proton's `EMIT` clause, at the query's top level up to `SETTINGS` or the end. Answers
+/// where `EMIT AFTER WATERMARK` was written, and the query with the clause blanked out; an
+/// `EMIT CHANGELOG` or `EMIT ON UPDATE` is what a view does anyway (its changes at the end of
+/// every batch), and other forms are refused with the reason.
+fn emit_clause(
+    sql: &str,
+    offset: usize,
+    original: &str,
+    tokens: &[sqlparser::tokenizer::TokenWithSpan],
+) -> Result<(Option<usize>, Option<String>), SqlError> {
+    let mut depth = 0i32;
+    let mut start = None;
+    let mut end = original.len();
+    let mut words: Vec<String> = Vec::new();
+    for t in tokens {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Whitespace(_) => continue,
+            _ => {}
+        }
+        if depth != 0 {
+            if start.is_some() {
+                words.push(t.token.to_string());
+            }
+            continue;
+        }
+        let word = match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+            _ => None,
+        };
+        match (start, word.as_deref()) {
+            (None, Some("EMIT")) => start = Some(offset_of(original, t.span.start)),
+            (Some(_), Some("SETTINGS")) => {
+                end = offset_of(original, t.span.start);
+                break;
+            }
+            (Some(_), _) => words.push(word.unwrap_or_else(|| t.token.to_string())),
+            (None, _) => {}
+        }
+    }
+    let Some(at) = start else {
+        return Ok((None, None));
+    };
+    let here = |msg: &str| SqlError::at(sql, offset + at, msg.to_string());
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let after_watermark = match words.as_slice() {
+        ["AFTER", "WATERMARK"] => true,
+        ["CHANGELOG"] | ["ON", "UPDATE"] => false,
+        ["AFTER", "WATERMARK", "AND", "DELAY", ..] => {
+            return Err(here("EMIT AFTER WATERMARK AND DELAY is not supported yet; use EMIT AFTER WATERMARK with SETTINGS allowed_lateness"))
+        }
+        _ => {
+            return Err(here("EMIT clauses other than EMIT AFTER WATERMARK (windows that close) and EMIT CHANGELOG are not supported: a view emits its changes at the end of every batch"))
+        }
+    };
+    let clause = &original[at..end];
+    if !clause.is_ascii() {
+        return Err(here("unexpected characters in the EMIT clause"));
+    }
+    let blanked = format!(
+        "{}{}{}",
+        &original[..at],
+        " ".repeat(clause.len()),
+        &original[end..]
+    );
+    Ok((after_watermark.then_some(at), Some(blanked)))
+}
+
+/// Where a stream read by name carries more than `name [AS alias]` (an alias's column list,
+/// a sample, a version, hints...), which the view would otherwise ignore.
+fn relation_extras(t: &TableFactor) -> Option<Span> {
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    } = t
+    else {
+        return None;
+    };
+    let shown = t.to_string();
+    let plain = match alias {
+        Some(a) if a.columns.is_empty() => {
+            shown == format!("{name} AS {}", a.name) || shown == format!("{name} {}", a.name)
+        }
+        Some(_) => false,
+        None => shown == name.to_string(),
+    };
+    (!plain).then(|| t.span())
+}
+
+/// `[INNER | LEFT [OUTER]] JOIN stream [AS alias] ON condition`: the joined stream's name.
+fn parse_join(
+    sql: &str,
+    at: &dyn Fn(Span) -> usize,
+    j: &sqlparser::ast::Join,
+    derived: bool,
+) -> Result<Spanned<String>, SqlError> {
+    use sqlparser::ast::{JoinConstraint, JoinOperator};
+    let here = |span: Span, msg: &str| SqlError::at(sql, at(span), msg.to_string());
+    if derived {
+        return Err(here(
+            j.relation.span(),
+            "a join with a subquery or WITH query is not supported yet; join the streams themselves",
+        ));
+    }
+    let constraint = match &j.join_operator {
+        JoinOperator::Join(c)
+        | JoinOperator::Inner(c)
+        | JoinOperator::Left(c)
+        | JoinOperator::LeftOuter(c) => c,
+        _ => {
+            return Err(here(
+                j.relation.span(),
+                "only INNER and LEFT joins are supported in materialized views (RIGHT, FULL, CROSS, SEMI, ANTI and ASOF are not)",
+            ))
+        }
+    };
+    if !matches!(constraint, JoinConstraint::On(_)) {
+        return Err(here(
+            j.relation.span(),
+            "a join needs ON, equating the joined stream's primary key (USING and NATURAL are not supported)",
+        ));
+    }
+    if j.global {
+        return Err(here(j.relation.span(), "GLOBAL JOIN is not supported"));
+    }
+    if let Some(span) = relation_extras(&j.relation) {
+        return Err(here(span, "a joined stream takes a name and an alias only (no column list, sample, version or hints)"));
+    }
+    match &j.relation {
+        TableFactor::Table {
+            name, args: None, ..
+        } => match object_name(name) {
+            Some(n) => Ok(Spanned {
+                value: n,
+                offset: at(name.span()),
+            }),
+            None => Err(here(name.span(), &format!("'{name}' is not a stream name"))),
+        },
+        other => Err(here(
+            other.span(),
+            "a view joins a stream (by name), not a subquery or table function",
+        )),
+    }
 }
 
 /// `*` with nothing after it (no EXCLUDE, EXCEPT, REPLACE, RENAME or ILIKE).

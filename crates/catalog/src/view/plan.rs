@@ -86,6 +86,37 @@ pub struct Plan {
     /// Hopping windows (`hop()`): each row is in `size / slide` windows.
     #[serde(default)]
     pub hop: Option<HopPlan>,
+    /// The stream joined to the view's stream: the plan's expressions are over the joined
+    /// row (the stream's columns, then the joined stream's).
+    #[serde(default)]
+    pub join: Option<Box<JoinPlan>>,
+    /// `EMIT AFTER WATERMARK`: a window's row is emitted once, final, when it closes; open
+    /// windows are not in the view.
+    #[serde(default)]
+    pub emit_final: bool,
+}
+
+/// `INNER` or `LEFT` join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinKind {
+    Inner,
+    Left,
+}
+
+/// `FROM s JOIN t ON s.a = t.pk`: each row of the view's stream `s` is joined with the one
+/// row of the table-like stream `t` whose whole primary key equals its join key, and is
+/// joined again whenever that row changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinPlan {
+    /// The joined stream.
+    pub stream: String,
+    pub kind: JoinKind,
+    /// For each column of the joined stream's primary key, in its order, the column of the
+    /// view's stream it must equal.
+    pub left_key: Vec<usize>,
+    /// The evaluator's names of the joined row's columns: the stream's, then the joined
+    /// stream's (a name both have is qualified for the joined one, as `c.id`).
+    pub input_names: Vec<String>,
 }
 
 /// `hop(stream, time, slide, size)`: the project slots hold the latest window holding each
@@ -157,6 +188,28 @@ impl Plan {
                 format!(", primary key {}", pk.join(", "))
             }
         )];
+        if let Some(j) = &self.join {
+            let on: Vec<String> = j
+                .left_key
+                .iter()
+                .map(|&c| {
+                    stream
+                        .columns
+                        .get(c)
+                        .map_or("?", |c| c.name.as_str())
+                        .to_string()
+                })
+                .collect();
+            lines.push(format!(
+                "join: {} stream {} on its primary key = ({}), kept in both directions (a change to either side re-joins the rows it touches)",
+                match j.kind {
+                    JoinKind::Inner => "inner",
+                    JoinKind::Left => "left",
+                },
+                j.stream,
+                on.join(", ")
+            ));
+        }
         if let Some(f) = &self.filter {
             lines.push(format!("filter: {f}"));
         }
@@ -216,6 +269,9 @@ impl Plan {
                     w.lateness_us as f64 / 1e6,
                     w.time_slot - self.n_keys
                 ));
+            }
+            if self.emit_final {
+                lines.push("emit: after watermark: a window's row enters the view once, final, when the window closes".to_string());
             }
             match &self.finish {
                 Finish::Direct(_) => {}

@@ -96,6 +96,8 @@ pub fn all_rows(
                         });
                     }
                 }
+                // EMIT AFTER WATERMARK: open windows are not in the view yet.
+                PlanKind::Aggregate if def.plan.emit_final => {}
                 PlanKind::Aggregate if exists(key, g) => {
                     present.push(key.clone());
                     agg_rows.push(agg_row(def, key, g));

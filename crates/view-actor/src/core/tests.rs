@@ -505,5 +505,6 @@ fn a_key_change_retracts_the_old_key_and_truncate_clears_everything() {
     );
 }
 
+mod join;
 mod oracle;
 mod windows;

@@ -95,11 +95,25 @@ impl ViewCore {
             .filter_map(|k| self.groups.get(k).map(|g| agg_row(&self.def, k, g)))
             .collect();
         let rows = self.finish.rows(&self.def, &agg_rows)?;
+        let emit = self.def.plan.emit_final;
         for (key, row) in closing.into_iter().zip(rows) {
             if let Some(g) = self.groups.get_mut(&key) {
                 g.row = row.ok().flatten();
                 g.aggregates = Vec::new();
                 g.closed = true;
+                if emit {
+                    // EMIT AFTER WATERMARK: the window's row enters the view now, final.
+                    let bytes = g.row.as_deref().map_or(0, row_bytes);
+                    out.rows_delta += i64::from(bytes > 0) - i64::from(g.out_bytes > 0);
+                    out.bytes_delta += bytes as i64 - g.out_bytes as i64;
+                    g.out_bytes = bytes;
+                    if g.row.is_some() {
+                        out.changes.push(RowChange {
+                            key: key.clone(),
+                            row: g.row.clone(),
+                        });
+                    }
+                }
                 // After any earlier entry for the key: the last write of a key wins.
                 out.groups.push((key, Some(g.clone())));
             }

@@ -299,3 +299,116 @@ fn a_hopping_row_is_in_every_window_holding_it_and_late_only_in_the_closed_ones(
         ]
     );
 }
+
+/// EMIT AFTER WATERMARK: a window's row enters the view once, final, when the window closes;
+/// open windows change nothing downstream; a late change is counted and not applied; a
+/// truncate takes the emitted rows out; a full resync lists closed windows only.
+#[test]
+fn emit_after_watermark_emits_each_window_once_when_it_closes() {
+    let stream_sql = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
+    let view_sql = "CREATE MATERIALIZED VIEW w AS SELECT window_start, count() AS n, sum(v) AS total FROM tumble(ev, at, 1m) GROUP BY window_start EMIT AFTER WATERMARK SETTINGS allowed_lateness='0s'";
+    let (def, stream) = plan_over(stream_sql, view_sql);
+    assert!(def.plan.emit_final);
+    let mut c = ViewCore::new(def.clone(), &stream, HashMap::new()).expect("core");
+    let store = Store::default();
+    let ts = |s: &str| Value::Timestamp(catalog::parse_timestamp(s).expect("ts"));
+    let row = |id: i64, at: &str, v: i64| vec![Value::Int(id), ts(at), Value::Int(v)];
+    let (w0, w1) = (ts("2024-03-01 10:00:00"), ts("2024-03-01 10:01:00"));
+    // Open windows: nothing is emitted, even as rows move and leave.
+    let out = run(
+        &mut c,
+        &store,
+        &[
+            SourceEvent::Upsert(row(1, "2024-03-01 10:00:05", 1)),
+            SourceEvent::Upsert(row(2, "2024-03-01 10:00:30", 2)),
+        ],
+    );
+    assert!(out.changes.is_empty(), "{:?}", out.changes);
+    let out = run(
+        &mut c,
+        &store,
+        &[
+            SourceEvent::Upsert(row(2, "2024-03-01 10:00:40", 5)),
+            SourceEvent::Upsert(row(3, "2024-03-01 10:00:50", 7)),
+            SourceEvent::Delete {
+                key: vec![Value::Int(3)],
+            },
+        ],
+    );
+    assert!(out.changes.is_empty(), "{:?}", out.changes);
+    assert_eq!(out.rows_delta, 0);
+    // An event at 10:01:10 closes 10:00: its final row, once.
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Upsert(row(4, "2024-03-01 10:01:10", 10))],
+    );
+    assert_eq!(
+        out.changes,
+        vec![RowChange {
+            key: vec![w0.clone()],
+            row: Some(vec![w0.clone(), Value::Int(2), Value::Int(6)])
+        }]
+    );
+    assert_eq!(out.rows_delta, 1);
+    // A late change to 10:00 is counted, not applied, and emits nothing.
+    let out = run(
+        &mut c,
+        &store,
+        &[SourceEvent::Upsert(row(1, "2024-03-01 10:00:06", 100))],
+    );
+    assert!(out.changes.is_empty(), "{:?}", out.changes);
+    assert_eq!(out.late_events, 1);
+    // A crash and restart keeps it so: the full resync lists the closed window only.
+    let mut again =
+        ViewCore::new(def.clone(), &stream, store.groups.borrow().clone()).expect("core");
+    let all = again.all_rows().expect("rows");
+    assert_eq!(
+        all,
+        vec![RowChange {
+            key: vec![w0.clone()],
+            row: Some(vec![w0.clone(), Value::Int(2), Value::Int(6)])
+        }]
+    );
+    // A truncate takes the emitted window out; 10:01 was never emitted, so nothing for it.
+    let out = run(&mut c, &store, &[SourceEvent::Truncate]);
+    assert_eq!(
+        out.changes,
+        vec![RowChange {
+            key: vec![w0.clone()],
+            row: None
+        }]
+    );
+    assert_eq!(out.rows_delta, -1);
+    // Event time starts over: 10:01 opens again and closes with a later event.
+    let out = run(
+        &mut c,
+        &store,
+        &[
+            SourceEvent::Upsert(row(5, "2024-03-01 10:01:20", 3)),
+            SourceEvent::Upsert(row(6, "2024-03-01 10:02:00", 4)),
+        ],
+    );
+    assert_eq!(
+        out.changes,
+        vec![RowChange {
+            key: vec![w1.clone()],
+            row: Some(vec![w1, Value::Int(1), Value::Int(3)])
+        }]
+    );
+    // EMIT AFTER WATERMARK needs windows that close, and other EMITs are refused.
+    for (sql, why) in [
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT AFTER WATERMARK", "needs windows that close"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT PERIODIC 5s", "other than EMIT AFTER WATERMARK"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT AFTER WATERMARK AND DELAY 2s SETTINGS allowed_lateness='0s'", "AND DELAY"),
+    ] {
+        let mut cat = Catalog::default();
+        let ch = cat.plan(stream_sql).expect("stream");
+        cat.apply(1, stream_sql, ch);
+        let e = cat.plan(sql).err().unwrap_or_else(|| panic!("accepted: {sql}"));
+        assert!(e.message.contains(why), "{sql}: {}", e.message);
+    }
+    // EMIT CHANGELOG is what a view does anyway.
+    let (plain, _) = plan_over(stream_sql, "CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT CHANGELOG SETTINGS allowed_lateness='0s'");
+    assert!(!plain.plan.emit_final && plain.plan.window.is_some());
+}
