@@ -34,10 +34,13 @@ pub const QUERY_TOKENS_MAX: usize = 4 * EXPR_NODES_MAX;
 
 mod expr;
 mod functions;
+mod join;
 mod parse;
 mod plan;
+mod settings;
 
 use expr::{duration_micros, quote_ident, quote_str, Mode, Planner};
+pub use join::{join_input_names, joined_input};
 use parse::object_name;
 pub use parse::{parse_query, Derived, DerivedItem, ParsedQuery, QueryText};
 pub use plan::{
@@ -62,37 +65,6 @@ fn output_name(e: &Expr) -> String {
     }
 }
 
-/// The evaluator's names of a join's input columns: the stream's, then the joined stream's,
-/// where a name the stream has too is qualified with the joined stream's alias or name.
-pub fn join_input_names(left: &StreamDef, right: &StreamDef, qualifier: &str) -> Vec<String> {
-    let mut names: Vec<String> = left.columns.iter().map(|c| c.name.clone()).collect();
-    for c in &right.columns {
-        if left.column_index(&c.name).is_some() {
-            names.push(format!("{qualifier}.{}", c.name));
-        } else {
-            names.push(c.name.clone());
-        }
-    }
-    names
-}
-
-/// The row a join view's expressions read, as one stream: the stream's columns (and its
-/// primary key), then the joined stream's under `names` ([`join_input_names`]).
-pub fn joined_input(left: &StreamDef, right: &StreamDef, names: &[String]) -> StreamDef {
-    let mut s = left.clone();
-    for (c, n) in right
-        .columns
-        .iter()
-        .zip(names.iter().skip(left.columns.len()))
-    {
-        s.columns.push(crate::defs::Column {
-            name: n.clone(),
-            ..c.clone()
-        });
-    }
-    s
-}
-
 /// Plans a parsed view query over its stream (and the stream it joins, if it does).
 pub fn plan(
     sql: &str,
@@ -102,7 +74,7 @@ pub fn plan(
 ) -> Result<Planned, SqlError> {
     let q = &parsed.query;
     let join = match (&parsed.join, joined) {
-        (Some(_), Some(right)) => Some(expr::join_context(sql, parsed, stream, right)?),
+        (Some(_), Some(right)) => Some(join::join_context(sql, parsed, stream, right)?),
         (Some(j), None) => {
             return Err(SqlError::at(
                 sql,
@@ -221,63 +193,7 @@ pub fn plan(
             p.tumble(&args.args, name.span())?;
         }
     }
-    // The view's settings.
-    let mut regions = None;
-    let mut lateness: Option<(i64, Span)> = None;
-    for setting in q.settings.iter().flatten() {
-        let key = setting.key.value.to_ascii_lowercase();
-        let value = match &setting.value {
-            Expr::Value(v) => match &v.value {
-                SqlValue::SingleQuotedString(s) => s.clone(),
-                _ => {
-                    return Err(p.err(
-                        setting.value.span(),
-                        format!("setting '{key}' takes a quoted value"),
-                    ))
-                }
-            },
-            other => {
-                return Err(p.err(
-                    other.span(),
-                    format!("setting '{key}' takes a quoted value"),
-                ))
-            }
-        };
-        match key.as_str() {
-            "regions" => {
-                let list: Vec<String> = value
-                    .split(',')
-                    .map(|r| r.trim().to_string())
-                    .filter(|r| !r.is_empty())
-                    .collect();
-                if list.is_empty() {
-                    return Err(p.err(
-                        setting.value.span(),
-                        "regions must name at least one region",
-                    ));
-                }
-                if let Some(bad) = list.iter().find(|r| !crate::defs::valid_region_name(r)) {
-                    return Err(p.err(
-                        setting.value.span(),
-                        format!("'{bad}' is not a region name (letters, digits, '-' and '_')"),
-                    ));
-                }
-                regions = Some(list);
-            }
-            "allowed_lateness" => {
-                let Some(us) = duration_micros(&value) else {
-                    return Err(p.err(setting.value.span(), format!("allowed_lateness '{value}': write a duration such as '30s', '5m' or '0s'")));
-                };
-                lateness = Some((us, setting.value.span()));
-            }
-            other => {
-                return Err(p.err(
-                    setting.key.span,
-                    format!("unknown view setting '{other}'; supported: regions, allowed_lateness"),
-                ))
-            }
-        }
-    }
+    let (regions, lateness) = settings::view_settings(&p, q)?;
     // A subquery read FROM computes columns; aggregating is the view's own job.
     if let Some(d) = &parsed.derived {
         for item in &d.items {

@@ -24,6 +24,11 @@ const VIEW: &str = "revenue_by_country";
 /// A second view over the same stream, to show the view engine: extremes and an average that
 /// stay exact as orders are updated and deleted, and a HAVING.
 const EXTREMES: &str = "order_extremes";
+/// The demo's join: orders joined with the customers they name.
+const BY_TIER: &str = "revenue_by_tier";
+const BY_TIER_SELECT: &str = "SELECT c.tier, count() AS orders, sum(o.amount) AS revenue FROM orders AS o LEFT JOIN customers AS c ON o.customer_id = c.id WHERE o.status <> 'cancelled' GROUP BY c.tier";
+/// The topic of the customers stream.
+const CUSTOMERS_TOPIC: &str = "customers";
 const EXTREMES_SELECT: &str = "SELECT country, count() AS orders, min(amount) AS smallest, max(amount) AS largest, round(avg(amount), 2) AS mean FROM orders WHERE status <> 'cancelled' GROUP BY country HAVING count() > 10";
 /// Marks a data dir as made by `meridian dev` on the embedded broker, so it may be wiped.
 const MARKER: &str = ".meridian-dev-embedded";
@@ -91,12 +96,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let brokers = match &args.brokers {
         Some(b) => {
             ensure_topic(b, &args.topic).await?;
+            ensure_topic(b, CUSTOMERS_TOPIC).await?;
             b.clone()
         }
         None => {
             mock = MockCluster::new(1).context("starting the embedded Kafka broker")?;
             mock.create_topic(&args.topic, PARTITIONS, 1)
                 .context("creating the sample topic")?;
+            mock.create_topic(CUSTOMERS_TOPIC, 1, 1)
+                .context("creating the customers topic")?;
             mock.bootstrap_servers()
         }
     };
@@ -235,7 +243,16 @@ async fn demo(
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {EXTREMES} AS {EXTREMES_SELECT} SETTINGS regions='{}'",
         REGIONS.join(",")
     );
-    for sql in [&stream, &view, &extremes] {
+    let customers = sample::customers_ddl(brokers, CUSTOMERS_TOPIC).replacen(
+        "STREAM customers",
+        "STREAM IF NOT EXISTS customers",
+        1,
+    );
+    let by_tier = format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {BY_TIER} AS {BY_TIER_SELECT} SETTINGS regions='{}'",
+        REGIONS.join(",")
+    );
+    for sql in [&stream, &view, &extremes, &customers, &by_tier] {
         println!("> {sql}");
         let r = c
             .execute(pb::ExecuteRequest { sql: sql.clone() })
@@ -257,6 +274,17 @@ async fn demo(
         }
     }
     let producer: FutureProducer = sample::producer(brokers)?;
+    // The customers first: the join view reads them beside the orders.
+    let by_tier_before = status::fetch(coordinator)
+        .await
+        .ok()
+        .and_then(|s| s.views.iter().find(|v| v.view == BY_TIER).map(|v| v.events))
+        .unwrap_or(0);
+    let customer_events = sample::customer_events();
+    sample::produce(&producer, CUSTOMERS_TOPIC, &customer_events)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!("produced {} customer changes", customer_events.len());
     let t0 = Instant::now();
     let before = view_events(coordinator).await;
     let mut produced = 0u64;
@@ -381,7 +409,26 @@ async fn demo(
     }
     let sql = format!("SELECT * FROM {EXTREMES} ORDER BY country");
     println!("\n> {sql}");
-    if let Some(r) = s.regions.iter().find(|r| r.region == REGIONS[1]) {
+    let region = s.regions.iter().find(|r| r.region == REGIONS[1]).cloned();
+    show(region.as_ref(), &sql).await?;
+
+    // The join: orders by their customer's tier (NULL: no such customer).
+    let by_tier_target = by_tier_before + (customer_events.len() + events.len()) as u64;
+    let t2 = Instant::now();
+    while !caught_up(&status::fetch(coordinator).await?, BY_TIER, by_tier_target) {
+        if t2.elapsed() > CATCH_UP_TIMEOUT {
+            bail!("view {BY_TIER} did not catch up within {CATCH_UP_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let sql = format!("SELECT * FROM {BY_TIER} ORDER BY tier");
+    println!("\n> {sql}");
+    show(region.as_ref(), &sql).await
+}
+
+/// Runs `sql` on `region`'s nodes through the SDK and prints the answer as a table.
+async fn show(region: Option<&pb::RegionStatus>, sql: &str) -> anyhow::Result<()> {
+    if let Some(r) = region {
         let nodes: Vec<String> = r
             .nodes
             .iter()
@@ -389,7 +436,7 @@ async fn demo(
             .map(|st| st.grpc_addr.clone())
             .collect();
         let client = client::Client::connect(nodes).await?;
-        let r = client.query(&sql).await?;
+        let r = client.query(sql).await?;
         print!("{}", status::result_table(&r));
     }
     Ok(())

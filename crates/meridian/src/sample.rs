@@ -27,6 +27,49 @@ pub fn view_ddl(name: &str, regions: &str) -> String {
     format!("CREATE MATERIALIZED VIEW {name} AS {VIEW_SELECT} SETTINGS regions='{regions}'")
 }
 
+/// The customers the sample orders name, a table-like Debezium stream the demo joins.
+pub fn customers_ddl(brokers: &str, topic: &str) -> String {
+    format!(
+        "CREATE EXTERNAL STREAM customers(id int64, name string, tier string) \
+         SETTINGS type='kafka', brokers='{brokers}', topic='{topic}', data_format='Debezium', primary_key='id'"
+    )
+}
+
+/// Customers 1 to 450 as Debezium changes (orders name customers 1 to 500, so some have
+/// none): created, then some move to another tier and a few are deleted. Deterministic.
+pub fn customer_events() -> Vec<Event> {
+    const TIERS: [&str; 3] = ["gold", "silver", "bronze"];
+    let customer = |id: i64, tier: usize| json!({"id": id, "name": format!("customer-{id}"), "tier": TIERS[tier % TIERS.len()]});
+    let key = |id: i64| json!({"id": id}).to_string();
+    let mut events: Vec<Event> = (1..=450i64)
+        .map(|id| Event {
+            key: key(id),
+            value: Some(
+                json!({"before": null, "after": customer(id, id as usize), "op": "c"}).to_string(),
+            ),
+        })
+        .collect();
+    for id in (7..=450i64).step_by(7) {
+        let value = json!({"before": customer(id, id as usize), "after": customer(id, id as usize + 1), "op": "u"});
+        events.push(Event {
+            key: key(id),
+            value: Some(value.to_string()),
+        });
+    }
+    for id in (50..=450i64).step_by(50) {
+        let value = json!({"before": customer(id, id as usize + usize::from(id % 7 == 0)), "after": null, "op": "d"});
+        events.push(Event {
+            key: key(id),
+            value: Some(value.to_string()),
+        });
+        events.push(Event {
+            key: key(id),
+            value: None,
+        });
+    }
+    events
+}
+
 /// The oracle's table for the current rows.
 pub const ORACLE_TABLE: &str = "CREATE TABLE orders(id BIGINT, customer_id BIGINT, country VARCHAR, status VARCHAR, amount BIGINT, quantity INTEGER)";
 

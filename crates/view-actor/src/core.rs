@@ -25,7 +25,7 @@ mod window;
 pub use join::{input_partition, split_input, JoinWrites, Side, INPUT_SHIFT};
 
 pub use fsum::ExactSum;
-use output::{agg_row, exists};
+use output::agg_row;
 pub use output::{all_rows, Finisher};
 
 pub type Key = Vec<Value>;
@@ -33,9 +33,6 @@ pub type Row = Vec<Value>;
 
 /// Groups evaluated per call of the per-group stage when all rows are listed.
 const FINISH_CHUNK: usize = 10_000;
-/// A join's touched rows joined and evaluated per call (a change to a joined row may touch
-/// many), well below the evaluator's row-by-row fallback bound.
-const JOIN_EVAL_CHUNK: usize = 2_000;
 
 /// Reads the stored projection of a source row by primary key, and a join view's stored
 /// rows and index.
@@ -391,76 +388,6 @@ impl ViewCore {
         Ok(dead)
     }
 
-    /// A join view's batch: the events change the sides, then every left row they touched
-    /// is joined from the sides' state at the end of the batch, evaluated, and its slots
-    /// replace the ones it had. A row whose evaluation fails leaves the view, and the event
-    /// that last touched it is the dead letter. Touched rows are joined and evaluated
-    /// [`JOIN_EVAL_CHUNK`] at a time: a change to a joined row may touch many left rows.
-    ///
-    /// Windows and `latest`/`earliest` are refused over a join at CREATE, so the event-time
-    /// and arrival bookkeeping of [`Self::apply_batch`] has nothing to do here.
-    fn apply_joined(
-        &mut self,
-        events: &[SourceEvent],
-        partitions: &[i32],
-        store: &dyn RowLookup,
-    ) -> Result<Vec<(usize, String)>, String> {
-        debug_assert!(
-            self.def.plan.window.is_none() && self.def.plan.hop.is_none() && !self.ordered
-        );
-        let Some(mut j) = self.join.take() else {
-            return Ok(Vec::new());
-        };
-        let result = self.apply_joined_with(&mut j, events, partitions, store);
-        self.join = Some(j);
-        result
-    }
-
-    fn apply_joined_with(
-        &mut self,
-        j: &mut join::JoinState,
-        events: &[SourceEvent],
-        partitions: &[i32],
-        store: &dyn RowLookup,
-    ) -> Result<Vec<(usize, String)>, String> {
-        let mut touched = BTreeMap::new();
-        for (i, event) in events.iter().enumerate() {
-            let source = split_input(partitions.get(i).copied().unwrap_or(0)).0;
-            if j.apply(i, source, event, store, &mut touched)? {
-                self.truncate();
-            }
-        }
-        let touched: Vec<(Key, usize)> = touched.into_iter().map(|(KeyOrd(k), i)| (k, i)).collect();
-        let mut dead: Vec<(usize, String)> = Vec::new();
-        for chunk in touched.chunks(JOIN_EVAL_CHUNK) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            let mut has_row = Vec::with_capacity(chunk.len());
-            for (pk, _) in chunk {
-                let row = j.joined(pk, store)?;
-                has_row.push(row.is_some());
-                rows.extend(row);
-            }
-            let refs: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
-            let mut projected = self.project.eval(&refs)?.into_iter();
-            for ((pk, i), has_row) in chunk.iter().zip(has_row) {
-                let new = match has_row.then(|| projected.next()).flatten() {
-                    None => None,
-                    Some(Ok(p)) => p,
-                    Some(Err(reason)) => {
-                        if !dead.iter().any(|(d, _)| d == i) {
-                            let key: Vec<String> = pk.iter().map(ToString::to_string).collect();
-                            dead.push((*i, format!("evaluating the view's expressions over the joined row of ({}) failed: {reason}", key.join(", "))));
-                        }
-                        None
-                    }
-                };
-                self.upsert(pk.clone(), new, store)?;
-            }
-        }
-        dead.sort_by_key(|(i, _)| *i);
-        Ok(dead)
-    }
-
     /// Applies one event; `projected` is its row's evaluation, if it has a row.
     fn apply_one(
         &mut self,
@@ -738,105 +665,6 @@ impl ViewCore {
             "group row count went negative: a row was retracted twice"
         );
         self.touched.insert(KeyOrd(key));
-    }
-
-    /// Ends the batch: the change of every touched key and what to persist.
-    pub fn finish_batch(&mut self) -> Result<BatchOutput, String> {
-        let mut out = BatchOutput {
-            rows_delta: -std::mem::take(&mut self.gone_rows),
-            bytes_delta: -std::mem::take(&mut self.gone_bytes),
-            ..BatchOutput::default()
-        };
-        let mut present = Vec::new();
-        let mut agg_rows = Vec::new();
-        for KeyOrd(key) in std::mem::take(&mut self.touched) {
-            match self.def.plan.kind {
-                PlanKind::Project => {
-                    let row = match self.groups.get_mut(&key) {
-                        Some(g) => {
-                            g.out_bytes = g.row.as_deref().map_or(0, row_bytes);
-                            out.rows_delta += 1;
-                            out.bytes_delta += g.out_bytes as i64;
-                            g.row.clone()
-                        }
-                        None => None,
-                    };
-                    out.groups
-                        .push((key.clone(), self.groups.get(&key).cloned()));
-                    out.changes.push(RowChange { key, row });
-                }
-                PlanKind::Aggregate => match self.groups.get(&key) {
-                    // EMIT AFTER WATERMARK: an open window is kept, not emitted.
-                    Some(g) if exists(&key, g) && self.def.plan.emit_final && !g.closed => {
-                        out.groups.push((key.clone(), Some(g.clone())));
-                        if self.forgotten.contains(&KeyOrd(key.clone())) {
-                            // Its final row from before a truncate leaves the view.
-                            out.changes.push(RowChange { key, row: None });
-                        }
-                    }
-                    Some(g) if exists(&key, g) => {
-                        agg_rows.push(agg_row(&self.def, &key, g));
-                        present.push(key);
-                    }
-                    _ => {
-                        let mut emitted = !self.def.plan.emit_final
-                            || self.forgotten.contains(&KeyOrd(key.clone()));
-                        if let Some(g) = self.groups.remove(&key) {
-                            if g.out_bytes > 0 {
-                                emitted = true;
-                                out.rows_delta -= 1;
-                                out.bytes_delta -= g.out_bytes as i64;
-                            }
-                        }
-                        out.groups.push((key.clone(), None));
-                        if emitted {
-                            out.changes.push(RowChange { key, row: None });
-                        }
-                    }
-                },
-            }
-        }
-        if !agg_rows.is_empty() {
-            let rows = self.finish.rows(&self.def, &agg_rows)?;
-            for (key, row) in present.into_iter().zip(rows) {
-                // A group HAVING filters out keeps its state; its row is deleted. So is the
-                // row of a group that cannot be computed, and the reason is recorded.
-                let row = match row {
-                    Ok(row) => row,
-                    Err(reason) => {
-                        out.group_errors.push((key.clone(), reason));
-                        None
-                    }
-                };
-                if let Some(g) = self.groups.get_mut(&key) {
-                    let bytes = row.as_deref().map_or(0, row_bytes);
-                    out.rows_delta += i64::from(bytes > 0) - i64::from(g.out_bytes > 0);
-                    out.bytes_delta += bytes as i64 - g.out_bytes as i64;
-                    g.out_bytes = bytes;
-                    out.groups.push((key.clone(), Some(g.clone())));
-                }
-                out.changes.push(RowChange { key, row });
-            }
-            out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));
-        }
-        self.close_windows(&mut out)?;
-        if self.def.plan.emit_final {
-            // One change per key, the last: a window re-opened after a truncate and closed
-            // in the same batch has its delete, then its final row.
-            out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));
-            out.changes.reverse();
-            out.changes.dedup_by(|later, kept| later.key == kept.key);
-            out.changes.reverse();
-            self.forgotten.clear();
-        }
-        out.watermark = self.watermark;
-        out.event_times = self.event_times.clone();
-        out.arrival = self.arrival;
-        out.late_events = std::mem::take(&mut self.late_events);
-        out.rows = self.pending_rows.drain().collect();
-        out.truncate_rows = std::mem::take(&mut self.truncated);
-        out.join = self.join.as_mut().map(join::JoinState::take_writes);
-        Ok(out)
     }
 }
 

@@ -472,7 +472,7 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
             ))
         }
     };
-    if let Some(span) = relation_extras(&from.relation) {
+    if let Some(span) = join::relation_extras(&from.relation) {
         return Err(SqlError::at(
             sql,
             at(span),
@@ -481,7 +481,7 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
     }
     let join = match from.joins.as_slice() {
         [] => None,
-        [j] => Some(parse_join(sql, &at, j, derived.is_some())?),
+        [j] => Some(join::parse_join(sql, &at, j, derived.is_some())?),
         [_, second, ..] => return Err(SqlError::at(
             sql,
             at(second.relation.span()),
@@ -583,15 +583,34 @@ fn emit_clause(
     original: &str,
     tokens: &[sqlparser::tokenizer::TokenWithSpan],
 ) -> Result<(Option<usize>, Option<String>), SqlError> {
+    // `emit` starts the clause only where a clause can (not after `.` or `AS`) and when a
+    // word of one follows, so a column or alias named `emit` stays one.
+    let significant: Vec<&sqlparser::tokenizer::TokenWithSpan> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let upper = |i: usize| match significant.get(i).map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+        _ => String::new(),
+    };
+    let starts_clause = |i: usize| {
+        let after_name =
+            i > 0 && (matches!(significant[i - 1].token, Token::Period) || upper(i - 1) == "AS");
+        let next = upper(i + 1);
+        !after_name
+            && (matches!(
+                next.as_str(),
+                "AFTER" | "CHANGELOG" | "PERIODIC" | "STREAM" | "LAST" | "TIMEOUT"
+            ) || (next == "ON" && upper(i + 2) == "UPDATE"))
+    };
     let mut depth = 0i32;
     let mut start = None;
     let mut end = original.len();
     let mut words: Vec<String> = Vec::new();
-    for t in tokens {
+    for (i, t) in significant.iter().enumerate() {
         match &t.token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
-            Token::Whitespace(_) => continue,
             _ => {}
         }
         if depth != 0 {
@@ -605,7 +624,9 @@ fn emit_clause(
             _ => None,
         };
         match (start, word.as_deref()) {
-            (None, Some("EMIT")) => start = Some(offset_of(original, t.span.start)),
+            (None, Some("EMIT")) if starts_clause(i) => {
+                start = Some(offset_of(original, t.span.start))
+            }
             (Some(_), Some("SETTINGS")) => {
                 end = offset_of(original, t.span.start);
                 break;
@@ -625,14 +646,14 @@ fn emit_clause(
         ["AFTER", "WATERMARK", "AND", "DELAY", ..] => {
             return Err(here("EMIT AFTER WATERMARK AND DELAY is not supported yet; use EMIT AFTER WATERMARK with SETTINGS allowed_lateness"))
         }
+        [first, ..] if ["AFTER", "CHANGELOG", "ON"].contains(first) => {
+            return Err(here("EMIT goes after GROUP BY and HAVING, before SETTINGS: EMIT AFTER WATERMARK or EMIT CHANGELOG"))
+        }
         _ => {
             return Err(here("EMIT clauses other than EMIT AFTER WATERMARK (windows that close) and EMIT CHANGELOG are not supported: a view emits its changes at the end of every batch"))
         }
     };
     let clause = &original[at..end];
-    if !clause.is_ascii() {
-        return Err(here("unexpected characters in the EMIT clause"));
-    }
     let blanked = format!(
         "{}{}{}",
         &original[..at],
@@ -640,85 +661,6 @@ fn emit_clause(
         &original[end..]
     );
     Ok((after_watermark.then_some(at), Some(blanked)))
-}
-
-/// Where a stream read by name carries more than `name [AS alias]` (an alias's column list,
-/// a sample, a version, hints...), which the view would otherwise ignore.
-fn relation_extras(t: &TableFactor) -> Option<Span> {
-    let TableFactor::Table {
-        name,
-        alias,
-        args: None,
-        ..
-    } = t
-    else {
-        return None;
-    };
-    let shown = t.to_string();
-    let plain = match alias {
-        Some(a) if a.columns.is_empty() => {
-            shown == format!("{name} AS {}", a.name) || shown == format!("{name} {}", a.name)
-        }
-        Some(_) => false,
-        None => shown == name.to_string(),
-    };
-    (!plain).then(|| t.span())
-}
-
-/// `[INNER | LEFT [OUTER]] JOIN stream [AS alias] ON condition`: the joined stream's name.
-fn parse_join(
-    sql: &str,
-    at: &dyn Fn(Span) -> usize,
-    j: &sqlparser::ast::Join,
-    derived: bool,
-) -> Result<Spanned<String>, SqlError> {
-    use sqlparser::ast::{JoinConstraint, JoinOperator};
-    let here = |span: Span, msg: &str| SqlError::at(sql, at(span), msg.to_string());
-    if derived {
-        return Err(here(
-            j.relation.span(),
-            "a join with a subquery or WITH query is not supported yet; join the streams themselves",
-        ));
-    }
-    let constraint = match &j.join_operator {
-        JoinOperator::Join(c)
-        | JoinOperator::Inner(c)
-        | JoinOperator::Left(c)
-        | JoinOperator::LeftOuter(c) => c,
-        _ => {
-            return Err(here(
-                j.relation.span(),
-                "only INNER and LEFT joins are supported in materialized views (RIGHT, FULL, CROSS, SEMI, ANTI and ASOF are not)",
-            ))
-        }
-    };
-    if !matches!(constraint, JoinConstraint::On(_)) {
-        return Err(here(
-            j.relation.span(),
-            "a join needs ON, equating the joined stream's primary key (USING and NATURAL are not supported)",
-        ));
-    }
-    if j.global {
-        return Err(here(j.relation.span(), "GLOBAL JOIN is not supported"));
-    }
-    if let Some(span) = relation_extras(&j.relation) {
-        return Err(here(span, "a joined stream takes a name and an alias only (no column list, sample, version or hints)"));
-    }
-    match &j.relation {
-        TableFactor::Table {
-            name, args: None, ..
-        } => match object_name(name) {
-            Some(n) => Ok(Spanned {
-                value: n,
-                offset: at(name.span()),
-            }),
-            None => Err(here(name.span(), &format!("'{name}' is not a stream name"))),
-        },
-        other => Err(here(
-            other.span(),
-            "a view joins a stream (by name), not a subquery or table function",
-        )),
-    }
 }
 
 /// `*` with nothing after it (no EXCLUDE, EXCEPT, REPLACE, RENAME or ILIKE).

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use catalog::{JoinKind, JoinPlan, StreamDef, Value};
 
-use super::{Key, KeyOrd, Row, RowLookup};
+use super::{Key, KeyOrd, Row, RowLookup, ViewCore};
 use crate::decode::SourceEvent;
 
 /// A view that joins reads two streams with one consumer. A partition of its input holds the
@@ -282,5 +282,81 @@ impl JoinState {
             right: self.right.drain().collect(),
             index,
         }
+    }
+}
+
+/// A join's touched rows joined and evaluated per call (a change to a joined row may touch
+/// many), well below the evaluator's row-by-row fallback bound.
+const JOIN_EVAL_CHUNK: usize = 2_000;
+
+impl ViewCore {
+    /// A join view's batch: the events change the sides, then every left row they touched
+    /// is joined from the sides' state at the end of the batch, evaluated, and its slots
+    /// replace the ones it had. A row whose evaluation fails leaves the view, and the event
+    /// that last touched it is the dead letter. Touched rows are joined and evaluated
+    /// [`JOIN_EVAL_CHUNK`] at a time: a change to a joined row may touch many left rows.
+    ///
+    /// Windows and `latest`/`earliest` are refused over a join at CREATE, so the event-time
+    /// and arrival bookkeeping of [`Self::apply_batch`] has nothing to do here.
+    pub(super) fn apply_joined(
+        &mut self,
+        events: &[SourceEvent],
+        partitions: &[i32],
+        store: &dyn RowLookup,
+    ) -> Result<Vec<(usize, String)>, String> {
+        debug_assert!(
+            self.def.plan.window.is_none() && self.def.plan.hop.is_none() && !self.ordered
+        );
+        let Some(mut j) = self.join.take() else {
+            return Ok(Vec::new());
+        };
+        let result = self.apply_joined_with(&mut j, events, partitions, store);
+        self.join = Some(j);
+        result
+    }
+
+    fn apply_joined_with(
+        &mut self,
+        j: &mut JoinState,
+        events: &[SourceEvent],
+        partitions: &[i32],
+        store: &dyn RowLookup,
+    ) -> Result<Vec<(usize, String)>, String> {
+        let mut touched = BTreeMap::new();
+        for (i, event) in events.iter().enumerate() {
+            let source = split_input(partitions.get(i).copied().unwrap_or(0)).0;
+            if j.apply(i, source, event, store, &mut touched)? {
+                self.truncate();
+            }
+        }
+        let touched: Vec<(Key, usize)> = touched.into_iter().map(|(KeyOrd(k), i)| (k, i)).collect();
+        let mut dead: Vec<(usize, String)> = Vec::new();
+        for chunk in touched.chunks(JOIN_EVAL_CHUNK) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            let mut has_row = Vec::with_capacity(chunk.len());
+            for (pk, _) in chunk {
+                let row = j.joined(pk, store)?;
+                has_row.push(row.is_some());
+                rows.extend(row);
+            }
+            let refs: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
+            let mut projected = self.project.eval(&refs)?.into_iter();
+            for ((pk, i), has_row) in chunk.iter().zip(has_row) {
+                let new = match has_row.then(|| projected.next()).flatten() {
+                    None => None,
+                    Some(Ok(p)) => p,
+                    Some(Err(reason)) => {
+                        if !dead.iter().any(|(d, _)| d == i) {
+                            let key: Vec<String> = pk.iter().map(ToString::to_string).collect();
+                            dead.push((*i, format!("evaluating the view's expressions over the joined row of ({}) failed: {reason}", key.join(", "))));
+                        }
+                        None
+                    }
+                };
+                self.upsert(pk.clone(), new, store)?;
+            }
+        }
+        dead.sort_by_key(|(i, _)| *i);
+        Ok(dead)
     }
 }

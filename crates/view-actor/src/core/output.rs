@@ -165,3 +165,104 @@ pub(super) fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Result<Row, S
     }
     Ok(row)
 }
+
+impl ViewCore {
+    /// Ends the batch: the change of every touched key and what to persist.
+    pub fn finish_batch(&mut self) -> Result<BatchOutput, String> {
+        let mut out = BatchOutput {
+            rows_delta: -std::mem::take(&mut self.gone_rows),
+            bytes_delta: -std::mem::take(&mut self.gone_bytes),
+            ..BatchOutput::default()
+        };
+        let mut present = Vec::new();
+        let mut agg_rows = Vec::new();
+        for KeyOrd(key) in std::mem::take(&mut self.touched) {
+            match self.def.plan.kind {
+                PlanKind::Project => {
+                    let row = match self.groups.get_mut(&key) {
+                        Some(g) => {
+                            g.out_bytes = g.row.as_deref().map_or(0, row_bytes);
+                            out.rows_delta += 1;
+                            out.bytes_delta += g.out_bytes as i64;
+                            g.row.clone()
+                        }
+                        None => None,
+                    };
+                    out.groups
+                        .push((key.clone(), self.groups.get(&key).cloned()));
+                    out.changes.push(RowChange { key, row });
+                }
+                PlanKind::Aggregate => match self.groups.get(&key) {
+                    // EMIT AFTER WATERMARK: an open window is kept, not emitted.
+                    Some(g) if exists(&key, g) && self.def.plan.emit_final && !g.closed => {
+                        out.groups.push((key.clone(), Some(g.clone())));
+                        if self.forgotten.contains(&KeyOrd(key.clone())) {
+                            // Its final row from before a truncate leaves the view.
+                            out.changes.push(RowChange { key, row: None });
+                        }
+                    }
+                    Some(g) if exists(&key, g) => {
+                        agg_rows.push(agg_row(&self.def, &key, g));
+                        present.push(key);
+                    }
+                    _ => {
+                        let mut emitted = !self.def.plan.emit_final
+                            || self.forgotten.contains(&KeyOrd(key.clone()));
+                        if let Some(g) = self.groups.remove(&key) {
+                            if g.out_bytes > 0 {
+                                emitted = true;
+                                out.rows_delta -= 1;
+                                out.bytes_delta -= g.out_bytes as i64;
+                            }
+                        }
+                        out.groups.push((key.clone(), None));
+                        if emitted {
+                            out.changes.push(RowChange { key, row: None });
+                        }
+                    }
+                },
+            }
+        }
+        if !agg_rows.is_empty() {
+            let rows = self.finish.rows(&self.def, &agg_rows)?;
+            for (key, row) in present.into_iter().zip(rows) {
+                // A group HAVING filters out keeps its state; its row is deleted. So is the
+                // row of a group that cannot be computed, and the reason is recorded.
+                let row = match row {
+                    Ok(row) => row,
+                    Err(reason) => {
+                        out.group_errors.push((key.clone(), reason));
+                        None
+                    }
+                };
+                if let Some(g) = self.groups.get_mut(&key) {
+                    let bytes = row.as_deref().map_or(0, row_bytes);
+                    out.rows_delta += i64::from(bytes > 0) - i64::from(g.out_bytes > 0);
+                    out.bytes_delta += bytes as i64 - g.out_bytes as i64;
+                    g.out_bytes = bytes;
+                    out.groups.push((key.clone(), Some(g.clone())));
+                }
+                out.changes.push(RowChange { key, row });
+            }
+            out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));
+        }
+        self.close_windows(&mut out)?;
+        if self.def.plan.emit_final {
+            // One change per key, the last: a window re-opened after a truncate and closed
+            // in the same batch has its delete, then its final row.
+            out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));
+            out.changes.reverse();
+            out.changes.dedup_by(|later, kept| later.key == kept.key);
+            out.changes.reverse();
+            self.forgotten.clear();
+        }
+        out.watermark = self.watermark;
+        out.event_times = self.event_times.clone();
+        out.arrival = self.arrival;
+        out.late_events = std::mem::take(&mut self.late_events);
+        out.rows = self.pending_rows.drain().collect();
+        out.truncate_rows = std::mem::take(&mut self.truncated);
+        out.join = self.join.as_mut().map(join::JoinState::take_writes);
+        Ok(out)
+    }
+}

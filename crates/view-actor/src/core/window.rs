@@ -98,7 +98,16 @@ impl ViewCore {
         let emit = self.def.plan.emit_final;
         for (key, row) in closing.into_iter().zip(rows) {
             if let Some(g) = self.groups.get_mut(&key) {
-                g.row = row.ok().flatten();
+                g.row = match row {
+                    Ok(row) => row,
+                    Err(reason) => {
+                        if emit {
+                            // Its row was never computed before: the reason is recorded now.
+                            out.group_errors.push((key.clone(), reason));
+                        }
+                        None
+                    }
+                };
                 g.aggregates = Vec::new();
                 g.closed = true;
                 if emit {

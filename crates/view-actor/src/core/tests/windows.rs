@@ -408,6 +408,44 @@ fn emit_after_watermark_emits_each_window_once_when_it_closes() {
         let e = cat.plan(sql).err().unwrap_or_else(|| panic!("accepted: {sql}"));
         assert!(e.message.contains(why), "{sql}: {}", e.message);
     }
+    // A window whose row cannot be computed when it closes is left out, with the reason.
+    let (def2, _) = plan_over(stream_sql, "CREATE MATERIALIZED VIEW big AS SELECT window_start, sum(v) AS total FROM tumble(ev, at, 1m) GROUP BY window_start EMIT AFTER WATERMARK SETTINGS allowed_lateness='0s'");
+    let mut big = ViewCore::new(def2, &stream, HashMap::new()).expect("core");
+    let store2 = Store::default();
+    run(
+        &mut big,
+        &store2,
+        &[
+            SourceEvent::Upsert(row(1, "2024-03-01 10:00:05", i64::MAX)),
+            SourceEvent::Upsert(row(2, "2024-03-01 10:00:06", 1)),
+        ],
+    );
+    let out = run(
+        &mut big,
+        &store2,
+        &[SourceEvent::Upsert(row(3, "2024-03-01 10:01:00", 1))],
+    );
+    assert!(out.changes.is_empty(), "{:?}", out.changes);
+    assert_eq!(out.group_errors.len(), 1, "{:?}", out.group_errors);
+    assert!(
+        out.group_errors[0].1.contains("does not fit"),
+        "{:?}",
+        out.group_errors
+    );
+    // A column or alias named emit is a name, not a clause; a misplaced EMIT says where it goes.
+    let (named, _) = plan_over(stream_sql, "CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS emit, max(emit.v) AS top FROM tumble(ev, at, 1m) AS emit GROUP BY window_start");
+    assert!(!named.plan.emit_final);
+    let mut cat = Catalog::default();
+    let ch = cat.plan(stream_sql).expect("stream");
+    cat.apply(1, stream_sql, ch);
+    let e = cat
+        .plan("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) EMIT AFTER WATERMARK GROUP BY window_start SETTINGS allowed_lateness='0s'")
+        .expect_err("misplaced");
+    assert!(
+        e.message.contains("EMIT goes after GROUP BY"),
+        "{}",
+        e.message
+    );
     // EMIT CHANGELOG is what a view does anyway.
     let (plain, _) = plan_over(stream_sql, "CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT CHANGELOG SETTINGS allowed_lateness='0s'");
     assert!(!plain.plan.emit_final && plain.plan.window.is_some());
