@@ -193,7 +193,11 @@ pub fn plan(
             p.tumble(&args.args, name.span())?;
         }
     }
-    let (regions, lateness) = settings::view_settings(&p, q)?;
+    let settings::Settings {
+        regions,
+        lateness,
+        retention,
+    } = settings::view_settings(&p, q)?;
     // A subquery read FROM computes columns; aggregating is the view's own job.
     if let Some(d) = &parsed.derived {
         for item in &d.items {
@@ -445,10 +449,10 @@ pub fn plan(
             "a hop() view aggregates: GROUP BY window_start (a row is in several windows, so a view without aggregates has no one row per source row)",
         ));
     }
-    if let (PlanKind::Project, Some((_, span))) = (kind, lateness) {
+    if let (PlanKind::Project, Some((_, span))) = (kind, lateness.or(retention)) {
         return Err(p.err(
             span,
-            "allowed_lateness is for windowed aggregates (GROUP BY window_start)",
+            "allowed_lateness and window_retention are for windowed aggregates (GROUP BY window_start)",
         ));
     }
     let (outputs, key_outputs, plan) = match kind {
@@ -557,7 +561,11 @@ pub fn plan(
                     time_slot,
                     size_us,
                     lateness_us,
+                    retention_us: retention.map(|(us, _)| us),
                 });
+            }
+            if let (Some((_, span)), None) = (retention, &window_plan) {
+                return Err(p.err(span, "window_retention is for windows that close: FROM tumble() or hop() grouped by window_start, with allowed_lateness"));
             }
             let mut row_exprs = p.keys.clone();
             row_exprs.extend(p.args.iter().cloned());

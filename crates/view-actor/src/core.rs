@@ -181,6 +181,9 @@ pub struct ViewCore {
     /// No open window ends before this (`None`: not known yet), so that groups are scanned for
     /// windows to close only when one does.
     open_end_min: Option<i64>,
+    /// No closed window ends before this (`None`: not known yet), so that groups are scanned
+    /// for windows past their retention only when one is.
+    closed_end_min: Option<i64>,
     /// A view that joins another stream: both sides' rows.
     join: Option<join::JoinState>,
     /// Keys whose emitted row a truncate dropped in this batch (EMIT AFTER WATERMARK, where
@@ -306,6 +309,7 @@ impl ViewCore {
             arrival: 0,
             ordered: false,
             open_end_min: None,
+            closed_end_min: None,
             join,
             forgotten: BTreeSet::new(),
         };
@@ -544,6 +548,7 @@ impl ViewCore {
         self.event_times.clear();
         self.watermark = None;
         self.open_end_min = None;
+        self.closed_end_min = None;
     }
 
     fn lookup(&self, pk: &Key, store: &dyn RowLookup) -> Result<Option<Row>, String> {

@@ -154,6 +154,10 @@ pub struct WindowPlan {
     pub time_slot: usize,
     pub size_us: i64,
     pub lateness_us: i64,
+    /// `window_retention`: a closed window leaves the view (and the central state) once the
+    /// watermark is this far past its end.
+    #[serde(default)]
+    pub retention_us: Option<i64>,
 }
 
 impl Plan {
@@ -264,10 +268,11 @@ impl Plan {
             }
             if let Some(w) = &self.window {
                 lines.push(format!(
-                    "window: k{} closes {} s after its end by event time (p{}); late changes to a closed window are counted and not applied",
+                    "window: k{} closes {} s after its end by event time (p{}); late changes to a closed window are counted and not applied{}",
                     w.start_key,
                     w.lateness_us as f64 / 1e6,
-                    w.time_slot - self.n_keys
+                    w.time_slot - self.n_keys,
+                    w.retention_us.map_or(String::new(), |r| format!("; a closed window leaves the view {} s after its end passes the watermark", r as f64 / 1e6))
                 ));
             }
             if self.emit_final {

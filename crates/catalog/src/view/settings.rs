@@ -1,16 +1,22 @@
-//! A view's `SETTINGS`: the regions it is assigned to and the allowed lateness of its
-//! windows.
+//! A view's `SETTINGS`: the regions it is assigned to, the allowed lateness of its windows
+//! and how long a closed window stays.
 
 use super::expr::Planner;
 use super::*;
 
-/// The regions a view names and its windows' allowed lateness (with where it was written).
-pub(super) type Settings = (Option<Vec<String>>, Option<(i64, Span)>);
+/// The regions a view names, its windows' allowed lateness and closed windows' retention
+/// (each duration with where it was written).
+pub(super) struct Settings {
+    pub(super) regions: Option<Vec<String>>,
+    pub(super) lateness: Option<(i64, Span)>,
+    pub(super) retention: Option<(i64, Span)>,
+}
 
 /// Reads the query's `SETTINGS`; an unknown setting or a bad value is refused with its place.
 pub(super) fn view_settings(p: &Planner, q: &Query) -> Result<Settings, SqlError> {
     let mut regions = None;
     let mut lateness: Option<(i64, Span)> = None;
+    let mut retention: Option<(i64, Span)> = None;
     for setting in q.settings.iter().flatten() {
         let key = setting.key.value.to_ascii_lowercase();
         let value = match &setting.value {
@@ -57,13 +63,23 @@ pub(super) fn view_settings(p: &Planner, q: &Query) -> Result<Settings, SqlError
                 };
                 lateness = Some((us, setting.value.span()));
             }
+            "window_retention" => {
+                let Some(us) = duration_micros(&value) else {
+                    return Err(p.err(setting.value.span(), format!("window_retention '{value}': write a duration such as '1h' or '30m'")));
+                };
+                retention = Some((us, setting.value.span()));
+            }
             other => {
                 return Err(p.err(
                     setting.key.span,
-                    format!("unknown view setting '{other}'; supported: regions, allowed_lateness"),
+                    format!("unknown view setting '{other}'; supported: regions, allowed_lateness, window_retention"),
                 ))
             }
         }
     }
-    Ok((regions, lateness))
+    Ok(Settings {
+        regions,
+        lateness,
+        retention,
+    })
 }

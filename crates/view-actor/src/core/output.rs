@@ -247,7 +247,13 @@ impl ViewCore {
             out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));
         }
         self.close_windows(&mut out)?;
-        if self.def.plan.emit_final {
+        let window_retention = self
+            .def
+            .plan
+            .window
+            .as_ref()
+            .is_some_and(|w| w.retention_us.is_some());
+        if self.def.plan.emit_final || window_retention {
             // One change per key, the last: a window re-opened after a truncate and closed
             // in the same batch has its delete, then its final row.
             out.changes.sort_by_key(|c| KeyOrd(c.key.clone()));

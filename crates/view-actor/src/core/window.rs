@@ -68,25 +68,48 @@ impl ViewCore {
         let (Some(w), Some(wm)) = (self.def.plan.window.clone(), self.watermark) else {
             return Ok(());
         };
-        if self.open_end_min.is_some_and(|end| end > wm) {
+        // Closed windows whose end is at or below this leave the view (`window_retention`).
+        let cutoff = w.retention_us.map(|r| wm.saturating_sub(r));
+        let must_close = !self.open_end_min.is_some_and(|end| end > wm);
+        let must_evict = cutoff.is_some_and(|c| !self.closed_end_min.is_some_and(|end| end > c));
+        if !must_close && !must_evict {
             return Ok(());
         }
         let mut closing: Vec<Key> = Vec::new();
-        let mut open_end_min = i64::MAX;
+        let mut evicting: Vec<Key> = Vec::new();
+        let (mut open_end_min, mut closed_end_min) = (i64::MAX, i64::MAX);
         for (key, g) in &self.groups {
-            if g.closed {
+            let Some(Value::Timestamp(start)) = key.get(w.start_key) else {
                 continue;
-            }
-            if let Some(Value::Timestamp(start)) = key.get(w.start_key) {
-                let end = start.saturating_add(w.size_us);
-                if end <= wm {
-                    closing.push(key.clone());
-                } else {
-                    open_end_min = open_end_min.min(end);
-                }
+            };
+            let end = start.saturating_add(w.size_us);
+            if cutoff.is_some_and(|c| end <= c) {
+                // Past its retention: it leaves, closed or not yet closed.
+                evicting.push(key.clone());
+            } else if g.closed {
+                closed_end_min = closed_end_min.min(end);
+            } else if end <= wm {
+                closing.push(key.clone());
+                closed_end_min = closed_end_min.min(end);
+            } else {
+                open_end_min = open_end_min.min(end);
             }
         }
         self.open_end_min = Some(open_end_min);
+        self.closed_end_min = Some(closed_end_min);
+        for key in evicting {
+            if let Some(g) = self.groups.remove(&key) {
+                if g.out_bytes > 0 {
+                    out.rows_delta -= 1;
+                    out.bytes_delta -= g.out_bytes as i64;
+                    out.changes.push(RowChange {
+                        key: key.clone(),
+                        row: None,
+                    });
+                }
+                out.groups.push((key, None));
+            }
+        }
         if closing.is_empty() {
             return Ok(());
         }

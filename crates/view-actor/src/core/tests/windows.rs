@@ -450,3 +450,100 @@ fn emit_after_watermark_emits_each_window_once_when_it_closes() {
     let (plain, _) = plan_over(stream_sql, "CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT CHANGELOG SETTINGS allowed_lateness='0s'");
     assert!(!plain.plan.emit_final && plain.plan.window.is_some());
 }
+
+/// `window_retention`: a closed window leaves the view and the central state once the
+/// watermark is that far past its end; a late change to it stays late; a resync agrees.
+#[test]
+fn closed_windows_leave_the_view_after_their_retention() {
+    let stream_sql = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
+    let view_sql = "CREATE MATERIALIZED VIEW w AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start SETTINGS allowed_lateness='0s', window_retention='2m'";
+    let (def, stream) = plan_over(stream_sql, view_sql);
+    assert_eq!(
+        def.plan.window.as_ref().and_then(|w| w.retention_us),
+        Some(120_000_000)
+    );
+    let mut c = ViewCore::new(def.clone(), &stream, HashMap::new()).expect("core");
+    let store = Store::default();
+    let ts = |s: &str| Value::Timestamp(catalog::parse_timestamp(s).expect("ts"));
+    let row = |id: i64, at: &str| vec![Value::Int(id), ts(at), Value::Int(1)];
+    let start = |m: i64| ts(&format!("2024-03-01 10:{m:02}:00"));
+    // One event in each minute 10:00 to 10:05: 10:00 to 10:04 close, 10:05 is open. The
+    // watermark is 10:05:10, so windows ending at or before 10:03:10 have left: 10:00, 10:01
+    // and 10:02 (ending 10:03).
+    let events: Vec<SourceEvent> = (0..6)
+        .map(|m| SourceEvent::Upsert(row(m, &format!("2024-03-01 10:{m:02}:10"))))
+        .collect();
+    let out = run(&mut c, &store, &events);
+    let kept: Vec<Key> = out
+        .changes
+        .iter()
+        .filter(|ch| ch.row.is_some())
+        .map(|ch| ch.key.clone())
+        .collect();
+    assert_eq!(
+        kept,
+        vec![vec![start(3)], vec![start(4)], vec![start(5)]],
+        "{:?}",
+        out.changes
+    );
+    let gone: Vec<Key> = out
+        .changes
+        .iter()
+        .filter(|ch| ch.row.is_none())
+        .map(|ch| ch.key.clone())
+        .collect();
+    assert_eq!(
+        gone,
+        vec![vec![start(0)], vec![start(1)], vec![start(2)]],
+        "{:?}",
+        out.changes
+    );
+    assert_eq!(out.rows_delta, 3);
+    assert_eq!(
+        store.groups.borrow().len(),
+        3,
+        "the evicted windows' state is gone"
+    );
+    // Time moves on: 10:03 leaves (it was in the view), a late change to 10:00 stays late.
+    let out = run(
+        &mut c,
+        &store,
+        &[
+            SourceEvent::Upsert(row(6, "2024-03-01 10:06:30")),
+            SourceEvent::Upsert(row(7, "2024-03-01 10:00:30")),
+        ],
+    );
+    assert_eq!(out.late_events, 1);
+    assert!(
+        out.changes.contains(&RowChange {
+            key: vec![start(3)],
+            row: None
+        }),
+        "{:?}",
+        out.changes
+    );
+    assert_eq!(out.rows_delta, 1 - 1, "10:06 comes, 10:03 goes");
+    // A restart lists what the replicas hold.
+    let mut again =
+        ViewCore::new(def.clone(), &stream, store.groups.borrow().clone()).expect("core");
+    let keys: Vec<Key> = again
+        .all_rows()
+        .expect("rows")
+        .into_iter()
+        .map(|ch| ch.key)
+        .collect();
+    assert_eq!(keys, vec![vec![start(4)], vec![start(5)], vec![start(6)]]);
+    // It needs windows that close.
+    let mut cat = Catalog::default();
+    let ch = cat.plan(stream_sql).expect("stream");
+    cat.apply(1, stream_sql, ch);
+    let e = cat
+        .plan("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start SETTINGS window_retention='1h'")
+        .expect_err("refused");
+    assert!(
+        e.message
+            .contains("window_retention is for windows that close"),
+        "{}",
+        e.message
+    );
+}
