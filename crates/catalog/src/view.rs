@@ -533,12 +533,12 @@ pub fn plan(
                     ));
                 }
                 p.args.push(time);
-                hop_plan = Some(HopPlan {
+                hop_plan = Some(Box::new(HopPlan {
                     slide_us,
                     size_us,
                     time_slot: p.keys.len() + p.args.len() - 1,
                     shifted,
-                });
+                }));
             }
             let mut window_plan = None;
             if let Some((lateness_us, span)) = lateness {

@@ -85,7 +85,7 @@ pub struct Plan {
     pub window: Option<WindowPlan>,
     /// Hopping windows (`hop()`): each row is in `size / slide` windows.
     #[serde(default)]
-    pub hop: Option<HopPlan>,
+    pub hop: Option<Box<HopPlan>>,
     /// The stream joined to the view's stream: the plan's expressions are over the joined
     /// row (the stream's columns, then the joined stream's).
     #[serde(default)]

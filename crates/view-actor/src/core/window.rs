@@ -70,8 +70,8 @@ impl ViewCore {
         };
         // Closed windows whose end is at or below this leave the view (`window_retention`).
         let cutoff = w.retention_us.map(|r| wm.saturating_sub(r));
-        let must_close = !self.open_end_min.is_some_and(|end| end > wm);
-        let must_evict = cutoff.is_some_and(|c| !self.closed_end_min.is_some_and(|end| end > c));
+        let must_close = self.open_end_min.is_none_or(|end| end <= wm);
+        let must_evict = cutoff.is_some_and(|c| self.closed_end_min.is_none_or(|end| end <= c));
         if !must_close && !must_evict {
             return Ok(());
         }
@@ -83,12 +83,15 @@ impl ViewCore {
                 continue;
             };
             let end = start.saturating_add(w.size_us);
-            if cutoff.is_some_and(|c| end <= c) {
-                // Past its retention: it leaves, closed or not yet closed.
+            if g.closed && cutoff.is_some_and(|c| end <= c) {
+                // Closed in an earlier batch (so its final row was emitted) and past its
+                // retention: it leaves.
                 evicting.push(key.clone());
             } else if g.closed {
                 closed_end_min = closed_end_min.min(end);
             } else if end <= wm {
+                // A window past its retention closes first (its final row is emitted under
+                // EMIT AFTER WATERMARK) and leaves with the next batch.
                 closing.push(key.clone());
                 closed_end_min = closed_end_min.min(end);
             } else {

@@ -468,43 +468,20 @@ fn closed_windows_leave_the_view_after_their_retention() {
     let row = |id: i64, at: &str| vec![Value::Int(id), ts(at), Value::Int(1)];
     let start = |m: i64| ts(&format!("2024-03-01 10:{m:02}:00"));
     // One event in each minute 10:00 to 10:05: 10:00 to 10:04 close, 10:05 is open. The
-    // watermark is 10:05:10, so windows ending at or before 10:03:10 have left: 10:00, 10:01
-    // and 10:02 (ending 10:03).
+    // watermark is 10:05:10: 10:00 to 10:02 are past their retention, but a window leaves
+    // only once it was closed (and so emitted) in an earlier batch.
     let events: Vec<SourceEvent> = (0..6)
         .map(|m| SourceEvent::Upsert(row(m, &format!("2024-03-01 10:{m:02}:10"))))
         .collect();
     let out = run(&mut c, &store, &events);
-    let kept: Vec<Key> = out
-        .changes
-        .iter()
-        .filter(|ch| ch.row.is_some())
-        .map(|ch| ch.key.clone())
-        .collect();
-    assert_eq!(
-        kept,
-        vec![vec![start(3)], vec![start(4)], vec![start(5)]],
+    assert!(
+        out.changes.iter().all(|ch| ch.row.is_some()),
         "{:?}",
         out.changes
     );
-    let gone: Vec<Key> = out
-        .changes
-        .iter()
-        .filter(|ch| ch.row.is_none())
-        .map(|ch| ch.key.clone())
-        .collect();
-    assert_eq!(
-        gone,
-        vec![vec![start(0)], vec![start(1)], vec![start(2)]],
-        "{:?}",
-        out.changes
-    );
-    assert_eq!(out.rows_delta, 3);
-    assert_eq!(
-        store.groups.borrow().len(),
-        3,
-        "the evicted windows' state is gone"
-    );
-    // Time moves on: 10:03 leaves (it was in the view), a late change to 10:00 stays late.
+    assert_eq!(out.changes.len(), 6);
+    // Time moves on to 10:06:30: windows ending at or before 10:04:30 leave (10:00 to 10:03,
+    // each in the view), and a late change to 10:00 stays late.
     let out = run(
         &mut c,
         &store,
@@ -514,15 +491,24 @@ fn closed_windows_leave_the_view_after_their_retention() {
         ],
     );
     assert_eq!(out.late_events, 1);
-    assert!(
-        out.changes.contains(&RowChange {
-            key: vec![start(3)],
-            row: None
-        }),
+    let gone: Vec<Key> = out
+        .changes
+        .iter()
+        .filter(|ch| ch.row.is_none())
+        .map(|ch| ch.key.clone())
+        .collect();
+    assert_eq!(
+        gone,
+        (0..4).map(|m| vec![start(m)]).collect::<Vec<_>>(),
         "{:?}",
         out.changes
     );
-    assert_eq!(out.rows_delta, 1 - 1, "10:06 comes, 10:03 goes");
+    assert_eq!(out.rows_delta, 1 - 4, "10:06 comes, 10:00 to 10:03 go");
+    assert_eq!(
+        store.groups.borrow().len(),
+        3,
+        "the evicted windows' state is gone"
+    );
     // A restart lists what the replicas hold.
     let mut again =
         ViewCore::new(def.clone(), &stream, store.groups.borrow().clone()).expect("core");
@@ -533,6 +519,41 @@ fn closed_windows_leave_the_view_after_their_retention() {
         .map(|ch| ch.key)
         .collect();
     assert_eq!(keys, vec![vec![start(4)], vec![start(5)], vec![start(6)]]);
+    // Under EMIT AFTER WATERMARK a window past its retention still shows its final row
+    // before it leaves, even when it closes that late.
+    let (final_def, _) = plan_over(stream_sql, "CREATE MATERIALIZED VIEW f AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT AFTER WATERMARK SETTINGS allowed_lateness='0s', window_retention='0s'");
+    let mut f = ViewCore::new(final_def, &stream, HashMap::new()).expect("core");
+    let fstore = Store::default();
+    run(
+        &mut f,
+        &fstore,
+        &[SourceEvent::Upsert(row(1, "2024-03-01 10:00:10"))],
+    );
+    let out = run(
+        &mut f,
+        &fstore,
+        &[SourceEvent::Upsert(row(2, "2024-03-01 12:00:00"))],
+    );
+    assert_eq!(
+        out.changes,
+        vec![RowChange {
+            key: vec![start(0)],
+            row: Some(vec![start(0), Value::Int(1)])
+        }]
+    );
+    let out = run(
+        &mut f,
+        &fstore,
+        &[SourceEvent::Upsert(row(3, "2024-03-01 12:00:01"))],
+    );
+    assert_eq!(
+        out.changes,
+        vec![RowChange {
+            key: vec![start(0)],
+            row: None
+        }]
+    );
+    assert_eq!(out.rows_delta, -1);
     // It needs windows that close.
     let mut cat = Catalog::default();
     let ch = cat.plan(stream_sql).expect("stream");
