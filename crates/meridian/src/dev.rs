@@ -390,13 +390,7 @@ async fn demo(
     }
 
     // The second view: its plan, then its rows once every replica has them.
-    let t1 = Instant::now();
-    while !caught_up(&status::fetch(coordinator).await?, EXTREMES, target) {
-        if t1.elapsed() > CATCH_UP_TIMEOUT {
-            bail!("view {EXTREMES} did not catch up within {CATCH_UP_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_caught_up(coordinator, EXTREMES, target).await?;
     let explain = format!("EXPLAIN MATERIALIZED VIEW {EXTREMES}");
     println!("\n> {explain}");
     let plan = c
@@ -414,16 +408,22 @@ async fn demo(
 
     // The join: orders by their customer's tier (NULL: no such customer).
     let by_tier_target = by_tier_before + (customer_events.len() + events.len()) as u64;
-    let t2 = Instant::now();
-    while !caught_up(&status::fetch(coordinator).await?, BY_TIER, by_tier_target) {
-        if t2.elapsed() > CATCH_UP_TIMEOUT {
-            bail!("view {BY_TIER} did not catch up within {CATCH_UP_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_caught_up(coordinator, BY_TIER, by_tier_target).await?;
     let sql = format!("SELECT * FROM {BY_TIER} ORDER BY tier");
     println!("\n> {sql}");
     show(region.as_ref(), &sql).await
+}
+
+/// Waits until `view` consumed `target` messages and every replica applied its last batch.
+async fn wait_caught_up(coordinator: &str, view: &str, target: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !caught_up(&status::fetch(coordinator).await?, view, target) {
+        if started.elapsed() > CATCH_UP_TIMEOUT {
+            bail!("view {view} did not catch up within {CATCH_UP_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
 }
 
 /// Runs `sql` on `region`'s nodes through the SDK and prints the answer as a table.

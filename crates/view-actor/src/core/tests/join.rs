@@ -113,44 +113,9 @@ fn oracle(sql: &str, orders: &HashMap<i64, Row>, customers: &HashMap<i64, Row>) 
         "CREATE TABLE o(id BIGINT, customer BIGINT, amount BIGINT, name VARCHAR); CREATE TABLE c(id BIGINT, country VARCHAR, name VARCHAR, tier BIGINT)",
     )
     .expect("create");
-    for (table, rows) in [("o", orders), ("c", customers)] {
-        let mut app = conn.appender(table).expect("appender");
-        for r in rows.values() {
-            let v: Vec<duckdb::types::Value> = r
-                .iter()
-                .map(|v| match v {
-                    Value::Null => duckdb::types::Value::Null,
-                    Value::Int(i) => duckdb::types::Value::BigInt(*i),
-                    Value::Text(s) => duckdb::types::Value::Text(s.clone()),
-                    other => panic!("no such column type in this test: {other:?}"),
-                })
-                .collect();
-            app.append_row(duckdb::appender_params_from_iter(v))
-                .expect("append");
-        }
-    }
-    let mut stmt = conn.prepare(sql).expect("oracle sql");
-    let mut out = Vec::new();
-    let mut q = stmt.query([]).expect("query");
-    while let Some(r) = q.next().expect("row") {
-        let n = r.as_ref().column_count();
-        out.push(
-            (0..n)
-                .map(|i| match r.get_ref(i).expect("value") {
-                    duckdb::types::ValueRef::Null => Value::Null,
-                    duckdb::types::ValueRef::BigInt(v) => Value::Int(v),
-                    duckdb::types::ValueRef::HugeInt(v) => {
-                        Value::Int(i64::try_from(v).expect("fits"))
-                    }
-                    duckdb::types::ValueRef::Text(t) => {
-                        Value::Text(String::from_utf8_lossy(t).into_owned())
-                    }
-                    other => panic!("oracle type {other:?}"),
-                })
-                .collect(),
-        );
-    }
-    out
+    super::oracle::append_rows(&conn, "o", orders.values());
+    super::oracle::append_rows(&conn, "c", customers.values());
+    super::oracle::query_rows(&conn, sql)
 }
 
 struct Rng(u64);

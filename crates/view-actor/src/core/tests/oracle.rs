@@ -102,34 +102,37 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn oracle(oracle_sql: &str, rows: &HashMap<i64, Row>) -> Vec<Row> {
-    let conn = duckdb::Connection::open_in_memory().expect("duckdb");
-    conn.execute_batch(
-        "CREATE TABLE src(id BIGINT, region VARCHAR, amount BIGINT, price DOUBLE, note VARCHAR, ts TIMESTAMP, seq BIGINT)",
-    )
-    .expect("create");
-    {
-        let mut app = conn.appender("src").expect("appender");
-        for r in rows.values() {
-            let v: Vec<duckdb::types::Value> = r
-                .iter()
-                .map(|v| match v {
-                    Value::Null => duckdb::types::Value::Null,
-                    Value::Int(i) => duckdb::types::Value::BigInt(*i),
-                    Value::Float(f) => duckdb::types::Value::Double(*f),
-                    Value::Text(s) => duckdb::types::Value::Text(s.clone()),
-                    Value::Bool(b) => duckdb::types::Value::Boolean(*b),
-                    Value::Timestamp(t) => {
-                        duckdb::types::Value::Timestamp(duckdb::types::TimeUnit::Microsecond, *t)
-                    }
-                    other => panic!("no such column type in this test: {other:?}"),
-                })
-                .collect();
-            app.append_row(duckdb::appender_params_from_iter(v))
-                .expect("append");
+/// A value as DuckDB's appender takes it.
+pub(super) fn duck_value(v: &Value) -> duckdb::types::Value {
+    match v {
+        Value::Null => duckdb::types::Value::Null,
+        Value::Int(i) => duckdb::types::Value::BigInt(*i),
+        Value::Float(f) => duckdb::types::Value::Double(*f),
+        Value::Text(s) => duckdb::types::Value::Text(s.clone()),
+        Value::Bool(b) => duckdb::types::Value::Boolean(*b),
+        Value::Timestamp(t) => {
+            duckdb::types::Value::Timestamp(duckdb::types::TimeUnit::Microsecond, *t)
         }
+        other => panic!("no such column type in this test: {other:?}"),
     }
-    let mut stmt = conn.prepare(oracle_sql).expect("oracle sql");
+}
+
+/// Appends `rows` to DuckDB table `table`.
+pub(super) fn append_rows<'a>(
+    conn: &duckdb::Connection,
+    table: &str,
+    rows: impl Iterator<Item = &'a Row>,
+) {
+    let mut app = conn.appender(table).expect("appender");
+    for r in rows {
+        app.append_row(duckdb::appender_params_from_iter(r.iter().map(duck_value)))
+            .expect("append");
+    }
+}
+
+/// The rows DuckDB answers to `sql`.
+pub(super) fn query_rows(conn: &duckdb::Connection, sql: &str) -> Vec<Row> {
+    let mut stmt = conn.prepare(sql).expect("oracle sql");
     let mut out = Vec::new();
     let mut q = stmt.query([]).expect("query");
     while let Some(r) = q.next().expect("row") {
@@ -154,6 +157,16 @@ fn oracle(oracle_sql: &str, rows: &HashMap<i64, Row>) -> Vec<Row> {
         out.push(row);
     }
     out
+}
+
+fn oracle(oracle_sql: &str, rows: &HashMap<i64, Row>) -> Vec<Row> {
+    let conn = duckdb::Connection::open_in_memory().expect("duckdb");
+    conn.execute_batch(
+        "CREATE TABLE src(id BIGINT, region VARCHAR, amount BIGINT, price DOUBLE, note VARCHAR, ts TIMESTAMP, seq BIGINT)",
+    )
+    .expect("create");
+    append_rows(&conn, "src", rows.values());
+    query_rows(&conn, oracle_sql)
 }
 
 /// Random CDC streams (inserts, updates that move rows between groups, key changes, deletes,
