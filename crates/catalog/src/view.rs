@@ -38,6 +38,7 @@ mod join;
 mod parse;
 mod plan;
 mod settings;
+mod window;
 
 use expr::{duration_micros, quote_ident, quote_str, Mode, Planner};
 pub use join::{join_input_names, joined_input};
@@ -495,78 +496,13 @@ pub fn plan(
             )
         }
         PlanKind::Aggregate => {
-            // Windows that close: the event time is one more slot, after the aggregates'.
-            // Hopping windows: the event time is one more slot too, and the window's keys are
-            // shifted to each window holding the row.
-            let mut hop_plan = None;
-            if let (Some(slide_us), Some(size_us), Some((start, end)), Some(time)) = (
-                p.hop_slide_us,
-                p.window_size_us,
-                p.window.clone(),
-                p.window_time.clone(),
-            ) {
-                let mut shifted = Vec::new();
-                for (i, k) in p.keys.iter().enumerate() {
-                    if *k == start {
-                        shifted.push((i, false));
-                    } else if *k == end {
-                        shifted.push((i, true));
-                    } else if k.contains(&start) {
-                        return Err(p.err(
-                            key_spans.get(i).copied().unwrap_or(select_span),
-                            "a hop() view groups by window_start and window_end as they are, not by an expression over them (compute that when selecting)",
-                        ));
-                    }
-                }
-                if !shifted.iter().any(|(_, is_end)| !is_end) {
-                    return Err(p.err(
-                        select_span,
-                        "a hop() view must GROUP BY window_start: a row is in several windows",
-                    ));
-                }
-                let in_rows = p.args.iter().any(|a| a.contains(&start))
-                    || filter_sql.as_ref().is_some_and(|f| f.contains(&start));
-                if in_rows {
-                    return Err(p.err(
-                        select_span,
-                        "in a hop() view, window_start and window_end can be grouped by and selected, not used in WHERE or inside an aggregate (a row is in several windows)",
-                    ));
-                }
-                p.args.push(time);
-                hop_plan = Some(Box::new(HopPlan {
-                    slide_us,
-                    size_us,
-                    time_slot: p.keys.len() + p.args.len() - 1,
-                    shifted,
-                }));
-            }
-            let mut window_plan = None;
-            if let Some((lateness_us, span)) = lateness {
-                let start = p.window.as_ref().map(|(start, _)| start.clone());
-                let start_key = start.and_then(|st| p.keys.iter().position(|k| *k == st));
-                let (Some(start_key), Some(size_us), Some(time)) =
-                    (start_key, p.window_size_us, p.window_time.clone())
-                else {
-                    return Err(p.err(span, "allowed_lateness needs FROM tumble(stream, time, size) or hop(stream, time, slide, size) with a fixed size, grouped by window_start"));
-                };
-                let time_slot = match &hop_plan {
-                    Some(h) => h.time_slot,
-                    None => {
-                        p.args.push(time);
-                        p.keys.len() + p.args.len() - 1
-                    }
-                };
-                window_plan = Some(WindowPlan {
-                    start_key,
-                    time_slot,
-                    size_us,
-                    lateness_us,
-                    retention_us: retention.map(|(us, _)| us),
-                });
-            }
-            if let (Some((_, span)), None) = (retention, &window_plan) {
-                return Err(p.err(span, "window_retention is for windows that close: FROM tumble() or hop() grouped by window_start, with allowed_lateness"));
-            }
+            let (hop_plan, window_plan) = p.window_plans(
+                &key_spans,
+                select_span,
+                filter_sql.as_deref(),
+                lateness,
+                retention,
+            )?;
             let mut row_exprs = p.keys.clone();
             row_exprs.extend(p.args.iter().cloned());
             let mut spans = key_spans.clone();

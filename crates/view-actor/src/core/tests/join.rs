@@ -251,12 +251,7 @@ fn random_changes_on_both_sides_with_crashes_equal_the_duckdb_join() {
                 assert!(dead.is_empty(), "case {case} seed {seed}: {dead:?}");
                 let out = c.finish_batch().expect("finish");
                 store.persist(&out);
-                for ch in out.changes {
-                    match ch.row {
-                        Some(r) => replica.insert(ch.key, r),
-                        None => replica.remove(&ch.key),
-                    };
-                }
+                super::oracle::apply_changes(&mut replica, out.changes);
                 (orders, customers) = (o, cu);
             }
             let mut want = oracle(oracle_sql, &orders, &customers);

@@ -130,6 +130,16 @@ pub(super) fn append_rows<'a>(
     }
 }
 
+/// Applies a batch's changes to a replica as a region does: one row per key, or none.
+pub(super) fn apply_changes(replica: &mut HashMap<Key, Row>, changes: Vec<RowChange>) {
+    for ch in changes {
+        match ch.row {
+            Some(r) => replica.insert(ch.key, r),
+            None => replica.remove(&ch.key),
+        };
+    }
+}
+
 /// The rows DuckDB answers to `sql`.
 pub(super) fn query_rows(conn: &duckdb::Connection, sql: &str) -> Vec<Row> {
     let mut stmt = conn.prepare(sql).expect("oracle sql");
@@ -259,12 +269,7 @@ fn random_cdc_streams_with_crashes_equal_the_duckdb_oracle() {
                 assert!(dead.is_empty(), "case {case} seed {seed}: {dead:?}");
                 let out = c.finish_batch().expect("finish");
                 store.persist(&out);
-                for ch in out.changes {
-                    match ch.row {
-                        Some(r) => replica.insert(ch.key, r),
-                        None => replica.remove(&ch.key),
-                    };
-                }
+                apply_changes(&mut replica, out.changes);
                 source = after;
             }
             let mut want = oracle(oracle_sql, &source);
