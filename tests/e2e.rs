@@ -10,6 +10,7 @@ mod consistency;
 mod deploy;
 mod freshness;
 mod joins;
+mod over_views;
 mod subscribe;
 mod views;
 

@@ -60,6 +60,9 @@ pub struct Catalog {
     /// Ids are never reused, even after the newest entry is dropped: an id names one
     /// incarnation of an object everywhere (view state, replica tables).
     next_id: u64,
+    /// The identity of the coordinator's catalog (drawn when its store was created; 0 when
+    /// unknown): part of the names of views' change topics.
+    identity: u64,
 }
 
 impl Catalog {
@@ -98,6 +101,30 @@ impl Catalog {
             Object::Stream(s) if s.name.eq_ignore_ascii_case(name) => Some(s),
             _ => None,
         })
+    }
+
+    /// What a view reading `name` reads: the stream, or for a view, its change log as a
+    /// stream (a view over a view). `None` when there is no such object, or it is a view
+    /// without a key.
+    pub fn source(&self, name: &str) -> Option<StreamDef> {
+        let entry = self.get(name)?;
+        match &entry.object {
+            Object::Stream(s) => Some(s.clone()),
+            Object::View(v) => {
+                let upstream = self.source(&v.stream)?;
+                v.change_stream(self.identity, entry.id, &upstream)
+            }
+        }
+    }
+
+    /// Sets the catalog's identity (see [`crate::change_topic`]).
+    pub fn set_identity(&mut self, identity: u64) {
+        self.identity = identity;
+    }
+
+    /// Whether another view reads view `name` (its change log is then written to Kafka).
+    pub fn is_read_by_a_view(&self, name: &str) -> bool {
+        self.views().any(|v| v.reads(name))
     }
 
     pub fn views(&self) -> impl Iterator<Item = &ViewDef> {
@@ -182,7 +209,7 @@ impl Catalog {
         let here = |msg: String| SqlError::at(sql, j.offset, msg);
         let Some(right) = self.stream(&j.value) else {
             let what = if self.get(&j.value).is_some() {
-                "is a view, not a stream (a view over a view is not supported yet)"
+                "is a view, not a stream (a join over a view is not supported yet)"
             } else {
                 "does not exist"
             };
@@ -228,24 +255,31 @@ impl Catalog {
                     return Ok(done);
                 }
                 check_not_reserved(sql, &stmt.name)?;
-                let Some(stream) = self.stream(&stmt.query.from.value) else {
-                    let what = if self.get(&stmt.query.from.value).is_some() {
-                        "is a view, not a stream"
-                    } else {
-                        "does not exist"
-                    };
-                    return Err(SqlError::at(
-                        sql,
-                        stmt.query.from.offset,
-                        format!("stream '{}' {what}", stmt.query.from.value),
-                    ));
+                let from = &stmt.query.from;
+                let stream = match self.get(&from.value).map(|e| &e.object) {
+                    Some(Object::Stream(s)) => s.clone(),
+                    Some(Object::View(v)) => {
+                        if stmt.query.join.is_some() {
+                            return Err(SqlError::at(sql, from.offset, format!("'{}' is a view: a join reads streams only (a join over a view is not supported yet)", v.name)));
+                        }
+                        self.source(&v.name).ok_or_else(|| {
+                            SqlError::at(sql, from.offset, format!("view '{}' has no key (no GROUP BY, or its stream has no primary key), so its changes cannot be applied by key: a view over it is not supported", v.name))
+                        })?
+                    }
+                    None => {
+                        return Err(SqlError::at(
+                            sql,
+                            from.offset,
+                            format!("stream '{}' does not exist", from.value),
+                        ))
+                    }
                 };
                 let joined = match &stmt.query.join {
-                    Some(j) => Some(self.joined_stream(sql, stream, j)?),
+                    Some(j) => Some(self.joined_stream(sql, &stream, j)?),
                     None => None,
                 };
                 Ok(Change::Create(Object::View(ViewDef::from_ast(
-                    sql, &stmt, stream, joined,
+                    sql, &stmt, &stream, joined,
                 )?)))
             }
             Statement::Drop {
@@ -281,17 +315,15 @@ impl Catalog {
                     },
                     None => name,
                 };
-                if kind == ObjectKind::Stream {
-                    if let Some(v) = self.views().find(|v| v.reads(&name.value)) {
-                        return Err(SqlError::at(
-                            sql,
-                            name.offset,
-                            format!(
-                                "stream '{}' is read by view '{}'; drop the view first",
-                                name.value, v.name
-                            ),
-                        ));
-                    }
+                if let Some(v) = self.views().find(|v| v.reads(&name.value)) {
+                    return Err(SqlError::at(
+                        sql,
+                        name.offset,
+                        format!(
+                            "{what} '{}' is read by view '{}'; drop the view first",
+                            name.value, v.name
+                        ),
+                    ));
                 }
                 Ok(Change::Drop { name: name.value })
             }
@@ -307,7 +339,7 @@ impl Catalog {
                         format!("view '{}' does not exist", name.value),
                     ));
                 };
-                let Some(stream) = self.stream(&view.stream) else {
+                let Some(stream) = self.source(&view.stream) else {
                     return Err(SqlError::at(
                         sql,
                         name.offset,
@@ -318,7 +350,7 @@ impl Catalog {
                     ));
                 };
                 let right = view.joined_stream().and_then(|j| self.stream(j));
-                let input = view.input(stream, right);
+                let input = view.input(&stream, right);
                 Ok(Change::Explain(view.plan.explain(&input, &view.outputs)))
             }
         }

@@ -67,6 +67,30 @@ pub enum DataFormat {
     JsonEachRow,
     /// A Debezium change event (`op`, `before`, `after`), with or without the schema envelope.
     Debezium,
+    /// A materialized view's change log as its worker writes it to Kafka for views over the
+    /// view: one change per message, stamped with the change log's epoch
+    /// (`{"epoch":E,"seq":S,"op":"u","row":[..]}`, `"op":"d","key":[..]`, `"op":"t"`).
+    ChangeLog,
+}
+
+/// The Kafka topic a view's change log is written to when another view reads the view.
+/// Named by the catalog's identity (a coordinator started on an empty data dir issues ids
+/// again: its views must not read another catalog's topics), the view's id (names are reused
+/// after a DROP, ids are not) and its name (for people listing topics), with characters Kafka
+/// does not allow in topic names replaced.
+pub fn change_topic(catalog_identity: u64, view_id: u64, view_name: &str) -> String {
+    let name: String = view_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("meridian.changes.{catalog_identity:x}.{view_id}.{name}")
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -387,6 +411,49 @@ impl ViewDef {
             (Some(j), Some(r)) => crate::view::joined_input(stream, r, &j.input_names),
             _ => stream.clone(),
         }
+    }
+
+    /// The view's change log as a stream another view reads: its output columns, keyed by its
+    /// key, in its change topic on the brokers of the stream it reads (`source`, with that
+    /// stream's Kafka settings). `None` for a view without a key (one row, or append-only):
+    /// its changes cannot be applied by key.
+    pub fn change_stream(
+        &self,
+        catalog_identity: u64,
+        view_id: u64,
+        source: &StreamDef,
+    ) -> Option<StreamDef> {
+        if self.key_outputs.is_empty() {
+            return None;
+        }
+        let columns = self
+            .outputs
+            .iter()
+            .map(|o| Column {
+                name: o.name.clone(),
+                ty: o.ty,
+                declared: format!(
+                    "nullable({})",
+                    match o.ty {
+                        ColumnType::Int64 => "int64",
+                        ColumnType::Float64 => "float64",
+                        ColumnType::String => "string",
+                        ColumnType::Bool => "bool",
+                        ColumnType::Date => "date",
+                        ColumnType::Timestamp => "datetime64(6)",
+                    }
+                ),
+            })
+            .collect();
+        Some(StreamDef {
+            name: self.name.clone(),
+            columns,
+            brokers: source.brokers.clone(),
+            topic: change_topic(catalog_identity, view_id, &self.name),
+            format: DataFormat::ChangeLog,
+            primary_key: self.key_outputs.clone(),
+            kafka_options: source.kafka_options.clone(),
+        })
     }
 
     pub fn assigned_to(&self, region: &str) -> bool {

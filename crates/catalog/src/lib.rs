@@ -17,7 +17,8 @@ pub mod view;
 
 pub use catalog::{is_reserved, Catalog, Change, Entry, Object};
 pub use defs::{
-    is_secret_option, valid_region_name, Column, DataFormat, Output, StreamDef, ViewDef,
+    change_topic, is_secret_option, valid_region_name, Column, DataFormat, Output, StreamDef,
+    ViewDef,
 };
 pub use error::{Pos, SqlError};
 pub use parser::parse;

@@ -462,3 +462,75 @@ fn stream_properties_and_security_settings_become_librdkafka_options() {
         assert!(err.contains(needle), "{bad}: {err}");
     }
 }
+
+/// A view reads another view's change log as a stream keyed by the read view's key; chains
+/// work, a view read by another cannot be dropped, and views without a key cannot be read.
+#[test]
+fn a_view_reads_another_views_change_log() {
+    let mut c = catalog_with_orders();
+    c.set_identity(0xabc);
+    let create = |c: &mut Catalog, id: u64, sql: &str| {
+        let change = c.plan(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.apply(id, sql, change);
+    };
+    create(&mut c, 2, "CREATE MATERIALIZED VIEW by_region AS SELECT region, status, count() AS n, sum(amount) AS revenue FROM orders GROUP BY region, status");
+    create(&mut c, 3, "CREATE MATERIALIZED VIEW by_status AS SELECT status, sum(revenue) AS revenue, max(n) AS top FROM by_region GROUP BY status");
+    create(
+        &mut c,
+        4,
+        "CREATE MATERIALIZED VIEW total AS SELECT sum(revenue) AS revenue FROM by_status",
+    );
+
+    let s = c.source("by_region").expect("by_region is keyed");
+    assert_eq!(s.format, DataFormat::ChangeLog);
+    assert_eq!(s.topic, "meridian.changes.abc.2.by_region");
+    assert_eq!(s.brokers, "127.0.0.1:9092");
+    assert_eq!(s.primary_key, vec![0, 1]);
+    let names: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["region", "status", "n", "revenue"]);
+    // A chain: by_status's change log is on the brokers of the stream at the root.
+    let s2 = c.source("by_status").expect("by_status is keyed");
+    assert_eq!(
+        (s2.topic.as_str(), s2.brokers.as_str()),
+        ("meridian.changes.abc.3.by_status", "127.0.0.1:9092")
+    );
+    assert!(
+        c.source("total").is_none(),
+        "a view without a key has no change stream"
+    );
+    assert!(c.is_read_by_a_view("by_region") && c.is_read_by_a_view("BY_STATUS"));
+    assert!(!c.is_read_by_a_view("total"));
+
+    let Change::Explain(plan) = c
+        .plan("EXPLAIN MATERIALIZED VIEW by_status")
+        .expect("explain")
+    else {
+        panic!("not a plan");
+    };
+    assert!(plan.starts_with("scan: view by_region (its change log, topic meridian.changes.abc.2.by_region, primary key region, status)"), "{plan}");
+
+    // Reloading from the stored statements gives the same sources.
+    let stored: Vec<(u64, String)> = c.entries().iter().map(|e| (e.id, e.sql.clone())).collect();
+    let mut reloaded = Catalog::load(stored).expect("reloads");
+    reloaded.set_identity(0xabc);
+    assert_eq!(reloaded.source("by_status"), c.source("by_status"));
+
+    for (sql, message, at) in [
+        ("DROP VIEW by_region", "view 'by_region' is read by view 'by_status'; drop the view first", "by_region"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT revenue FROM total", "view 'total' has no key", "total"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT b.status FROM by_status AS b JOIN orders AS o ON b.top = o.id", "a join over a view is not supported", "by_status"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT o.id FROM orders AS o JOIN by_status AS b ON o.status = b.status", "is a view, not a stream", "by_status"),
+    ] {
+        let err = c.plan(sql).expect_err(sql);
+        assert!(err.message.contains(message), "{sql}: {}", err.message);
+        let col = sql.find(at).expect("position") + 1;
+        assert_eq!((err.pos.line, err.pos.column), (1, col), "{sql}");
+    }
+    // Dropped from the top down, every view goes.
+    for name in ["total", "by_status", "by_region"] {
+        let sql = format!("DROP VIEW {name}");
+        let change = c.plan(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.apply(0, &sql, change);
+    }
+    assert!(c.views().next().is_none());
+}

@@ -204,7 +204,7 @@ pub fn plan(
         for item in &d.items {
             if let DerivedItem::Column(_, e) = item {
                 if let Some(span) = p.find_aggregate(e) {
-                    return Err(p.err(span, "a subquery that aggregates (a view over a view's result) is not supported yet; aggregate in the view itself"));
+                    return Err(p.err(span, "a subquery that aggregates is not supported; create it as a view of its own and read that view FROM (a view over a view)"));
                 }
             }
         }

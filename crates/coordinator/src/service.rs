@@ -56,6 +56,7 @@ impl CoordinatorService {
             .map_err(|e| anyhow::anyhow!("stored catalog does not load: {e}"))?;
         catalog.reserve_ids_below(store.next_id()?);
         let identity = store.identity(crate::store::draw_identity)?;
+        catalog.set_identity(identity);
         let grants = store.load_grants()?;
         info!(
             entries = catalog.entries().len(),

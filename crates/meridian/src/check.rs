@@ -22,6 +22,15 @@ pub fn problems(s: &pb::ClusterStatus, max_staleness_ms: i64) -> Vec<String> {
             ));
         }
         for sh in &v.shipping {
+            if !sh.topic.is_empty() {
+                if !sh.error.is_empty() {
+                    out.push(format!(
+                        "view '{}' cannot write its change topic '{}': {}",
+                        v.view, sh.topic, sh.error
+                    ));
+                }
+                continue;
+            }
             if !sh.error.is_empty() {
                 out.push(format!(
                     "view '{}' cannot ship to region '{}': {}",

@@ -220,7 +220,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                 "late_events": v.late_events, "watermark_us": v.watermark_us,
                 "recent_dead_letters": v.recent_dead_letters.iter().map(|d| json!({"topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": d.reason})).collect::<Vec<_>>(),
                 "stalled": v.stalled.iter().map(|st| json!({"partition": st.partition, "offset": st.offset, "high_watermark": st.high_watermark, "since_ms": st.since_ms})).collect::<Vec<_>>(),
-                "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "acked_seq": sh.acked_seq, "central_seq": v.seq, "epoch": sh.epoch, "error": sh.error, "last_reseed": sh.last_reseed})).collect::<Vec<_>>(),
+                "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "topic": sh.topic, "acked_seq": sh.acked_seq, "central_seq": v.seq, "epoch": sh.epoch, "error": sh.error, "last_reseed": sh.last_reseed})).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -302,9 +302,14 @@ pub fn render(s: &pb::ClusterStatus) -> String {
             .shipping
             .iter()
             .map(|sh| {
+                let target = if sh.topic.is_empty() {
+                    sh.region.clone()
+                } else {
+                    format!("topic {}", sh.topic)
+                };
                 let mut out = format!(
                     "{}@{}/{} epoch {}",
-                    sh.region,
+                    target,
                     sh.acked_seq,
                     v.seq,
                     epoch_text(sh.epoch)

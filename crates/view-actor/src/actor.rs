@@ -8,16 +8,20 @@ use std::time::Duration;
 use catalog::{StreamDef, ViewDef};
 use meridian_proto::v1 as pb;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::core::{input_partition, split_input, ViewCore};
-use crate::decode::decode;
+use crate::decode::decode_with_epoch;
 use crate::progress::Verdict;
 use crate::store::{Commit, DeadLetter, StoreError, ViewStore};
 use crate::wire::change_to_wire;
 use crate::Clock;
+
+mod kafka;
+pub use kafka::topic_partitions;
+use kafka::{consumer_config, input_marks};
 
 /// Most source messages in one change batch: bounds the batch's memory and the size of one
 /// Raft entry in the regions.
@@ -27,6 +31,10 @@ pub const BATCH_EVENTS_MAX: usize = 2_000;
 pub const BATCH_IDLE_GAP: Duration = Duration::from_millis(1);
 /// The longest a batch stays open once it has a message: bounds latency under a trickle.
 pub const BATCH_LINGER_MAX: Duration = Duration::from_millis(50);
+/// A batch that holds the start of a read view's snapshot goes on to its last row, up to this
+/// many messages, waiting at most `SNAPSHOT_GAP` for each.
+pub const SNAPSHOT_BATCH_MAX: usize = 200_000;
+pub const SNAPSHOT_GAP: Duration = Duration::from_secs(5);
 /// Consumer defaults that favour freshness; a stream's `properties` override them. A broker
 /// that answers a fetch only when this wait expires (rather than when data arrives) adds up to
 /// this much latency; librdkafka's own default is 500 ms.
@@ -277,6 +285,21 @@ impl ViewActor {
                         Err(_) => break,
                     }
                 }
+                // A snapshot of a read view is applied whole (up to SNAPSHOT_BATCH_MAX).
+                let mut window = crate::changes::SnapshotWindow::default();
+                for m in &messages {
+                    self.note_snapshot(&mut window, m);
+                }
+                while window.open() && messages.len() < SNAPSHOT_BATCH_MAX {
+                    match tokio::time::timeout(SNAPSHOT_GAP, consumer.recv()).await {
+                        Ok(m) => {
+                            let m = received(m)?;
+                            self.note_snapshot(&mut window, &m);
+                            messages.push(m);
+                        }
+                        Err(_) => break,
+                    }
+                }
                 let span = info_span!("batch", n_messages = messages.len());
                 let mut commit = Commit::default();
                 let mut new_offsets: HashMap<i32, i64> = HashMap::new();
@@ -311,7 +334,12 @@ impl ViewActor {
                         offsets.insert(input, m.offset() + 1);
                         consumed += 1;
                         consumed_bytes += (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
-                        match decode(self.source(source), m.key(), m.payload()) {
+                        let decoded = decode_with_epoch(self.source(source), m.key(), m.payload())
+                            .and_then(|(event, epoch)| match epoch {
+                                Some(e) => crate::changes::fence_epoch(&mut meta.change_epochs, input, e).map(|()| event),
+                                None => Ok(event),
+                            });
+                        match decoded {
                             Ok(Some(event)) => {
                                 events.push(event);
                                 origins.push((m.topic().to_string(), m.partition(), m.offset(), input));
@@ -483,6 +511,19 @@ impl ViewActor {
         (self.source(source).topic.as_str(), partition)
     }
 
+    /// Feeds a message of a view's change log to `window`.
+    fn note_snapshot(
+        &self,
+        window: &mut crate::changes::SnapshotWindow,
+        m: &rdkafka::message::OwnedMessage,
+    ) {
+        if let Some((source, input)) = self.input_of(m.topic(), m.partition()) {
+            if self.source(source).format == catalog::DataFormat::ChangeLog {
+                window.note(input, m.payload());
+            }
+        }
+    }
+
     fn publish_fresh(&self, fresh: Option<crate::fresh::Fresh>) {
         if let (Some(tx), Some(f)) = (&self.fresh, fresh) {
             tx.send_replace(f);
@@ -609,59 +650,5 @@ fn received(
             Err(ActorError::DataLost("offset out of range".into()))
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-/// The consumer settings for a stream: Meridian's freshness defaults, the stream's own
-/// librdkafka options (`properties`, security), then those Meridian's exactness depends on.
-fn consumer_config(stream: &StreamDef, group: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in CONSUMER_DEFAULTS {
-        c.set(*k, *v);
-    }
-    for (k, v) in &stream.kafka_options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &stream.brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // A stored offset the broker no longer has means messages were deleted before the view
-        // read them. Skipping ahead silently would make the view wrong, so it is an error.
-        .set("auto.offset.reset", "error")
-        .set("enable.partition.eof", "false");
-    c
-}
-
-/// Every input partition of the view's topics with its (low, high) watermarks.
-fn input_marks(sources: &[StreamDef]) -> Result<HashMap<i32, (i64, i64)>, ActorError> {
-    let mut marks = HashMap::new();
-    for (source, stream) in sources.iter().enumerate() {
-        let partitions = topic_partitions(stream)?;
-        let consumer: BaseConsumer = consumer_config(stream, "meridian-metadata").create()?;
-        for p in partitions {
-            marks.insert(
-                input_of_partition(source, stream, p)?,
-                consumer.fetch_watermarks(&stream.topic, p, METADATA_TIMEOUT)?,
-            );
-        }
-    }
-    Ok(marks)
-}
-
-/// The partitions of `topic`, or [`ActorError::NoTopic`].
-pub fn topic_partitions(stream: &StreamDef) -> Result<Vec<i32>, ActorError> {
-    let (brokers, topic) = (stream.brokers.as_str(), stream.topic.as_str());
-    let consumer: BaseConsumer = consumer_config(stream, "meridian-metadata").create()?;
-    let md = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    let t = md.topics().iter().find(|t| t.name() == topic);
-    match t {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-            Ok(t.partitions().iter().map(|p| p.id()).collect())
-        }
-        _ => Err(ActorError::NoTopic {
-            topic: topic.to_string(),
-            brokers: brokers.to_string(),
-        }),
     }
 }

@@ -29,6 +29,28 @@ pub fn decode(
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
 ) -> Result<Option<SourceEvent>, String> {
+    decode_with_epoch(stream, key, payload).map(|(event, _)| event)
+}
+
+/// [`decode`], with the change-log epoch a message of a view's change log carries
+/// (`DataFormat::ChangeLog`; `None` for other formats).
+pub fn decode_with_epoch(
+    stream: &StreamDef,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<(Option<SourceEvent>, Option<u64>), String> {
+    if stream.format == DataFormat::ChangeLog {
+        let payload = payload.ok_or("message has no value")?;
+        return crate::changes::decode(stream, payload).map(|(e, epoch)| (Some(e), Some(epoch)));
+    }
+    decode_source(stream, key, payload).map(|e| (e, None))
+}
+
+fn decode_source(
+    stream: &StreamDef,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<Option<SourceEvent>, String> {
     let Some(payload) = payload else {
         return match stream.format {
             DataFormat::Debezium => Ok(None),
@@ -58,6 +80,8 @@ pub fn decode(
             }
         }
         DataFormat::Debezium => decode_debezium(stream, key, payload),
+        // Read by `decode_with_epoch`, which never comes here with it.
+        DataFormat::ChangeLog => Err("a change-log message decoded as a source".to_string()),
     }
 }
 

@@ -5,12 +5,14 @@
 //! region; [`worker`] hosts them all for one central worker process.
 
 pub mod actor;
+pub mod changes;
 pub mod core;
 pub mod decode;
 pub mod fresh;
 pub mod metrics;
 pub mod progress;
 pub mod ship;
+pub mod sink;
 pub mod store;
 pub mod wire;
 pub mod worker;

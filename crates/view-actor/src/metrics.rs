@@ -116,7 +116,13 @@ pub fn render(report: &pb::CentralReport, now_ms: i64) -> String {
             .flat_map(|v| {
                 v.shipping.iter().map(move |sh| {
                     (
-                        format!("{},region=\"{}\"", view(v), label(&sh.region)),
+                        // The change topic (a view read by another view) is a target
+                        // like a region.
+                        if sh.topic.is_empty() {
+                            format!("{},region=\"{}\"", view(v), label(&sh.region))
+                        } else {
+                            format!("{},topic=\"{}\"", view(v), label(&sh.topic))
+                        },
                         f(v, sh),
                     )
                 })

@@ -169,7 +169,7 @@ pub fn plan(
 }
 
 /// Runs store work on a blocking thread; a panic there is reported like the store's errors.
-async fn on_store_thread<T: Send + 'static>(
+pub(crate) async fn on_store_thread<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, String> {
     match tokio::task::spawn_blocking(work).await {

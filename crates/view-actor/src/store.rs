@@ -58,6 +58,10 @@ pub struct Meta {
     /// Events that changed a closed window and were not applied.
     #[serde(default)]
     pub late_events: u64,
+    /// For a view over a view: the newest epoch of the read view's change log seen on each
+    /// input partition. A message of an older epoch (a former owner's, late) is not applied.
+    #[serde(default)]
+    pub change_epochs: std::collections::BTreeMap<i32, u64>,
 }
 
 /// The layout of a view's state: 4 adds closed windows; 3 stores each source row's plan
@@ -71,6 +75,11 @@ pub const STATE_FORMAT: u32 = 4;
 /// newer lease is above every epoch of an older one, so a worker that lost a view can never
 /// out-bid its new owner.
 pub const EPOCH_LEASE_SHIFT: u32 = 32;
+
+/// An epoch as `lease.generation`, as status prints it.
+pub fn epoch_text(epoch: u64) -> String {
+    format!("{}.{}", lease_of(epoch), epoch & 0xffff_ffff)
+}
 
 /// The lease epoch an epoch belongs to.
 pub fn lease_of(epoch: u64) -> u64 {
@@ -338,6 +347,36 @@ impl ViewStore {
         self.db
             .put_opt(self.key(b"epoch"), epoch.to_be_bytes(), &opts)?;
         Ok(epoch)
+    }
+
+    /// How far the view's change topic has been written (for views over the view): the
+    /// change log's epoch and seq of the last change written.
+    pub fn sink_position(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let Some(v) = self.db.get(self.key(b"sink"))? else {
+            return Ok(None);
+        };
+        let corrupt = || StoreError::Corrupt {
+            what: "change topic position",
+            detail: format!("{v:?}"),
+        };
+        let (epoch, seq) = v.split_at_checked(8).ok_or_else(corrupt)?;
+        Ok(Some((
+            u64::from_be_bytes(epoch.try_into().map_err(|_| corrupt())?),
+            u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?),
+        )))
+    }
+
+    /// Records how far the change topic has been written (`None`: start it over).
+    pub fn set_sink_position(&self, position: Option<(u64, u64)>) -> Result<(), StoreError> {
+        match position {
+            None => self.db.delete(self.key(b"sink"))?,
+            Some((epoch, seq)) => {
+                let mut v = epoch.to_be_bytes().to_vec();
+                v.extend_from_slice(&seq.to_be_bytes());
+                self.db.put(self.key(b"sink"), v)?;
+            }
+        }
+        Ok(())
     }
 
     /// Up to `max` consecutive change batches starting at `from_seq`.

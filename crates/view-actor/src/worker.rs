@@ -24,7 +24,9 @@ use crate::wire::schema;
 use crate::{Clock, SystemClock};
 
 mod name;
+mod report;
 use name::{new_session, worker_name};
+use report::report_view;
 
 /// How often the worker fetches the catalog and reports progress (which renews its leases).
 pub const CATALOG_POLL: Duration = Duration::from_millis(500);
@@ -66,6 +68,8 @@ struct RunningView {
     stop: watch::Sender<bool>,
     actor: JoinHandle<()>,
     shippers: HashMap<String, RunningShipper>,
+    /// Writes the change log to the view's change topic while another view reads the view.
+    sink: Option<RunningSink>,
     /// The change log is truncated up to here (inclusive).
     truncated_to: u64,
     lease: watch::Sender<Lease>,
@@ -80,6 +84,13 @@ struct RunningView {
 struct RunningShipper {
     state: Arc<Mutex<ShipState>>,
     nodes: watch::Sender<Vec<String>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct RunningSink {
+    topic: String,
+    state: Arc<Mutex<ShipState>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -267,6 +278,10 @@ fn stop_view(id: u64, v: RunningView, destroy: Option<ViewStore>, stopping: &mut
         s.stop.send_replace(true);
         tasks.push(s.task);
     }
+    if let Some(s) = v.sink {
+        s.stop.send_replace(true);
+        tasks.push(s.task);
+    }
     stopping.push(Stopping {
         view_id: id,
         tasks,
@@ -350,7 +365,10 @@ fn reconcile(
     };
     let stored: Vec<(u64, String)> = resp.entries.iter().map(|e| (e.id, e.sql.clone())).collect();
     let catalog = match Catalog::load(stored) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            c.set_identity(resp.catalog_id);
+            c
+        }
         Err(e) => {
             error!(error = %e, "the coordinator's catalog does not load");
             return;
@@ -424,7 +442,7 @@ fn reconcile(
         let Object::View(def) = &entry.object else {
             continue;
         };
-        let Some(stream) = catalog.stream(&def.stream) else {
+        let Some(stream) = catalog.source(&def.stream) else {
             continue;
         };
         let joined = match def.joined_stream() {
@@ -492,13 +510,14 @@ fn reconcile(
                 name: def.name.clone(),
                 plan: def
                     .plan
-                    .explain(&def.input(stream, joined.as_ref()), &def.outputs),
+                    .explain(&def.input(&stream, joined.as_ref()), &def.outputs),
                 store,
                 status,
                 latest,
                 stop,
                 actor: handle,
                 shippers: HashMap::new(),
+                sink: None,
                 truncated_to: 0,
                 lease,
                 ready,
@@ -506,6 +525,51 @@ fn reconcile(
                 rate_mark: (0, Instant::now()),
             }
         });
+        // The change topic, while another view reads this one.
+        let change_stream = catalog
+            .is_read_by_a_view(&def.name)
+            .then(|| catalog.source(&def.name))
+            .flatten();
+        // A sink told to stop is kept until its task ended: two sinks never write one topic.
+        if view
+            .sink
+            .as_ref()
+            .is_some_and(|s| *s.stop.borrow() && s.task.is_finished())
+        {
+            view.sink = None;
+        }
+        match (view.sink.as_ref().map(|s| *s.stop.borrow()), change_stream) {
+            (None, Some(change_stream)) => {
+                info!(view = %def.name, topic = %change_stream.topic, "another view reads this view; writing its change log to its change topic");
+                let (stop, stop_rx) = watch::channel(false);
+                let state = Arc::new(Mutex::new(ShipState::default()));
+                let topic = change_stream.topic.clone();
+                let sink = crate::sink::Sink {
+                    def: def.clone(),
+                    stream: change_stream,
+                    store: view.store.clone(),
+                    latest: view.latest.clone(),
+                    lease: view.lease.subscribe(),
+                    ready: view.ready.clone(),
+                    state: state.clone(),
+                    seed: entry.id.wrapping_mul(0x2545_f491_4f6c_dd1d),
+                };
+                let task = tokio::spawn(sink.run(stop_rx));
+                view.sink = Some(RunningSink {
+                    topic,
+                    state,
+                    stop,
+                    task,
+                });
+            }
+            (Some(false), None) => {
+                info!(view = %def.name, "no view reads this view any more; no longer writing its change topic");
+                if let Some(s) = &view.sink {
+                    s.stop.send_replace(true);
+                }
+            }
+            _ => {}
+        }
         let mut targets: Vec<String> = regions
             .keys()
             .filter(|r| def.assigned_to(r))
@@ -564,7 +628,9 @@ fn truncate_log(v: &mut RunningView, retain: u64) {
     let Some(min_acked) = v
         .shippers
         .values()
-        .map(|s| s.state.lock().unwrap_or_else(|p| p.into_inner()).acked_seq)
+        .map(|s| &s.state)
+        .chain(v.sink.as_ref().map(|s| &s.state))
+        .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).acked_seq)
         .min()
     else {
         return;
@@ -606,73 +672,5 @@ async fn supervise(actor: ViewActor, stop: watch::Receiver<bool>, seed: u64) {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(backoff.next_delay().max(Duration::from_millis(500))) => {}
         }
-    }
-}
-
-fn report_view(view_id: u64, v: &mut RunningView) -> pb::ViewReport {
-    let s = v.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let now = Instant::now();
-    let (events_then, then) = v.rate_mark;
-    let secs = now.duration_since(then).as_secs_f64();
-    let events_per_s = if secs > 0.0 && events_then > 0 {
-        s.events.saturating_sub(events_then) as f64 / secs
-    } else {
-        0.0
-    };
-    v.rate_mark = (s.events, now);
-    let mut shipping: Vec<pb::ShipStatus> = v
-        .shippers
-        .iter()
-        .map(|(region, sh)| {
-            let st = sh.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            pb::ShipStatus {
-                region: region.clone(),
-                acked_seq: st.acked_seq,
-                error: st.error,
-                epoch: st.epoch,
-                last_reseed: st.last_reseed,
-            }
-        })
-        .collect();
-    shipping.sort_by(|a, b| a.region.cmp(&b.region));
-    pb::ViewReport {
-        view: v.name.clone(),
-        seq: s.seq,
-        events: s.events,
-        dead_letters: s.dead_letters,
-        recent_dead_letters: s
-            .recent_dead_letters
-            .iter()
-            .map(|d| pb::DeadLetter {
-                topic: d.topic.clone(),
-                partition: d.partition,
-                offset: d.offset,
-                reason: d.reason.clone(),
-            })
-            .collect(),
-        error: s.error,
-        shipping,
-        last_batch_at_ms: s.last_batch_at_ms,
-        view_id,
-        log_first_seq: v.truncated_to + 1,
-        source_bytes: s.source_bytes,
-        view_rows: s.view_rows,
-        view_bytes: s.view_bytes,
-        plan: v.plan.clone(),
-        late_events: s.late_events,
-        watermark_us: s.watermark_us.unwrap_or(0),
-        events_per_s,
-        owner: String::new(),
-        lease_epoch: v.lease.borrow().epoch,
-        stalled: s
-            .stalled
-            .iter()
-            .map(|st| pb::StalledPartition {
-                partition: st.partition,
-                offset: st.offset,
-                high_watermark: st.high_watermark,
-                since_ms: st.since_ms,
-            })
-            .collect(),
     }
 }

@@ -200,7 +200,7 @@ fn inline_subquery(
     match &inner_select.group_by {
         GroupByExpr::Expressions(list, mods) if list.is_empty() && mods.is_empty() => {}
         _ => {
-            return refuse(inner_span, "a subquery that groups (a view over a view's result) is not supported yet; aggregate in the view itself");
+            return refuse(inner_span, "a subquery that groups is not supported; create it as a view of its own and read that view FROM (a view over a view)");
         }
     }
     if inner_select.having.is_some()

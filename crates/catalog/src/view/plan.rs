@@ -177,10 +177,16 @@ impl Plan {
 
     /// The plan as `EXPLAIN MATERIALIZED VIEW` prints it: one operator a line, source first.
     pub fn explain(&self, stream: &StreamDef, outputs: &[Output]) -> String {
+        let what = if stream.format == crate::DataFormat::ChangeLog {
+            format!(
+                "view {} (its change log, topic {}",
+                stream.name, stream.topic
+            )
+        } else {
+            format!("stream {} ({:?}", stream.name, stream.format)
+        };
         let mut lines = vec![format!(
-            "scan: stream {} ({:?}{})",
-            stream.name,
-            stream.format,
+            "scan: {what}{})",
             if stream.primary_key.is_empty() {
                 ", append-only".to_string()
             } else {

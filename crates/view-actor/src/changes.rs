@@ -1,0 +1,465 @@
+//! A view's change log as Kafka messages, for views over the view (`DataFormat::ChangeLog`).
+//! Pure: no IO. The sink (`crate::sink`) encodes, the reading view's actor decodes.
+//!
+//! One message per row change, JSON, keyed by the row's key:
+//! - `{"view":"v","epoch":E,"seq":S,"op":"u","row":[..]}`: the row with this key now has these
+//!   values, every output column in order;
+//! - `{"view":"v","epoch":E,"seq":S,"op":"d","key":[..]}`: the row with this key is gone;
+//! - `{"view":"v","epoch":E,"seq":S,"op":"t","rows":N}`: every row is gone; the next `N`
+//!   messages are the view's rows at `seq` (a snapshot), which a reader applies in one batch.
+//!
+//! Values are JSON numbers, strings, booleans and nulls; a float is a string of the shortest
+//! digits that read back as the same double (`"0.1"`, `"1e300"`), or `"NaN"`, `"inf"`, `"-inf"`
+//! (JSON has no number for them, and parsers may round a JSON number); dates are days and
+//! timestamps microseconds since the Unix epoch. The epoch is the change log's: a reader
+//! applies no message of an older epoch than one it has read (a former owner's late message).
+
+use std::collections::{BTreeMap, HashMap};
+
+use catalog::{ColumnType, StreamDef, Value};
+use meridian_proto::v1 as pb;
+use serde_json::{json, Value as Json};
+
+use crate::decode::SourceEvent;
+use crate::store::epoch_text;
+
+/// What one message of the change log says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChangeOp<'a> {
+    Upsert(&'a pb::Row),
+    Delete(&'a [pb::Value]),
+    /// The start of a snapshot of `rows` rows.
+    Truncate {
+        rows: u64,
+    },
+}
+
+/// Encodes one change as (message key, message value).
+pub fn encode(view: &str, epoch: u64, seq: u64, op: ChangeOp<'_>) -> (Vec<u8>, Vec<u8>) {
+    let (key, body) = match op {
+        ChangeOp::Upsert(row) => (
+            Json::Null,
+            json!({"view": view, "epoch": epoch, "seq": seq, "op": "u", "row": values(&row.values)}),
+        ),
+        ChangeOp::Delete(key) => (
+            values(key),
+            json!({"view": view, "epoch": epoch, "seq": seq, "op": "d", "key": values(key)}),
+        ),
+        ChangeOp::Truncate { rows } => (
+            Json::Null,
+            json!({"view": view, "epoch": epoch, "seq": seq, "op": "t", "rows": rows}),
+        ),
+    };
+    (key.to_string().into_bytes(), body.to_string().into_bytes())
+}
+
+/// Encodes an upsert keyed by `key` (the row's key values, as the change log carries them).
+pub fn encode_upsert(
+    view: &str,
+    epoch: u64,
+    seq: u64,
+    key: &[pb::Value],
+    row: &pb::Row,
+) -> (Vec<u8>, Vec<u8>) {
+    let (_, body) = encode(view, epoch, seq, ChangeOp::Upsert(row));
+    (values(key).to_string().into_bytes(), body)
+}
+
+fn values(vs: &[pb::Value]) -> Json {
+    Json::Array(vs.iter().map(value).collect())
+}
+
+fn value(v: &pb::Value) -> Json {
+    use pb::value::Kind;
+    match &v.kind {
+        None => Json::Null,
+        Some(Kind::Int(i)) => json!(i),
+        // As text: Rust prints the shortest digits that parse back to the same double, and
+        // parses text exactly (a JSON number may be parsed to a neighbouring double).
+        Some(Kind::Float(f)) if f.is_nan() => json!("NaN"),
+        Some(Kind::Float(f)) if f.is_infinite() && *f > 0.0 => json!("inf"),
+        Some(Kind::Float(f)) if f.is_infinite() => json!("-inf"),
+        Some(Kind::Float(f)) => json!(format!("{f:?}")),
+        Some(Kind::Text(s)) => json!(s),
+        Some(Kind::Boolean(b)) => json!(b),
+    }
+}
+
+/// Decodes one message of a view's change log read as `stream` (the view's change stream):
+/// the event and the change log's epoch. The error says what was wrong, for the dead-letter
+/// record.
+pub fn decode(stream: &StreamDef, payload: &[u8]) -> Result<(SourceEvent, u64), String> {
+    let json: Json =
+        serde_json::from_slice(payload).map_err(|e| format!("value is not JSON: {e}"))?;
+    let Json::Object(fields) = &json else {
+        return Err("expected a change-log object".to_string());
+    };
+    let epoch = fields
+        .get("epoch")
+        .and_then(Json::as_u64)
+        .ok_or("change-log message has no 'epoch' number")?;
+    let op = fields
+        .get("op")
+        .and_then(Json::as_str)
+        .ok_or("change-log message has no 'op'")?;
+    let array = |name: &str, len: usize| -> Result<&Vec<Json>, String> {
+        let a = fields
+            .get(name)
+            .and_then(Json::as_array)
+            .ok_or_else(|| format!("op '{op}' needs a '{name}' array"))?;
+        if a.len() != len {
+            return Err(format!(
+                "'{name}' has {} values, the view has {len}",
+                a.len()
+            ));
+        }
+        Ok(a)
+    };
+    let event = match op {
+        "u" => {
+            let row = array("row", stream.columns.len())?;
+            let row: Vec<Value> = stream
+                .columns
+                .iter()
+                .zip(row)
+                .map(|(c, v)| {
+                    decode_value(c.ty, v).map_err(|e| format!("column '{}': {e}", c.name))
+                })
+                .collect::<Result<_, _>>()?;
+            // A key value may be NULL: GROUP BY makes one group of the NULLs.
+            SourceEvent::Upsert(row)
+        }
+        "d" => {
+            let key = array("key", stream.primary_key.len())?;
+            let key: Vec<Value> = stream
+                .primary_key
+                .iter()
+                .zip(key)
+                .map(|(&i, v)| {
+                    let c = &stream.columns[i];
+                    decode_value(c.ty, v).map_err(|e| format!("key column '{}': {e}", c.name))
+                })
+                .collect::<Result<_, _>>()?;
+            SourceEvent::Delete { key }
+        }
+        "t" => SourceEvent::Truncate,
+        other => return Err(format!("unknown change-log op '{other}'")),
+    };
+    Ok((event, epoch))
+}
+
+fn decode_value(ty: ColumnType, v: &Json) -> Result<Value, String> {
+    let wrong = || format!("expected {ty}, got {v}");
+    Ok(match (ty, v) {
+        (_, Json::Null) => Value::Null,
+        (ColumnType::Int64, Json::Number(n)) => Value::Int(n.as_i64().ok_or_else(wrong)?),
+        (ColumnType::Float64, Json::Number(n)) => Value::Float(n.as_f64().ok_or_else(wrong)?),
+        (ColumnType::Float64, Json::String(s)) => Value::Float(match s.as_str() {
+            "NaN" => f64::NAN,
+            "inf" => f64::INFINITY,
+            "-inf" => f64::NEG_INFINITY,
+            text => text
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .ok_or_else(wrong)?,
+        }),
+        (ColumnType::String, Json::String(s)) => Value::Text(s.clone()),
+        (ColumnType::Bool, Json::Bool(b)) => Value::Bool(*b),
+        (ColumnType::Date, Json::Number(n)) => Value::Date(
+            n.as_i64()
+                .and_then(|d| i32::try_from(d).ok())
+                .ok_or_else(wrong)?,
+        ),
+        (ColumnType::Timestamp, Json::Number(n)) => Value::Timestamp(n.as_i64().ok_or_else(wrong)?),
+        _ => return Err(wrong()),
+    })
+}
+
+/// The rows a snapshot's truncate announces; `None` for any other message. Cheap for the
+/// others: the writer prints JSON without spaces, so a truncate holds `"op":"t"` (inside a
+/// string value a quote is escaped, so no value can hold it).
+pub fn snapshot_rows(payload: &[u8]) -> Option<u64> {
+    const TRUNCATE: &[u8] = br#""op":"t""#;
+    if !payload.windows(TRUNCATE.len()).any(|w| w == TRUNCATE) {
+        return None;
+    }
+    serde_json::from_slice::<Json>(payload)
+        .ok()?
+        .get("rows")?
+        .as_u64()
+}
+
+/// Keeps a reader's batch open while a snapshot of a read view is half read, so that readers
+/// of the reader never see the view partly refilled (sans IO; the actor feeds it each message
+/// of a change-log input in order).
+#[derive(Debug, Default)]
+pub struct SnapshotWindow {
+    /// Rows still to come, by input partition.
+    left: HashMap<i32, u64>,
+}
+
+impl SnapshotWindow {
+    pub fn note(&mut self, input: i32, payload: Option<&[u8]>) {
+        if let Some(n) = self.left.get_mut(&input) {
+            *n -= 1;
+            if *n == 0 {
+                self.left.remove(&input);
+            }
+            return;
+        }
+        if let Some(rows) = payload.and_then(snapshot_rows).filter(|&r| r > 0) {
+            self.left.insert(input, rows);
+        }
+    }
+
+    /// Whether a snapshot is half read.
+    pub fn open(&self) -> bool {
+        !self.left.is_empty()
+    }
+}
+
+/// The fence of a view over a view: a message of the read view's change log applies only if
+/// its epoch is not older than the newest one seen on its partition (`newest`, persisted with
+/// the batch); else it is a former owner's late message, dead-lettered with this reason.
+pub fn fence_epoch(newest: &mut BTreeMap<i32, u64>, input: i32, epoch: u64) -> Result<(), String> {
+    let seen = newest.entry(input).or_insert(epoch);
+    if epoch < *seen {
+        return Err(format!(
+            "change-log epoch {} is older than epoch {} already read: a former owner's late message, not applied",
+            epoch_text(epoch),
+            epoch_text(*seen)
+        ));
+    }
+    *seen = epoch;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use catalog::{Catalog, Change, Object};
+
+    /// The change stream of `CREATE MATERIALIZED VIEW v AS SELECT <select>` over a stream
+    /// with every type.
+    fn change_stream() -> StreamDef {
+        let mut c = Catalog::default();
+        for (id, sql) in [
+            (1, "CREATE EXTERNAL STREAM s (id int64, k string, d date, t datetime64(3), f float64, b bool) SETTINGS type='kafka', brokers='b:9092', topic='s', data_format='Debezium', primary_key='id', properties='client.id=x'"),
+            (2, "CREATE MATERIALIZED VIEW v AS SELECT k, d, t, b, sum(f) AS f, count() AS n FROM s GROUP BY k, d, t, b"),
+        ] {
+            let Ok(change @ Change::Create(_)) = c.plan(sql) else {
+                panic!("{sql}");
+            };
+            c.apply(id, sql, change);
+        }
+        let Some(Object::View(v)) = c.get("v").map(|e| e.object.clone()) else {
+            panic!("no view");
+        };
+        assert_eq!(v.key_outputs, vec![0, 1, 2, 3]);
+        c.source("v").expect("v has a key, so a change stream")
+    }
+
+    fn wire(v: Value) -> pb::Value {
+        crate::wire::to_wire(&v)
+    }
+
+    #[test]
+    fn the_change_stream_is_the_views_columns_keyed_by_its_key_on_its_streams_brokers() {
+        let s = change_stream();
+        let names: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["k", "d", "t", "b", "f", "n"]);
+        assert_eq!(s.primary_key, vec![0, 1, 2, 3]);
+        assert_eq!(s.topic, "meridian.changes.0.2.v");
+        assert_eq!(s.brokers, "b:9092");
+        assert_eq!(
+            s.kafka_options,
+            vec![("client.id".to_string(), "x".to_string())]
+        );
+        assert_eq!(s.columns[2].ty, ColumnType::Timestamp);
+    }
+
+    #[test]
+    fn every_value_survives_the_round_trip_exactly() {
+        let s = change_stream();
+        // Doubles whose decimal forms are long or near a rounding boundary, and every kind.
+        let hard = [
+            0.1 + 0.2,
+            1.0 / 3.0,
+            f64::from_bits(0x000f_ffff_ffff_ffff),
+            9007199254740993.0,
+            1.7976931348623157e308,
+            5e-324,
+            -0.0,
+        ];
+        for f in [
+            1.5,
+            -0.1,
+            1e300,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ]
+        .into_iter()
+        .chain(hard)
+        {
+            let row = vec![
+                Value::Text("a\"b\\c ü".into()),
+                Value::Date(-719_528),
+                Value::Timestamp(1_700_000_000_123_456),
+                Value::Bool(false),
+                Value::Float(f),
+                Value::Int(i64::MIN),
+            ];
+            let key: Vec<pb::Value> = row[..4].iter().cloned().map(wire).collect();
+            let (k, body) = encode_upsert("v", 7, 3, &key, &crate::wire::row_to_wire(&row));
+            assert_eq!(serde_json::from_slice::<Json>(&k).ok(), Some(values(&key)));
+            let (event, epoch) = decode(&s, &body).expect("decodes");
+            assert_eq!(epoch, 7);
+            let SourceEvent::Upsert(got) = &event else {
+                panic!("an upsert: {event:?}");
+            };
+            let (Value::Float(a), Value::Float(b)) = (&got[4], &row[4]) else {
+                panic!("floats");
+            };
+            assert_eq!(a.to_bits(), b.to_bits(), "{f:e} reads back bit for bit");
+            assert_eq!(event, SourceEvent::Upsert(row));
+        }
+        // NaN is not equal to itself: check it apart.
+        let row = crate::wire::row_to_wire(&[
+            Value::Text("a".into()),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Float(f64::NAN),
+            Value::Null,
+        ]);
+        let (_, body) = encode("v", 1, 1, ChangeOp::Upsert(&row));
+        let Ok((SourceEvent::Upsert(r), _)) = decode(&s, &body) else {
+            panic!("decodes");
+        };
+        assert!(matches!(r[4], Value::Float(f) if f.is_nan()));
+
+        let key = vec![
+            wire(Value::Text("a".into())),
+            wire(Value::Date(3)),
+            wire(Value::Timestamp(4)),
+            wire(Value::Bool(true)),
+        ];
+        let (_, body) = encode("v", u64::MAX, 9, ChangeOp::Delete(&key));
+        assert_eq!(
+            decode(&s, &body),
+            Ok((
+                SourceEvent::Delete {
+                    key: vec![
+                        Value::Text("a".into()),
+                        Value::Date(3),
+                        Value::Timestamp(4),
+                        Value::Bool(true)
+                    ]
+                },
+                u64::MAX
+            ))
+        );
+        let (_, body) = encode("v", 2, 0, ChangeOp::Truncate { rows: 3 });
+        assert_eq!(decode(&s, &body), Ok((SourceEvent::Truncate, 2)));
+        assert_eq!(snapshot_rows(&body), Some(3));
+    }
+
+    #[test]
+    fn malformed_messages_say_what_is_wrong() {
+        let s = change_stream();
+        for (msg, expect) in [
+            ("not json", "not JSON"),
+            ("[1]", "change-log object"),
+            (r#"{"op":"t"}"#, "no 'epoch'"),
+            (r#"{"epoch":-1,"op":"t"}"#, "no 'epoch'"),
+            (r#"{"epoch":1}"#, "no 'op'"),
+            (r#"{"epoch":1,"op":"x"}"#, "unknown change-log op 'x'"),
+            (r#"{"epoch":1,"op":"u"}"#, "needs a 'row' array"),
+            (
+                r#"{"epoch":1,"op":"u","row":[1]}"#,
+                "'row' has 1 values, the view has 6",
+            ),
+            (
+                r#"{"epoch":1,"op":"u","row":["a",1,2,true,"x",1]}"#,
+                "column 'f': expected",
+            ),
+            (
+                r#"{"epoch":1,"op":"u","row":["a",1,2,true,"1e999",1]}"#,
+                "column 'f': expected",
+            ),
+            (
+                r#"{"epoch":1,"op":"u","row":["a",1e10,2,true,1.0,1]}"#,
+                "column 'd'",
+            ),
+            (
+                r#"{"epoch":1,"op":"d","key":["a",1,2]}"#,
+                "'key' has 3 values, the view has 4",
+            ),
+            (
+                r#"{"epoch":1,"op":"d","key":["a",1,2,"no"]}"#,
+                "key column 'b'",
+            ),
+        ] {
+            let err = decode(&s, msg.as_bytes()).expect_err(msg);
+            assert!(err.contains(expect), "{msg}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_batch_open_until_its_last_row() {
+        let row = crate::wire::row_to_wire(&[Value::Text("\"op\":\"t\"".into())]);
+        let key = [wire(Value::Text("k".into()))];
+        let (_, upsert) = encode_upsert("v", 1, 1, &key, &row);
+        assert_eq!(
+            snapshot_rows(&upsert),
+            None,
+            "a value cannot look like a truncate"
+        );
+        let (_, empty) = encode("v", 1, 1, ChangeOp::Truncate { rows: 0 });
+        let (_, two) = encode("v", 1, 1, ChangeOp::Truncate { rows: 2 });
+        let mut w = SnapshotWindow::default();
+        w.note(0, Some(&upsert));
+        assert!(!w.open());
+        w.note(0, Some(&empty));
+        assert!(!w.open(), "an empty view's snapshot is the truncate alone");
+        w.note(0, Some(&two));
+        assert!(w.open());
+        w.note(1, Some(&upsert));
+        assert!(w.open(), "another partition does not count");
+        w.note(0, Some(&upsert));
+        assert!(w.open());
+        w.note(0, None);
+        assert!(!w.open(), "closed after the last row");
+        w.note(0, Some(&upsert));
+        assert!(!w.open());
+    }
+
+    #[test]
+    fn a_reader_applies_no_message_of_an_older_epoch_than_one_it_has_read() {
+        let mut newest = BTreeMap::new();
+        let (old, new) = (3 << 32 | 1, 4 << 32 | 1);
+        assert_eq!(fence_epoch(&mut newest, 0, old), Ok(()));
+        assert_eq!(
+            fence_epoch(&mut newest, 0, old),
+            Ok(()),
+            "the same epoch goes on"
+        );
+        assert_eq!(fence_epoch(&mut newest, 0, new), Ok(()));
+        let err = fence_epoch(&mut newest, 0, old).expect_err("a former owner's late message");
+        assert!(err.contains("epoch 3.1 is older than epoch 4.1"), "{err}");
+        assert_eq!(
+            newest.get(&0),
+            Some(&new),
+            "a fenced message does not move the fence back"
+        );
+        // Partitions are fenced apart.
+        assert_eq!(fence_epoch(&mut newest, 1, old), Ok(()));
+        assert_eq!(
+            fence_epoch(&mut newest, 0, new + 1),
+            Ok(()),
+            "a new generation goes on"
+        );
+    }
+}
