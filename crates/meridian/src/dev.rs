@@ -27,6 +27,11 @@ const EXTREMES: &str = "order_extremes";
 /// The demo's join: orders joined with the customers they name.
 const BY_TIER: &str = "revenue_by_tier";
 const BY_TIER_SELECT: &str = "SELECT c.tier, count() AS orders, sum(o.amount) AS revenue FROM orders AS o LEFT JOIN customers AS c ON o.customer_id = c.id WHERE o.status <> 'cancelled' GROUP BY c.tier";
+/// The demo's view over a view: it reads `revenue_by_country`'s changes.
+const BY_STATUS: &str = "revenue_by_status";
+const BY_STATUS_SELECT: &str = "SELECT status, count() AS countries, sum(orders) AS orders, sum(revenue) AS revenue FROM revenue_by_country GROUP BY status";
+/// The same query run on a replica of `revenue_by_country`, typed as the view's columns.
+const BY_STATUS_CHECK: &str = "SELECT status, count()::BIGINT AS countries, sum(orders)::BIGINT AS orders, sum(revenue)::BIGINT AS revenue FROM revenue_by_country GROUP BY status ORDER BY status";
 /// The topic of the customers stream.
 const CUSTOMERS_TOPIC: &str = "customers";
 const EXTREMES_SELECT: &str = "SELECT country, count() AS orders, min(amount) AS smallest, max(amount) AS largest, round(avg(amount), 2) AS mean FROM orders WHERE status <> 'cancelled' GROUP BY country HAVING count() > 10";
@@ -92,7 +97,7 @@ async fn ensure_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let embedded = args.brokers.is_none();
     prepare_data_dir(&args.data_dir, embedded)?;
-    let mock;
+    let mut mock = None;
     let brokers = match &args.brokers {
         Some(b) => {
             ensure_topic(b, &args.topic).await?;
@@ -100,12 +105,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             b.clone()
         }
         None => {
-            mock = MockCluster::new(1).context("starting the embedded Kafka broker")?;
-            mock.create_topic(&args.topic, PARTITIONS, 1)
+            let m = MockCluster::new(1).context("starting the embedded Kafka broker")?;
+            m.create_topic(&args.topic, PARTITIONS, 1)
                 .context("creating the sample topic")?;
-            mock.create_topic(CUSTOMERS_TOPIC, 1, 1)
+            m.create_topic(CUSTOMERS_TOPIC, 1, 1)
                 .context("creating the customers topic")?;
-            mock.bootstrap_servers()
+            mock.insert(m).bootstrap_servers()
         }
     };
     println!(
@@ -170,7 +175,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )));
         }
     }
-    let result = demo(&args, &brokers, &coordinator_url, embedded).await;
+    let result = demo(&args, &brokers, &coordinator_url, mock.as_ref()).await;
     match &result {
         Ok(()) if !args.exit_after_demo => {
             println!("\nthe cluster keeps running; press Ctrl-C to stop. Try:");
@@ -196,8 +201,9 @@ async fn demo(
     args: &DevArgs,
     brokers: &str,
     coordinator: &str,
-    embedded: bool,
+    mock: Option<&MockCluster<'_, rdkafka::producer::DefaultProducerContext>>,
 ) -> anyhow::Result<()> {
+    let embedded = mock.is_some();
     // Wait for the coordinator and for every region to have a leader.
     let started = Instant::now();
     loop {
@@ -243,6 +249,10 @@ async fn demo(
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {EXTREMES} AS {EXTREMES_SELECT} SETTINGS regions='{}'",
         REGIONS.join(",")
     );
+    let by_status = format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {BY_STATUS} AS {BY_STATUS_SELECT} SETTINGS regions='{}'",
+        REGIONS.join(",")
+    );
     let customers = sample::customers_ddl(brokers, CUSTOMERS_TOPIC).replacen(
         "STREAM customers",
         "STREAM IF NOT EXISTS customers",
@@ -252,13 +262,39 @@ async fn demo(
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {BY_TIER} AS {BY_TIER_SELECT} SETTINGS regions='{}'",
         REGIONS.join(",")
     );
-    for sql in [&stream, &view, &extremes, &customers, &by_tier] {
+    for sql in [&stream, &view, &by_status, &extremes, &customers, &by_tier] {
         println!("> {sql}");
         let r = c
             .execute(pb::ExecuteRequest { sql: sql.clone() })
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         println!("  {}", r.into_inner().message);
+    }
+    // The embedded broker does not create topics on request: the change topic of the view
+    // another view reads is made here.
+    if let Some(m) = mock {
+        let stored = c
+            .get_catalog(pb::GetCatalogRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        let mut catalog = catalog::Catalog::load(
+            stored
+                .entries
+                .iter()
+                .map(|e| (e.id, e.sql.clone()))
+                .collect(),
+        )?;
+        catalog.set_identity(stored.catalog_id);
+        for v in catalog
+            .views()
+            .filter(|v| catalog.is_read_by_a_view(&v.name))
+        {
+            if let Some(s) = catalog.source(&v.name) {
+                m.create_topic(&s.topic, 1, 1)
+                    .with_context(|| format!("creating the change topic {}", s.topic))?;
+            }
+        }
     }
 
     // Produce the sample changes, with one malformed message to show the dead-letter table.
@@ -411,7 +447,44 @@ async fn demo(
     wait_caught_up(coordinator, BY_TIER, by_tier_target).await?;
     let sql = format!("SELECT * FROM {BY_TIER} ORDER BY tier");
     println!("\n> {sql}");
+    show(region.as_ref(), &sql).await?;
+
+    // The view over a view, once it equals its query run on a replica of the view it reads.
+    let sql = format!("SELECT * FROM {BY_STATUS} ORDER BY status");
+    println!("\n> {sql}   -- a view over {VIEW}, read from its change topic");
+    wait_same(region.as_ref(), &sql, BY_STATUS_CHECK).await?;
     show(region.as_ref(), &sql).await
+}
+
+/// Waits until `sql` and `check` answer the same rows on `region`.
+async fn wait_same(
+    region: Option<&pb::RegionStatus>,
+    sql: &str,
+    check: &str,
+) -> anyhow::Result<()> {
+    let Some(r) = region else {
+        return Ok(());
+    };
+    let nodes: Vec<String> = r
+        .nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .map(|st| st.grpc_addr.clone())
+        .collect();
+    let client = client::Client::connect(nodes).await?;
+    let started = Instant::now();
+    loop {
+        // The view's table exists in the region once its first batch arrived.
+        let last = match (client.query(sql).await, client.query(check).await) {
+            (Ok(a), Ok(b)) if !a.rows.is_empty() && a.rows == b.rows => return Ok(()),
+            (Ok(_), Ok(_)) => "the rows differ".to_string(),
+            (Err(e), _) | (_, Err(e)) => e.to_string(),
+        };
+        if started.elapsed() > CATCH_UP_TIMEOUT {
+            bail!("{sql} did not come to equal {check} within {CATCH_UP_TIMEOUT:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Waits until `view` consumed `target` messages and every replica applied its last batch.

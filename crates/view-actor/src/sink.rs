@@ -323,9 +323,12 @@ impl Sink {
 
     /// Creates the change topic if it does not exist: one partition, so that the change log
     /// keeps its order, the brokers' default replication, and no time or size retention (a
-    /// view that starts reading the topic reads it from its first message). When it cannot be
-    /// created (no permission to create topics, say) but exists, it is used as it is.
+    /// view that starts reading the topic reads it from its first message). A topic that
+    /// exists is used as it is (no permission to create topics is needed then).
     async fn ensure_topic(&self) -> Result<(), SinkError> {
+        if self.topic_exists().await {
+            return Ok(());
+        }
         let admin: AdminClient<DefaultClientContext> = self
             .client_config()
             .create()
@@ -336,7 +339,9 @@ impl Sink {
         let results = admin
             .create_topics(
                 [&topic],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                &AdminOptions::new()
+                    .operation_timeout(Some(Duration::from_secs(10)))
+                    .request_timeout(Some(Duration::from_secs(10))),
             )
             .await
             .map_err(|e| {
