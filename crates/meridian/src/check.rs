@@ -17,8 +17,8 @@ pub fn problems(s: &pb::ClusterStatus, max_staleness_ms: i64) -> Vec<String> {
         }
         for st in &v.stalled {
             out.push(format!(
-                "view '{}' is stalled on partition {} at offset {} (high watermark {})",
-                v.view, st.partition, st.offset, st.high_watermark
+                "view '{}' is stalled on partition {} of topic '{}' at offset {} (high watermark {})",
+                v.view, st.partition, st.topic, st.offset, st.high_watermark
             ));
         }
         for sh in &v.shipping {
@@ -191,6 +191,7 @@ mod tests {
             partition: 2,
             offset: 10,
             high_watermark: 50,
+            topic: "orders".into(),
             ..Default::default()
         });
         if let Some(st) = broken.regions[0].nodes[1].status.as_mut() {
@@ -199,7 +200,7 @@ mod tests {
         let p = problems(&broken, 30_000);
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[0].contains("in error: decode failed"));
-        assert!(p[1].contains("stalled on partition 2 at offset 10"));
+        assert!(p[1].contains("stalled on partition 2 of topic 'orders' at offset 10"));
         assert!(p[2].contains("node 2 serves no reads"));
     }
 }

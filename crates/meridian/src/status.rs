@@ -219,7 +219,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                 "plan": v.plan,
                 "late_events": v.late_events, "watermark_us": v.watermark_us,
                 "recent_dead_letters": v.recent_dead_letters.iter().map(|d| json!({"topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": d.reason})).collect::<Vec<_>>(),
-                "stalled": v.stalled.iter().map(|st| json!({"partition": st.partition, "offset": st.offset, "high_watermark": st.high_watermark, "since_ms": st.since_ms})).collect::<Vec<_>>(),
+                "stalled": v.stalled.iter().map(|st| json!({"topic": st.topic, "partition": st.partition, "offset": st.offset, "high_watermark": st.high_watermark, "since_ms": st.since_ms})).collect::<Vec<_>>(),
                 "shipping": v.shipping.iter().map(|sh| json!({"region": sh.region, "topic": sh.topic, "acked_seq": sh.acked_seq, "central_seq": v.seq, "epoch": sh.epoch, "error": sh.error, "last_reseed": sh.last_reseed})).collect::<Vec<_>>(),
             })
         })
@@ -353,8 +353,9 @@ pub fn render(s: &pb::ClusterStatus) -> String {
                     .iter()
                     .map(|st| {
                         format!(
-                            "STALLED: partition {} at offset {} of {} for {} s",
+                            "STALLED: partition {} of {} at offset {} of {} for {} s",
                             st.partition,
+                            st.topic,
                             st.offset,
                             st.high_watermark,
                             (s.now_ms - st.since_ms).max(0) / 1000

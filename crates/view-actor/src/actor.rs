@@ -32,9 +32,10 @@ pub const BATCH_IDLE_GAP: Duration = Duration::from_millis(1);
 /// The longest a batch stays open once it has a message: bounds latency under a trickle.
 pub const BATCH_LINGER_MAX: Duration = Duration::from_millis(50);
 /// A batch that holds the start of a read view's snapshot goes on to its last row, up to this
-/// many messages, waiting at most `SNAPSHOT_GAP` for each.
+/// many messages, waiting at most `SNAPSHOT_GAP` for each and `SNAPSHOT_WAIT_MAX` in all.
 pub const SNAPSHOT_BATCH_MAX: usize = 200_000;
 pub const SNAPSHOT_GAP: Duration = Duration::from_secs(5);
+pub const SNAPSHOT_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Consumer defaults that favour freshness; a stream's `properties` override them. A broker
 /// that answers a fetch only when this wait expires (rather than when data arrives) adds up to
 /// this much latency; librdkafka's own default is 500 ms.
@@ -92,7 +93,8 @@ pub struct ActorStatus {
     pub late_events: u64,
     pub watermark_us: Option<i64>,
     /// Partitions behind their high watermark that made no progress between two checks.
-    pub stalled: Vec<crate::progress::Stalled>,
+    /// Stalled partitions, each with its topic and its partition number in that topic.
+    pub stalled: Vec<(String, crate::progress::Stalled)>,
 }
 
 pub struct ViewActor {
@@ -243,7 +245,15 @@ impl ViewActor {
                                     Err(e) => warn!(partition = r.partition, error = %e, "rewinding a stalled partition failed"),
                                 }
                             }
-                            let stalled = watch.stalled();
+                            let stalled = watch
+                                .stalled()
+                                .into_iter()
+                                .map(|mut st| {
+                                    let (topic, partition) = self.kafka_partition(st.partition);
+                                    st.partition = partition;
+                                    (topic.to_string(), st)
+                                })
+                                .collect();
                             self.set_status(|s| s.stalled = stalled);
                         }
                         Err(e) => warn!(error = %e, "checking the topic's partitions failed"),
@@ -290,14 +300,19 @@ impl ViewActor {
                 for m in &messages {
                     self.note_snapshot(&mut window, m);
                 }
+                let snapshot_until = tokio::time::Instant::now() + SNAPSHOT_WAIT_MAX;
                 while window.open() && messages.len() < SNAPSHOT_BATCH_MAX {
-                    match tokio::time::timeout(SNAPSHOT_GAP, consumer.recv()).await {
-                        Ok(m) => {
-                            let m = received(m)?;
-                            self.note_snapshot(&mut window, &m);
-                            messages.push(m);
-                        }
-                        Err(_) => break,
+                    let gap = (tokio::time::Instant::now() + SNAPSHOT_GAP).min(snapshot_until);
+                    tokio::select! {
+                        _ = shutdown.changed() => return Ok(()),
+                        m = tokio::time::timeout_at(gap, consumer.recv()) => match m {
+                            Ok(m) => {
+                                let m = received(m)?;
+                                self.note_snapshot(&mut window, &m);
+                                messages.push(m);
+                            }
+                            Err(_) => break,
+                        },
                     }
                 }
                 let span = info_span!("batch", n_messages = messages.len());
@@ -574,6 +589,11 @@ impl ViewActor {
                         if !known.contains(&input) {
                             let (low, _high) =
                                 consumer.fetch_watermarks(&stream.topic, p, METADATA_TIMEOUT)?;
+                            // A view's change topic read from the middle misses the rows
+                            // written before: its first messages must still be there.
+                            if low > 0 && stream.format == catalog::DataFormat::ChangeLog {
+                                return Err(ActorError::DataLost(format!("the change topic '{}' of view '{}' no longer holds its first messages (its oldest is offset {low}): a view starting to read it would miss rows; give the topic no retention (retention.ms=-1), then drop and re-create both views", stream.topic, stream.name)));
+                            }
                             started.push((input, low));
                         }
                     }

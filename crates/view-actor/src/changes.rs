@@ -176,46 +176,51 @@ fn decode_value(ty: ColumnType, v: &Json) -> Result<Value, String> {
     })
 }
 
-/// The rows a snapshot's truncate announces; `None` for any other message. Cheap for the
-/// others: the writer prints JSON without spaces, so a truncate holds `"op":"t"` (inside a
-/// string value a quote is escaped, so no value can hold it).
-pub fn snapshot_rows(payload: &[u8]) -> Option<u64> {
-    const TRUNCATE: &[u8] = br#""op":"t""#;
-    if !payload.windows(TRUNCATE.len()).any(|w| w == TRUNCATE) {
-        return None;
-    }
-    serde_json::from_slice::<Json>(payload)
-        .ok()?
-        .get("rows")?
-        .as_u64()
-}
-
 /// Keeps a reader's batch open while a snapshot of a read view is half read, so that readers
 /// of the reader never see the view partly refilled (sans IO; the actor feeds it each message
-/// of a change-log input in order).
+/// of a change-log input in order). Only the snapshot's own epoch counts: a former owner's
+/// late messages are not its rows, a truncate of the same or a newer epoch starts the count
+/// again (a writer that failed part-way writes a whole snapshot again), and any other message
+/// of a newer epoch ends it.
 #[derive(Debug, Default)]
 pub struct SnapshotWindow {
-    /// Rows still to come, by input partition.
-    left: HashMap<i32, u64>,
+    /// The open snapshot's epoch and the rows still to come, by input partition.
+    open: HashMap<i32, (u64, u64)>,
 }
 
 impl SnapshotWindow {
     pub fn note(&mut self, input: i32, payload: Option<&[u8]>) {
-        if let Some(n) = self.left.get_mut(&input) {
-            *n -= 1;
-            if *n == 0 {
-                self.left.remove(&input);
+        let Some(json) = payload.and_then(|p| serde_json::from_slice::<Json>(p).ok()) else {
+            return;
+        };
+        let Some(epoch) = json.get("epoch").and_then(Json::as_u64) else {
+            return;
+        };
+        let open = self.open.get(&input).copied();
+        if json.get("op").and_then(Json::as_str) == Some("t") {
+            if open.is_some_and(|(e, _)| epoch < e) {
+                return;
             }
+            match json.get("rows").and_then(Json::as_u64).filter(|&r| r > 0) {
+                Some(rows) => self.open.insert(input, (epoch, rows)),
+                None => self.open.remove(&input),
+            };
             return;
         }
-        if let Some(rows) = payload.and_then(snapshot_rows).filter(|&r| r > 0) {
-            self.left.insert(input, rows);
+        match open {
+            Some((e, left)) if e == epoch && left > 1 => {
+                self.open.insert(input, (e, left - 1));
+            }
+            Some((e, _)) if e <= epoch => {
+                self.open.remove(&input);
+            }
+            _ => {}
         }
     }
 
     /// Whether a snapshot is half read.
     pub fn open(&self) -> bool {
-        !self.left.is_empty()
+        !self.open.is_empty()
     }
 }
 
@@ -363,7 +368,6 @@ mod tests {
         );
         let (_, body) = encode("v", 2, 0, ChangeOp::Truncate { rows: 3 });
         assert_eq!(decode(&s, &body), Ok((SourceEvent::Truncate, 2)));
-        assert_eq!(snapshot_rows(&body), Some(3));
     }
 
     #[test]
@@ -412,13 +416,11 @@ mod tests {
         let row = crate::wire::row_to_wire(&[Value::Text("\"op\":\"t\"".into())]);
         let key = [wire(Value::Text("k".into()))];
         let (_, upsert) = encode_upsert("v", 1, 1, &key, &row);
-        assert_eq!(
-            snapshot_rows(&upsert),
-            None,
-            "a value cannot look like a truncate"
-        );
         let (_, empty) = encode("v", 1, 1, ChangeOp::Truncate { rows: 0 });
         let (_, two) = encode("v", 1, 1, ChangeOp::Truncate { rows: 2 });
+        let (_, old_row) = encode_upsert("v", 0, 1, &key, &row);
+        let (_, old_truncate) = encode("v", 0, 1, ChangeOp::Truncate { rows: 9 });
+        let (_, newer_row) = encode_upsert("v", 2, 1, &key, &row);
         let mut w = SnapshotWindow::default();
         w.note(0, Some(&upsert));
         assert!(!w.open());
@@ -428,11 +430,31 @@ mod tests {
         assert!(w.open());
         w.note(1, Some(&upsert));
         assert!(w.open(), "another partition does not count");
+        w.note(0, Some(&old_row));
+        w.note(0, Some(&old_truncate));
+        w.note(0, None);
+        assert!(
+            w.open(),
+            "a former owner's messages are not the snapshot's rows"
+        );
         w.note(0, Some(&upsert));
         assert!(w.open());
-        w.note(0, None);
+        w.note(0, Some(&upsert));
         assert!(!w.open(), "closed after the last row");
         w.note(0, Some(&upsert));
+        assert!(!w.open());
+
+        // A writer that failed part-way writes its snapshot again: the count starts over.
+        w.note(0, Some(&two));
+        w.note(0, Some(&upsert));
+        w.note(0, Some(&two));
+        w.note(0, Some(&upsert));
+        assert!(w.open(), "one row of the second snapshot read");
+        w.note(0, Some(&upsert));
+        assert!(!w.open());
+        // A newer epoch's change ends a snapshot whose writer lost the view.
+        w.note(0, Some(&two));
+        w.note(0, Some(&newer_row));
         assert!(!w.open());
     }
 

@@ -91,9 +91,17 @@ pub fn render(report: &pb::CentralReport, now_ms: i64) -> String {
             .views
             .iter()
             .flat_map(|v| {
-                v.stalled
-                    .iter()
-                    .map(move |s| (format!("{},partition=\"{}\"", view(v), s.partition), f(s)))
+                v.stalled.iter().map(move |s| {
+                    (
+                        format!(
+                            "{},topic=\"{}\",partition=\"{}\"",
+                            view(v),
+                            label(&s.topic),
+                            s.partition
+                        ),
+                        f(s),
+                    )
+                })
             })
             .collect::<Vec<_>>()
     };
@@ -204,13 +212,21 @@ mod tests {
                     offset: 40,
                     high_watermark: 90,
                     since_ms: 1_000,
+                    topic: "orders".into(),
                 }],
-                shipping: vec![pb::ShipStatus {
-                    region: "eu".into(),
-                    acked_seq: 7,
-                    epoch: 5,
-                    ..Default::default()
-                }],
+                shipping: vec![
+                    pb::ShipStatus {
+                        region: "eu".into(),
+                        acked_seq: 7,
+                        epoch: 5,
+                        ..Default::default()
+                    },
+                    pb::ShipStatus {
+                        topic: "meridian.changes.1.2.v".into(),
+                        acked_seq: 8,
+                        ..Default::default()
+                    },
+                ],
                 ..Default::default()
             }],
             ..Default::default()
@@ -220,8 +236,9 @@ mod tests {
             "meridian_view_seq{view=\"v\\\"1\"} 9",
             "meridian_view_events_total{view=\"v\\\"1\"} 100",
             "meridian_view_stalled_partitions{view=\"v\\\"1\"} 1",
-            "meridian_view_stalled_seconds{view=\"v\\\"1\",partition=\"2\"} 30",
-            "meridian_view_stalled_behind_messages{view=\"v\\\"1\",partition=\"2\"} 50",
+            "meridian_view_stalled_seconds{view=\"v\\\"1\",topic=\"orders\",partition=\"2\"} 30",
+            "meridian_view_stalled_behind_messages{view=\"v\\\"1\",topic=\"orders\",partition=\"2\"} 50",
+            "meridian_ship_acked_seq{view=\"v\\\"1\",topic=\"meridian.changes.1.2.v\"} 8",
             "meridian_ship_acked_seq{view=\"v\\\"1\",region=\"eu\"} 7",
             "meridian_ship_behind_batches{view=\"v\\\"1\",region=\"eu\"} 2",
             "meridian_ship_epoch{view=\"v\\\"1\",region=\"eu\"} 5",

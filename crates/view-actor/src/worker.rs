@@ -531,11 +531,8 @@ fn reconcile(
             .then(|| catalog.source(&def.name))
             .flatten();
         // A sink told to stop is kept until its task ended: two sinks never write one topic.
-        if view
-            .sink
-            .as_ref()
-            .is_some_and(|s| *s.stop.borrow() && s.task.is_finished())
-        {
+        // One that ended by itself is started again below if a view still reads this one.
+        if view.sink.as_ref().is_some_and(|s| s.task.is_finished()) {
             view.sink = None;
         }
         match (view.sink.as_ref().map(|s| *s.stop.borrow()), change_stream) {

@@ -75,11 +75,12 @@ pub(super) fn report_view(view_id: u64, v: &mut RunningView) -> pb::ViewReport {
         stalled: s
             .stalled
             .iter()
-            .map(|st| pb::StalledPartition {
+            .map(|(topic, st)| pb::StalledPartition {
                 partition: st.partition,
                 offset: st.offset,
                 high_watermark: st.high_watermark,
                 since_ms: st.since_ms,
+                topic: topic.clone(),
             })
             .collect(),
     }
