@@ -6,7 +6,10 @@
 //!   linearizable reads, and after healing it catches up;
 //! - **region cut off**: the central tier cannot reach the region (pushes and status reports
 //!   dropped) while the region's nodes still talk to each other; the region stops moving and
-//!   says so (its staleness grows), and after healing it catches up.
+//!   says so (its staleness grows), and after healing it catches up;
+//! - **slow, lossy links**: every node's link is capped at 32 kbit/s and loses 10 % of the
+//!   packets it receives while changes flow; the replicas reach the oracle through it;
+//! - **random**: a seeded schedule of these faults.
 //!
 //! A reader with a session reads throughout and counts reads that went backwards. At the end of
 //! each scenario every replica equals the DuckDB oracle, and a table is printed.
@@ -31,6 +34,9 @@ const GRPC: u16 = 7101;
 const HTTP: u16 = 8101;
 /// Steps of the seeded random schedule (each about 1 to 2.5 s).
 const RANDOM_STEPS: usize = 6;
+/// A slow, lossy link: its bandwidth (`tc tbf`) and the share of its packets lost.
+const SLOW_RATE: &str = "32kbit";
+const SLOW_LOSS: f64 = 0.1;
 
 struct Region {
     // Fields drop in order: the processes stop before their namespaces go.
@@ -276,7 +282,7 @@ fn freshness(node: &str) -> Option<(i64, u64)> {
 }
 
 #[test]
-fn a_cut_off_node_and_a_cut_off_region_lose_nothing_and_catch_up() {
+fn cut_off_nodes_regions_and_slow_lossy_links_lose_nothing_and_catch_up() {
     let rt = runtime();
     let work = Workdir::new("chaos-partition");
     let broker = Broker::start(&work);
@@ -432,6 +438,43 @@ fn a_cut_off_node_and_a_cut_off_region_lose_nothing_and_catch_up() {
         take(&seen),
     ));
 
+    // Slow, lossy links: every node's link (to its peers and to the central tier) is capped
+    // at 32 kbit/s and loses 10 % of the packets it receives, while changes flow; the
+    // replicas must reach the oracle without healing. The kernel's counters prove packets
+    // were really lost.
+    for h in 1..=3 {
+        net.degrade(h, SLOW_RATE, SLOW_LOSS)
+            .expect("tc tbf and iptables statistic");
+    }
+    // Timed from the first change produced: the faults stay on.
+    let started = Instant::now();
+    let events = changes(&mut g, 2_000);
+    produce(&rt, &broker.addr, "orders", &events);
+    let scenario_events = events.len();
+    converge(&rt, &region, &g, "through slow, lossy links");
+    let recovered = started.elapsed();
+    let drops: Vec<(u64, u64)> = (1..=3).map(|h| net.degraded_drops(h)).collect();
+    eprintln!(
+        "slow, lossy links: packets dropped per node (at random, by the bandwidth cap): {drops:?}"
+    );
+    assert!(
+        drops.iter().all(|(random, _)| *random > 0),
+        "every node lost packets at random: {drops:?}"
+    );
+    table.push((
+        format!(
+            "slow, lossy links ({SLOW_RATE}, {}% loss, every node)",
+            SLOW_LOSS * 100.0
+        ),
+        3,
+        scenario_events,
+        recovered,
+        take(&seen),
+    ));
+    for h in 1..=3 {
+        net.heal(h).expect("heal");
+    }
+
     // Random: a seeded schedule of the faults above and of single links cut, with changes
     // flowing, then healed. MERIDIAN_CHAOS_SEED replays one.
     let seed = chaos_seed("random faults");
@@ -444,7 +487,7 @@ fn a_cut_off_node_and_a_cut_off_region_lose_nothing_and_catch_up() {
         }
         let h = next(3) as usize + 1;
         let other = (h + next(2) as usize) % 3 + 1;
-        match next(4) {
+        match next(5) {
             0 => {
                 for p in (1..=3).filter(|&p| p != h) {
                     net.cut(h, &net.ip(p)).expect("cut");
@@ -459,6 +502,11 @@ fn a_cut_off_node_and_a_cut_off_region_lose_nothing_and_catch_up() {
                 for n in 1..=3 {
                     net.cut_port(n, &net.gateway(), GRPC).expect("cut pushes");
                 }
+                faults += 1;
+            }
+            3 => {
+                net.degrade(h, SLOW_RATE, SLOW_LOSS)
+                    .expect("tc tbf and iptables statistic");
                 faults += 1;
             }
             _ => {}

@@ -132,10 +132,81 @@ impl Net {
         Ok(())
     }
 
-    /// Removes every fault of `host`.
+    /// Makes `host`'s link slow and lossy: the packets it sends go through a token bucket of
+    /// `rate` (`tc tbf`, such as `256kbit`: queued, and dropped once queued 200 ms), and a
+    /// `loss` share of the packets it receives is dropped at random (iptables `statistic`).
+    /// (`tc netem`'s delay is not in this machine's kernel.)
+    pub fn degrade(&self, host: usize, rate: &str, loss: f64) -> anyhow::Result<()> {
+        let ns = self.ns(host);
+        run(&[
+            "ip", "netns", "exec", &ns, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf",
+            "rate", rate, "burst", "16kbit", "latency", "200ms",
+        ])?;
+        let p = loss.to_string();
+        self.iptables(
+            host,
+            &[
+                "-A",
+                "INPUT",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ],
+        )
+    }
+
+    /// Packets `host`'s degraded link dropped: (at random on the way in, by its token bucket
+    /// on the way out), from the kernel's counters.
+    pub fn degraded_drops(&self, host: usize) -> (u64, u64) {
+        let ns = self.ns(host);
+        let out = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let random: u64 = out(&["iptables", "-L", "INPUT", "-v", "-x", "-n"])
+            .lines()
+            .filter(|l| l.contains("statistic"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        let qdisc = out(&["tc", "-s", "qdisc", "show", "dev", "eth0"]);
+        let bucket = qdisc
+            .split("dropped ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        (random, bucket)
+    }
+
+    /// Removes every fault of `host`: cuts and degraded links.
     pub fn heal(&self, host: usize) -> anyhow::Result<()> {
         self.iptables(host, &["-F", "INPUT"])?;
-        self.iptables(host, &["-F", "OUTPUT"])
+        self.iptables(host, &["-F", "OUTPUT"])?;
+        // No qdisc to delete is fine: the link was not degraded.
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(host),
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                "eth0",
+                "root",
+            ])
+            .stderr(std::process::Stdio::null())
+            .status();
+        Ok(())
     }
 
     /// What a TCP connection from `host` (`None`: the test's own namespace) to `ip:port`
