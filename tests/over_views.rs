@@ -2,8 +2,9 @@
 //! `orders` stream) is read by two views, one of which is read by a third. The read views'
 //! change logs go through Kafka topics; every replica of every view must equal DuckDB running
 //! the same SQL over the final `orders` rows, before and after the upstream view's owner is
-//! SIGKILLed (its new owner rebuilds it under a new epoch and writes a snapshot), and after a
-//! forged message of an old epoch (a former owner's late write) lands in the change topic.
+//! SIGKILLed (its new owner rebuilds it under a new epoch and writes a snapshot), after a
+//! forged message of an old epoch (a former owner's late write) lands in the change topic, and
+//! through the upstream owner's pause past its lease and resumption.
 
 use std::time::{Duration, Instant};
 
@@ -169,11 +170,12 @@ fn check_readers(
     }
 }
 
-#[test]
-fn views_over_views_equal_the_oracle_through_the_upstream_owners_kill() {
-    let rt = runtime();
-    let work = Workdir::new("e2e-over-views");
-    let (broker, mut cluster) = orders_cluster(&rt, &work);
+/// Two workers, the sample view and `country_means`, and every reader.
+fn readers_cluster<'w>(
+    rt: &tokio::runtime::Runtime,
+    work: &'w Workdir,
+) -> (meridian_tests::Broker, Cluster<'w>) {
+    let (broker, mut cluster) = orders_cluster(rt, work);
     cluster.start_worker("central-b");
     cluster
         .sql(&format!(
@@ -185,6 +187,83 @@ fn views_over_views_equal_the_oracle_through_the_upstream_owners_kill() {
             .sql(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+    (broker, cluster)
+}
+
+/// Waits until `view` is owned by another worker than `from`, under a newer lease.
+fn wait_moved(cluster: &Cluster<'_>, view: &str, from: &(String, u64)) -> (String, u64) {
+    let moved = Instant::now();
+    loop {
+        match cluster.view_owner(view) {
+            Some(o) if o.0 != from.0 && o.1 > from.1 => return o,
+            _ if moved.elapsed() > Duration::from_secs(60) => {
+                panic!("{view} never moved off {from:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// The upstream view's owner is paused (SIGSTOP) past its lease while changes flow: the view
+/// moves, its heir writes a snapshot under a newer epoch, and the readers follow. Resumed
+/// (SIGCONT), the former owner writes nothing the readers apply (what it might still send
+/// carries its old epoch): every reader still equals the oracle, and it says it stopped its
+/// views. (Views may then be balanced back onto it, as onto any worker that joins.)
+#[test]
+fn a_paused_upstream_owner_cannot_change_the_readers() {
+    let rt = runtime();
+    let work = Workdir::new("e2e-over-views-zombie");
+    let (broker, mut cluster) = readers_cluster(&rt, &work);
+    let mut g = OrdersGenerator::new(78);
+    let mut sent = 0u64;
+    let first = changes(&mut g, 2_000);
+    produce(&rt, &broker.addr, "orders", &first);
+    sent += first.len() as u64;
+    check_readers(&rt, &cluster, &broker.addr, &g, sent, "before the pause");
+
+    let zombie = cluster
+        .view_owner(VIEW)
+        .expect("the upstream view has an owner");
+    cluster.signal_worker(&zombie.0, "STOP");
+    let second = changes(&mut g, 2_000);
+    produce(&rt, &broker.addr, "orders", &second);
+    sent += second.len() as u64;
+    wait_moved(&cluster, VIEW, &zombie);
+    check_readers(
+        &rt,
+        &cluster,
+        &broker.addr,
+        &g,
+        sent,
+        "while the owner is paused",
+    );
+
+    cluster.signal_worker(&zombie.0, "CONT");
+    let third = changes(&mut g, 1_000);
+    produce(&rt, &broker.addr, "orders", &third);
+    sent += third.len() as u64;
+    // Long enough for the resumed worker to try whatever it still had to write.
+    std::thread::sleep(Duration::from_secs(6));
+    check_readers(
+        &rt,
+        &cluster,
+        &broker.addr,
+        &g,
+        sent,
+        "after the owner resumed",
+    );
+    let log = cluster.worker_log(&zombie.0);
+    assert!(
+        log.contains("lease lapsed") || log.contains("no longer holds the view's lease"),
+        "the resumed worker says it stopped its views:\n{log}"
+    );
+}
+
+#[test]
+fn views_over_views_equal_the_oracle_through_the_upstream_owners_kill() {
+    let rt = runtime();
+    let work = Workdir::new("e2e-over-views");
+    let (broker, mut cluster) = readers_cluster(&rt, &work);
     let plan = cluster
         .sql("EXPLAIN MATERIALIZED VIEW by_status")
         .expect("explain");
@@ -204,24 +283,15 @@ fn views_over_views_equal_the_oracle_through_the_upstream_owners_kill() {
     // The upstream view's owner dies under a stream of changes: its heir rebuilds the view from
     // `orders` under a new lease and writes a snapshot to the change topic after the old
     // owner's changes; the readers must end equal to the oracle again.
-    let (owner, lease) = cluster
+    let owner = cluster
         .view_owner(VIEW)
         .expect("the upstream view has an owner");
     let second = changes(&mut g, 3_000);
     produce(&rt, &broker.addr, "orders", &second[..1_500]);
-    cluster.kill_worker(&owner);
+    cluster.kill_worker(&owner.0);
     produce(&rt, &broker.addr, "orders", &second[1_500..]);
     sent += second.len() as u64;
-    let moved = Instant::now();
-    loop {
-        match cluster.view_owner(VIEW) {
-            Some((o, l)) if o != owner && l > lease => break,
-            _ if moved.elapsed() > Duration::from_secs(60) => {
-                panic!("{VIEW} never moved off {owner}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+    wait_moved(&cluster, VIEW, &owner);
     check_readers(&rt, &cluster, &broker.addr, &g, sent, "after the kill");
     let sink = view_status(&cluster, VIEW)["shipping"]
         .as_array()
