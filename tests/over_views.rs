@@ -170,6 +170,18 @@ fn check_readers(
     }
 }
 
+/// Produces at least `n` more changes of `g` to `orders`; returns how many.
+fn more_orders(
+    rt: &tokio::runtime::Runtime,
+    brokers: &str,
+    g: &mut OrdersGenerator,
+    n: usize,
+) -> u64 {
+    let events = changes(g, n);
+    produce(rt, brokers, "orders", &events);
+    events.len() as u64
+}
+
 /// Two workers, the sample view and `country_means`, and every reader.
 fn readers_cluster<'w>(
     rt: &tokio::runtime::Runtime,
@@ -216,18 +228,14 @@ fn a_paused_upstream_owner_cannot_change_the_readers() {
     let (broker, mut cluster) = readers_cluster(&rt, &work);
     let mut g = OrdersGenerator::new(78);
     let mut sent = 0u64;
-    let first = changes(&mut g, 2_000);
-    produce(&rt, &broker.addr, "orders", &first);
-    sent += first.len() as u64;
+    sent += more_orders(&rt, &broker.addr, &mut g, 2_000);
     check_readers(&rt, &cluster, &broker.addr, &g, sent, "before the pause");
 
     let zombie = cluster
         .view_owner(VIEW)
         .expect("the upstream view has an owner");
     cluster.signal_worker(&zombie.0, "STOP");
-    let second = changes(&mut g, 2_000);
-    produce(&rt, &broker.addr, "orders", &second);
-    sent += second.len() as u64;
+    sent += more_orders(&rt, &broker.addr, &mut g, 2_000);
     wait_moved(&cluster, VIEW, &zombie);
     check_readers(
         &rt,
@@ -239,9 +247,7 @@ fn a_paused_upstream_owner_cannot_change_the_readers() {
     );
 
     cluster.signal_worker(&zombie.0, "CONT");
-    let third = changes(&mut g, 1_000);
-    produce(&rt, &broker.addr, "orders", &third);
-    sent += third.len() as u64;
+    sent += more_orders(&rt, &broker.addr, &mut g, 1_000);
     // Long enough for the resumed worker to try whatever it still had to write.
     std::thread::sleep(Duration::from_secs(6));
     check_readers(
@@ -275,9 +281,7 @@ fn views_over_views_equal_the_oracle_through_the_upstream_owners_kill() {
 
     let mut g = OrdersGenerator::new(77);
     let mut sent = 0u64;
-    let first = changes(&mut g, 3_000);
-    produce(&rt, &broker.addr, "orders", &first);
-    sent += first.len() as u64;
+    sent += more_orders(&rt, &broker.addr, &mut g, 3_000);
     check_readers(&rt, &cluster, &broker.addr, &g, sent, "before the kill");
 
     // The upstream view's owner dies under a stream of changes: its heir rebuilds the view from
@@ -329,9 +333,7 @@ fn views_over_views_equal_the_oracle_through_the_upstream_owners_kill() {
         sent,
         "after a forged late write",
     );
-    let third = changes(&mut g, 1_000);
-    produce(&rt, &broker.addr, "orders", &third);
-    sent += third.len() as u64;
+    sent += more_orders(&rt, &broker.addr, &mut g, 1_000);
     check_readers(&rt, &cluster, &broker.addr, &g, sent, "after more changes");
     for reader in readers {
         let v = view_status(&cluster, reader);

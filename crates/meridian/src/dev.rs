@@ -401,14 +401,7 @@ async fn demo(
     println!("\n> {sql}");
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in &s.regions {
-        by_region.insert(
-            r.region.clone(),
-            r.nodes
-                .iter()
-                .filter_map(|n| n.status.as_ref())
-                .map(|st| st.grpc_addr.clone())
-                .collect(),
-        );
+        by_region.insert(r.region.clone(), grpc_addrs(r));
     }
     for (region, nodes) in by_region {
         let client = client::Client::connect(nodes).await?;
@@ -465,13 +458,7 @@ async fn wait_same(
     let Some(r) = region else {
         return Ok(());
     };
-    let nodes: Vec<String> = r
-        .nodes
-        .iter()
-        .filter_map(|n| n.status.as_ref())
-        .map(|st| st.grpc_addr.clone())
-        .collect();
-    let client = client::Client::connect(nodes).await?;
+    let client = client::Client::connect(grpc_addrs(r)).await?;
     let started = Instant::now();
     loop {
         // The view's table exists in the region once its first batch arrived.
@@ -499,16 +486,19 @@ async fn wait_caught_up(coordinator: &str, view: &str, target: u64) -> anyhow::R
     Ok(())
 }
 
+/// The gRPC addresses of the region's nodes that reported.
+fn grpc_addrs(r: &pb::RegionStatus) -> Vec<String> {
+    r.nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .map(|st| st.grpc_addr.clone())
+        .collect()
+}
+
 /// Runs `sql` on `region`'s nodes through the SDK and prints the answer as a table.
 async fn show(region: Option<&pb::RegionStatus>, sql: &str) -> anyhow::Result<()> {
     if let Some(r) = region {
-        let nodes: Vec<String> = r
-            .nodes
-            .iter()
-            .filter_map(|n| n.status.as_ref())
-            .map(|st| st.grpc_addr.clone())
-            .collect();
-        let client = client::Client::connect(nodes).await?;
+        let client = client::Client::connect(grpc_addrs(r)).await?;
         let r = client.query(sql).await?;
         print!("{}", status::result_table(&r));
     }
