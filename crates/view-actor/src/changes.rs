@@ -190,18 +190,24 @@ pub struct SnapshotWindow {
 
 impl SnapshotWindow {
     pub fn note(&mut self, input: i32, payload: Option<&[u8]>) {
-        let Some(json) = payload.and_then(|p| serde_json::from_slice::<Json>(p).ok()) else {
-            return;
-        };
-        let Some(epoch) = json.get("epoch").and_then(Json::as_u64) else {
+        /// The fields the window reads; the row is skipped, not built.
+        #[derive(serde::Deserialize)]
+        struct Header {
+            epoch: u64,
+            op: String,
+            rows: Option<u64>,
+        }
+        let Some(Header { epoch, op, rows }) =
+            payload.and_then(|p| serde_json::from_slice::<Header>(p).ok())
+        else {
             return;
         };
         let open = self.open.get(&input).copied();
-        if json.get("op").and_then(Json::as_str) == Some("t") {
+        if op == "t" {
             if open.is_some_and(|(e, _)| epoch < e) {
                 return;
             }
-            match json.get("rows").and_then(Json::as_u64).filter(|&r| r > 0) {
+            match rows.filter(|&r| r > 0) {
                 Some(rows) => self.open.insert(input, (epoch, rows)),
                 None => self.open.remove(&input),
             };

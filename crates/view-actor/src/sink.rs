@@ -16,7 +16,6 @@ use catalog::{StreamDef, ViewDef};
 use meridian_proto::v1 as pb;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
@@ -364,22 +363,10 @@ impl Sink {
     }
 
     async fn topic_exists(&self) -> bool {
-        let config = self.client_config();
-        let topic = self.stream.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            let Ok(consumer) = config.create::<rdkafka::consumer::BaseConsumer>() else {
-                return false;
-            };
-            consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .is_ok_and(|md| {
-                    md.topics().iter().any(|t| {
-                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                    })
-                })
-        })
-        .await
-        .unwrap_or(false)
+        let stream = self.stream.clone();
+        tokio::task::spawn_blocking(move || crate::actor::topic_partitions(&stream).is_ok())
+            .await
+            .unwrap_or(false)
     }
 
     fn set(&self, f: impl FnOnce(&mut ShipState)) {
