@@ -295,7 +295,7 @@ impl Replica {
                 schema.view, schema.view_id
             ));
         }
-        match self.tables.get(&schema.view) {
+        match self.held(&schema.view).map(|(_, t)| t) {
             Some(t) if t.view_id > schema.view_id => Some(format!(
                 "view '{}' with id {} was replaced by id {} in this region",
                 schema.view, schema.view_id, t.view_id
@@ -303,6 +303,30 @@ impl Replica {
             Some(t) if t.view_id == schema.view_id && t != schema => Some(format!(
                 "view '{}': the pushed schema differs from the replica table's",
                 schema.view
+            )),
+            _ => None,
+        }
+    }
+
+    /// The table a view's name holds, under any spelling: DuckDB folds the case of names, so
+    /// `v` and `V` are one table (a view dropped and created again may be spelt otherwise).
+    fn held(&self, view: &str) -> Option<(&String, &pb::ViewSchema)> {
+        self.tables.get_key_value(view).or_else(|| {
+            self.tables
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(view))
+        })
+    }
+
+    /// Why this incarnation of the view must begin with a full batch, if it must: the replica
+    /// holds an older incarnation's table (`CREATE OR REPLACE`). Readers keep that table until
+    /// one entry swaps in every row of the new incarnation, so no answer mixes the two or shows
+    /// the new one half built.
+    pub fn must_start_full(&self, schema: &pb::ViewSchema) -> Option<String> {
+        match self.held(&schema.view) {
+            Some((_, t)) if t.view_id < schema.view_id => Some(format!(
+                "view '{}' with id {} replaces id {} here: it starts with a full batch, so that readers switch at once",
+                schema.view, schema.view_id, t.view_id
             )),
             _ => None,
         }
@@ -345,7 +369,21 @@ impl Replica {
         if self.dropped.contains(&(view.clone(), schema.view_id)) {
             return Ok(0);
         }
-        let recreate = match self.tables.get(&view) {
+        if let Some(why) = self.must_start_full(schema) {
+            if !push.batches.first().is_some_and(|b| b.full) {
+                // The leader proposes a full batch first (see `must_start_full`); an entry
+                // that does not start with one leaves the older table in place, alike on
+                // every node.
+                warn!(view = %view, raft_index, reason = %why, "entry does not start with a full batch; skipped");
+                return Ok(0);
+            }
+        }
+        // An older incarnation's table, which this push's first (full) batch replaces.
+        let replaced = self
+            .held(&view)
+            .filter(|(_, t)| t.view_id < schema.view_id)
+            .map(|(k, t)| (k.clone(), t.view_id));
+        let recreate = match self.held(&view).map(|(_, t)| t) {
             // A push from a dropped incarnation of the view: nothing to do.
             Some(t) if t.view_id > schema.view_id => return Ok(0),
             Some(t) if t.view_id < schema.view_id => true,
@@ -381,6 +419,15 @@ impl Replica {
         let started = std::time::Instant::now();
         let tx = self.conn.transaction()?;
         if recreate {
+            if let Some((old, old_id)) = &replaced {
+                // Remembered as dropped, so that a late push of it never brings it back.
+                drop_table(&tx, old)?;
+                tx.execute("DELETE FROM _meridian_applied WHERE view = ?", [old])?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO _meridian_dropped VALUES (?, ?)",
+                    duckdb::params![old, old_id],
+                )?;
+            }
             drop_table(&tx, &view)?;
             create_table(&tx, schema)?;
         }
@@ -447,6 +494,11 @@ impl Replica {
                 feed.reset(Some(&view));
             }
             feed.publish(&view, schema.view_id, &applied);
+        }
+        if let Some((old, old_id)) = replaced {
+            self.tables.remove(&old);
+            self.positions.remove(&old);
+            self.dropped.insert((old, old_id));
         }
         self.tables.insert(view.clone(), schema.clone());
         self.positions.insert(view, pos.clone());

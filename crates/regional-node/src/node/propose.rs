@@ -16,6 +16,47 @@ use crate::replica::{admit, Admit, Position};
 /// on Raft entries per quiet view.
 pub const FRESH_STEP_MS: i64 = 250;
 
+/// Which of a push's batches the leader proposes, from the position `known` (applied, or
+/// already proposed), and what it tells the sender when it takes none: `need_full` when only
+/// a full batch can go on (`start_full`: the replica holds an older incarnation of the view,
+/// which only a full batch replaces, even when the sender has no batch to send). Pure: what
+/// every node would decide alike.
+pub fn leading_batches(
+    mut known: Position,
+    pushed: Vec<pb::ChangeBatch>,
+    start_full: Option<String>,
+) -> (Vec<pb::ChangeBatch>, Position, String) {
+    let mut batches = Vec::new();
+    let mut need_full = String::new();
+    for b in pushed {
+        match admit(&known, &b) {
+            Admit::Skip => continue,
+            Admit::Apply if batches.is_empty() && !b.full && start_full.is_some() => break,
+            Admit::Apply => {
+                known = Position {
+                    seq: b.seq,
+                    epoch: b.epoch,
+                    checksum: b.checksum,
+                    ..known
+                };
+                batches.push(b);
+            }
+            // The sender is ahead of this leader: it resends from the position.
+            Admit::Gap => break,
+            Admit::NeedFull(why) => {
+                need_full = why;
+                break;
+            }
+        }
+    }
+    if batches.is_empty() && need_full.is_empty() {
+        if let Some(why) = start_full {
+            need_full = why;
+        }
+    }
+    (batches, known, need_full)
+}
+
 impl Node {
     pub(super) fn push(&mut self, push: pb::PushRequest, reply: oneshot::Sender<PushOutcome>) {
         if self.raw.raft.state != StateRole::Leader {
@@ -69,31 +110,14 @@ impl Node {
         // In-flight proposals are tracked per incarnation of the view.
         let view = format!("{view}#{}", schema.view_id);
         let in_flight = self.proposed_seq.get(&view).cloned();
-        let mut known = in_flight
+        let known = in_flight
             .as_ref()
             .map_or(applied.clone(), |(p, _)| p.clone());
-        let mut batches = Vec::new();
-        let mut need_full = String::new();
-        for b in push.batches {
-            match admit(&known, &b) {
-                Admit::Skip => continue,
-                Admit::Apply => {
-                    known = Position {
-                        seq: b.seq,
-                        epoch: b.epoch,
-                        checksum: b.checksum,
-                        ..known
-                    };
-                    batches.push(b);
-                }
-                // The sender is ahead of this leader: it resends from the position.
-                Admit::Gap => break,
-                Admit::NeedFull(why) => {
-                    need_full = why;
-                    break;
-                }
-            }
-        }
+        let start_full = in_flight
+            .is_none()
+            .then(|| self.replica.must_start_full(schema))
+            .flatten();
+        let (batches, known, need_full) = leading_batches(known, push.batches, start_full);
         // The sender's word on how fresh its change log is; not from a sender whose lease the
         // view has left.
         let fresh = push.fresh.filter(|f| !self.lease_lapsed(schema, f.epoch));
@@ -255,10 +279,12 @@ impl Node {
             .replica
             .schemas()
             .filter(|s| {
+                // A table whose view was replaced stays until the new incarnation's first
+                // (full) batch takes its place: readers never see the view missing.
                 s.view_id < next_view_id
                     && !live
                         .iter()
-                        .any(|l| l.name == s.view && l.view_id == s.view_id)
+                        .any(|l| l.name.eq_ignore_ascii_case(&s.view) && l.view_id >= s.view_id)
             })
             .filter(|s| !self.drops_proposed.contains(&(s.view.clone(), s.view_id)))
             .cloned()
@@ -288,4 +314,52 @@ fn describe_schema(s: &pb::ViewSchema) -> String {
         .map(|c| format!("{} {}", c.name, c.r#type))
         .collect();
     format!("{}({}) key {:?}", s.view, cols.join(", "), s.key_indexes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seq: u64, prev: u64, full: bool) -> pb::ChangeBatch {
+        let mut b = pb::ChangeBatch {
+            view: "v".into(),
+            seq,
+            epoch: 7,
+            full,
+            ..Default::default()
+        };
+        b.checksum = meridian_proto::chain_checksum(prev, &b);
+        b
+    }
+
+    #[test]
+    fn a_replacing_incarnation_is_proposed_only_from_a_full_batch() {
+        let b1 = batch(1, 0, false);
+        let b2 = batch(2, b1.checksum, false);
+        let replaces = Some("replaces id 3".to_string());
+        // A fresh view goes on from its first batch.
+        let (taken, known, need_full) =
+            leading_batches(Position::default(), vec![b1.clone(), b2.clone()], None);
+        assert_eq!((taken.len(), known.seq, need_full.as_str()), (2, 2, ""));
+        // Replacing an older incarnation: its change log alone would show it half built.
+        let (taken, _, need_full) = leading_batches(
+            Position::default(),
+            vec![b1.clone(), b2.clone()],
+            replaces.clone(),
+        );
+        assert!(taken.is_empty());
+        assert_eq!(need_full, "replaces id 3");
+        // Even with nothing to send (a view that committed no batch yet), it is told to send
+        // its rows, or the older table would be served as this view for good.
+        let (taken, _, need_full) =
+            leading_batches(Position::default(), Vec::new(), replaces.clone());
+        assert!(taken.is_empty());
+        assert_eq!(need_full, "replaces id 3");
+        // A full batch, and what follows it, goes.
+        let full = batch(2, 0, true);
+        let b3 = batch(3, full.checksum, false);
+        let (taken, known, need_full) =
+            leading_batches(Position::default(), vec![full, b3], replaces);
+        assert_eq!((taken.len(), known.seq, need_full.as_str()), (2, 3, ""));
+    }
 }

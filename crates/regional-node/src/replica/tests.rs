@@ -494,8 +494,43 @@ mod recreate {
             0,
             "a new incarnation has applied nothing"
         );
-        // DROP + CREATE under the same name: a new id, new columns, sequences from 1 again.
-        assert_eq!(r.apply(2, &push(8, "total", 1..=2), 0).expect("apply"), 2);
+        // CREATE OR REPLACE (or DROP + CREATE) under the same name: a new id, new columns,
+        // sequences from 1 again. While the old table is here, the new incarnation starts only
+        // with a full batch: its change log alone would show it half built.
+        assert!(r.must_start_full(&schema(8, "total")).is_some());
+        assert!(r.must_start_full(&schema(3, "n")).is_none());
+        assert_eq!(r.apply(2, &push(8, "total", 1..=2), 0).expect("apply"), 0);
+        let conn = r.reader().expect("reader");
+        let old: i64 = conn
+            .query_row("SELECT sum(n) FROM v", [], |x| x.get(0))
+            .expect("the old table still answers");
+        assert_eq!(old, 15, "a partial start left the old table in place");
+        drop(conn);
+        assert_eq!(r.applied_position(&schema(3, "n")).seq, 5);
+        let empty = pb::PushRequest {
+            schema: Some(schema(8, "total")),
+            ..Default::default()
+        };
+        assert_eq!(r.apply(2, &empty, 0).expect("apply"), 0);
+        assert_eq!(r.applied_position(&schema(3, "n")).seq, 5);
+        let mut whole = push(8, "total", 1..=2);
+        let last = whole.batches.pop().expect("batch 2");
+        whole.batches = vec![pb::ChangeBatch {
+            full: true,
+            changes: push(8, "total", 1..=2)
+                .batches
+                .into_iter()
+                .flat_map(|b| b.changes)
+                .collect(),
+            ..last
+        }];
+        assert_eq!(r.apply(2, &whole, 0).expect("apply"), 2);
+        assert!(r.must_start_full(&schema(8, "total")).is_none());
+        assert!(
+            r.refuses(&schema(3, "n"))
+                .is_some_and(|why| why.contains("was dropped in this region")),
+            "the replaced incarnation is remembered as dropped"
+        );
         // A late push of the dropped incarnation changes nothing.
         assert_eq!(r.apply(3, &push(3, "n", 6..=6), 0).expect("apply"), 0);
         drop(r);
