@@ -9,8 +9,11 @@ mod config;
 mod consistency;
 mod deploy;
 mod freshness;
+mod into;
 mod joins;
 mod over_views;
+mod peerdb;
+mod replace;
 mod subscribe;
 mod views;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use meridian::sample::{self, OrdersGenerator};
 use meridian_tests::{
-    changes, check_replicas, oracle, orders_cluster, orders_setup, produce, rows_text, runtime,
+    changes, check_replicas, oracle, orders_cluster, orders_setup, produce, runtime, wait_rows,
     Cluster, Workdir, CONVERGE_TIMEOUT, VIEW,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -110,39 +110,6 @@ fn wait_written(cluster: &Cluster<'_>, brokers: &str, view: &str) -> u64 {
     panic!("view '{view}' did not write its change topic up to its seq; last status: {last:#}");
 }
 
-/// Waits until `view` consumed `written` messages and every node applied its last batch, and
-/// then until one node's rows equal `want` (the high watermark tansu reports for a topic
-/// written in batches is below the messages it holds, so the count alone does not prove a
-/// reader has read them all). Returns the view's seq; `check_replicas` then checks every node.
-fn wait_equal(
-    rt: &tokio::runtime::Runtime,
-    cluster: &Cluster<'_>,
-    view: &str,
-    columns: &str,
-    want: &[Vec<String>],
-    written: u64,
-    when: &str,
-) -> u64 {
-    let start = Instant::now();
-    let node = cluster.nodes().next().expect("a node").grpc.clone();
-    loop {
-        let seq = cluster
-            .wait_converged(view, written, CONVERGE_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{when}: {view}: {e}"));
-        let got = rt.block_on(async {
-            let c = client::Client::connect([node.clone()]).await.ok()?;
-            c.query(&format!("SELECT {columns} FROM {view} ORDER BY ALL"))
-                .await
-                .ok()
-        });
-        let equal = got.is_some_and(|r| rows_text(&r) == want && r.position(view) == Some(seq));
-        if equal || start.elapsed() > CONVERGE_TIMEOUT {
-            return seq;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// Waits for `VIEW` to consume `messages` and then for every reader, level by level, to
 /// consume its change topic; then checks every replica of every reader against the oracle.
 fn check_readers(
@@ -160,7 +127,7 @@ fn check_readers(
     for (name, reads, _, columns, oracle_sql) in READERS {
         let written = wait_written(cluster, brokers, reads);
         let want = oracle(&setup, oracle_sql);
-        let seq = wait_equal(rt, cluster, name, columns, &want, written, when);
+        let seq = wait_rows(rt, cluster, name, columns, &want, written);
         check_replicas(rt, cluster, name, columns, &want, seq);
         eprintln!(
             "{when}: {name}: {} rows on 6 replicas equal the oracle ({} change messages read, the topic's high watermark {written})",

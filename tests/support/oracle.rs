@@ -103,6 +103,39 @@ pub fn orders_setup(g: &OrdersGenerator) -> Vec<String> {
     setup
 }
 
+/// Waits until `view` consumed at least `messages` and every node applied its last batch, and
+/// then until one node's rows equal `want`: a view over another view's change log consumes
+/// change messages, not source events, and tansu's reported high watermark for a topic written
+/// in batches is below the messages it holds, so the count alone does not prove it read them
+/// all. Returns the view's seq; `check_replicas` then checks every node.
+pub fn wait_rows(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster<'_>,
+    view: &str,
+    columns: &str,
+    want: &[Row],
+    messages: u64,
+) -> u64 {
+    let start = std::time::Instant::now();
+    let node = cluster.nodes().next().expect("a node").grpc.clone();
+    loop {
+        let seq = cluster
+            .wait_converged(view, messages, CONVERGE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{view}: {e}"));
+        let got = rt.block_on(async {
+            let c = client::Client::connect([node.clone()]).await.ok()?;
+            c.query(&format!("SELECT {columns} FROM {view} ORDER BY ALL"))
+                .await
+                .ok()
+        });
+        let equal = got.is_some_and(|r| rows_text(&r) == want && r.position(view) == Some(seq));
+        if equal || start.elapsed() > CONVERGE_TIMEOUT {
+            return seq;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Every node's replica of `view` must equal the oracle's rows, at the view's last sequence.
 pub fn check_replicas(
     rt: &tokio::runtime::Runtime,

@@ -34,6 +34,11 @@ pub struct CreateStream {
     /// Column name and the type as written, such as `nullable(int32)`.
     pub columns: Vec<(Spanned<String>, Spanned<String>)>,
     pub settings: Vec<Setting>,
+    /// `CREATE EXTERNAL STREAM` (a Kafka topic) rather than `CREATE STREAM` (a stream that
+    /// views write INTO).
+    pub external: bool,
+    /// `PRIMARY KEY (a, b)` after the columns (`CREATE STREAM` only).
+    pub primary_key: Vec<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -46,5 +51,9 @@ pub struct Setting {
 pub struct CreateView {
     pub name: Spanned<String>,
     pub if_not_exists: bool,
+    /// `CREATE OR REPLACE`: where `OR` starts, when written.
+    pub or_replace: Option<usize>,
+    /// `INTO s`: the stream the view writes its changes to.
+    pub into: Option<Spanned<String>>,
     pub query: crate::view::ParsedQuery,
 }

@@ -3,12 +3,15 @@
 use crate::ast::{ObjectKind, Statement};
 use crate::defs::{StreamDef, ViewDef};
 use crate::error::SqlError;
+use crate::kv::KvStreamDef;
 use crate::parser::parse;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Stream(StreamDef),
     View(ViewDef),
+    /// A stream that a view writes INTO (`CREATE STREAM ... PRIMARY KEY`).
+    KvStream(KvStreamDef),
 }
 
 impl Object {
@@ -16,12 +19,13 @@ impl Object {
         match self {
             Object::Stream(s) => &s.name,
             Object::View(v) => &v.name,
+            Object::KvStream(k) => &k.name,
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
-            Object::Stream(_) => "stream",
+            Object::Stream(_) | Object::KvStream(_) => "stream",
             Object::View(_) => "view",
         }
     }
@@ -44,6 +48,13 @@ const PLAN_STACK_BYTES: usize = 32 << 20;
 #[allow(clippy::large_enum_variant)] // one per statement; boxing buys nothing
 pub enum Change {
     Create(Object),
+    /// `CREATE OR REPLACE MATERIALIZED VIEW` of an existing view: a new incarnation (a new id)
+    /// takes the place of entry `replaces`. Regions keep serving the old one until the new one
+    /// has caught up, then switch to it in one step.
+    Replace {
+        replaces: u64,
+        object: Object,
+    },
     Drop {
         name: String,
     },
@@ -73,6 +84,9 @@ impl Catalog {
         for (id, sql) in stored {
             match catalog.plan(&sql)? {
                 Change::Create(object) => catalog.entries.push(Entry { id, sql, object }),
+                // Stored replacements delete what they replace in the same write, so this is
+                // only met in a store written otherwise; replaying it is still right.
+                change @ Change::Replace { .. } => catalog.apply(id, &sql, change),
                 other => {
                     return Err(SqlError {
                         message: format!("stored catalog entry {id} is not a CREATE: {other:?}"),
@@ -114,7 +128,28 @@ impl Catalog {
                 let upstream = self.source(&v.stream)?;
                 v.change_stream(self.identity, entry.id, &upstream)
             }
+            Object::KvStream(k) => Some(k.as_source(self.source(&self.writer_of(&k.name)?.name)?)),
         }
+    }
+
+    /// The view that writes INTO stream `name`, if one does.
+    pub fn writer_of(&self, name: &str) -> Option<&ViewDef> {
+        self.views().find(|v| {
+            v.into
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// A view that reads view `name`'s change log: directly, or through the stream it writes
+    /// INTO.
+    pub fn reader_of(&self, name: &str) -> Option<&ViewDef> {
+        let into = self
+            .views()
+            .find(|v| v.name.eq_ignore_ascii_case(name))
+            .and_then(|v| v.into.clone());
+        self.views()
+            .find(|r| r.reads(name) || into.as_deref().is_some_and(|s| r.reads(s)))
     }
 
     /// Sets the catalog's identity (see [`crate::change_topic`]).
@@ -122,9 +157,10 @@ impl Catalog {
         self.identity = identity;
     }
 
-    /// Whether another view reads view `name` (its change log is then written to Kafka).
+    /// Whether another view reads view `name`, directly or through the stream it writes INTO
+    /// (its change log is then written to Kafka).
     pub fn is_read_by_a_view(&self, name: &str) -> bool {
-        self.views().any(|v| v.reads(name))
+        self.reader_of(name).is_some()
     }
 
     pub fn views(&self) -> impl Iterator<Item = &ViewDef> {
@@ -208,10 +244,12 @@ impl Catalog {
     ) -> Result<&StreamDef, SqlError> {
         let here = |msg: String| SqlError::at(sql, j.offset, msg);
         let Some(right) = self.stream(&j.value) else {
-            let what = if self.get(&j.value).is_some() {
-                "is a view, not a stream (a join over a view is not supported yet)"
-            } else {
-                "does not exist"
+            let what = match self.get(&j.value).map(|e| &e.object) {
+                Some(Object::KvStream(_)) => {
+                    "is written by a view (INTO): a join over it is not supported yet"
+                }
+                Some(_) => "is a view, not a stream (a join over a view is not supported yet)",
+                None => "does not exist",
             };
             return Err(here(format!("stream '{}' {what}", j.value)));
         };
@@ -239,6 +277,75 @@ impl Catalog {
         Ok(right)
     }
 
+    /// The id of the view `CREATE OR REPLACE` would replace, if it may be: a view
+    /// (not a stream) that no other view reads (a reader follows one incarnation's change
+    /// log).
+    fn replaceable(
+        &self,
+        sql: &str,
+        stmt: &crate::ast::CreateView,
+        old: &Entry,
+    ) -> Result<u64, SqlError> {
+        let here = |msg: String| SqlError::at(sql, stmt.name.offset, msg);
+        let Object::View(v) = &old.object else {
+            return Err(here(format!(
+                "'{}' is a stream; CREATE OR REPLACE replaces a materialized view",
+                old.object.name()
+            )));
+        };
+        if let Some(reader) = self.reader_of(&v.name) {
+            return Err(here(format!(
+                "view '{}' is read by view '{}', which follows this incarnation's change log; drop '{}' first",
+                v.name, reader.name, reader.name
+            )));
+        }
+        // Regions find the table a new incarnation replaces by the name as it is spelt (the
+        // statement is stored and replayed as written).
+        if v.name != stmt.name.value {
+            return Err(here(format!(
+                "the view is named '{}'; CREATE OR REPLACE must spell its name the same way",
+                v.name
+            )));
+        }
+        Ok(old.id)
+    }
+
+    /// The stream `view` (named `name`) writes INTO, checked: a stream that views write INTO,
+    /// written by no other view, not read by this one, with the view's columns and key.
+    fn check_into(
+        &self,
+        sql: &str,
+        name: &str,
+        into: &crate::ast::Spanned<String>,
+        view: &ViewDef,
+    ) -> Result<String, SqlError> {
+        let here = |msg: String| SqlError::at(sql, into.offset, msg);
+        let Some(Object::KvStream(k)) = self.get(&into.value).map(|e| &e.object) else {
+            let what = match self.get(&into.value) {
+                Some(e) => format!("is a {}", e.object.kind()),
+                None => "does not exist".to_string(),
+            };
+            return Err(here(format!("'{}' {what}: a view writes INTO a stream created with CREATE STREAM {} (...) PRIMARY KEY ... SETTINGS mode='versioned_kv'", into.value, into.value)));
+        };
+        if let Some(w) = self
+            .writer_of(&k.name)
+            .filter(|w| !w.name.eq_ignore_ascii_case(name))
+        {
+            return Err(here(format!(
+                "stream '{}' is written by view '{}'; a stream takes INTO from one view",
+                k.name, w.name
+            )));
+        }
+        if view.reads(&k.name) {
+            return Err(here(format!(
+                "a view cannot write INTO the stream it reads ('{}')",
+                k.name
+            )));
+        }
+        k.check_writer(sql, into.offset, view)?;
+        Ok(k.name.clone())
+    }
+
     fn plan_here(&self, sql: &str) -> Result<Change, SqlError> {
         match parse(sql)? {
             Statement::CreateStream(stmt) => {
@@ -246,16 +353,50 @@ impl Catalog {
                     return Ok(done);
                 }
                 check_not_reserved(sql, &stmt.name)?;
+                if !stmt.external {
+                    return Ok(Change::Create(Object::KvStream(KvStreamDef::from_ast(
+                        sql, &stmt,
+                    )?)));
+                }
                 Ok(Change::Create(Object::Stream(StreamDef::from_ast(
                     sql, &stmt,
                 )?)))
             }
             Statement::CreateView(stmt) => {
-                if let Some(done) = self.already_exists(sql, &stmt.name, stmt.if_not_exists)? {
-                    return Ok(done);
+                let replaces = match (stmt.or_replace, self.get(&stmt.name.value)) {
+                    (Some(_), Some(old)) => Some(self.replaceable(sql, &stmt, old)?),
+                    _ => None,
+                };
+                if replaces.is_none() {
+                    if let Some(done) = self.already_exists(sql, &stmt.name, stmt.if_not_exists)? {
+                        return Ok(done);
+                    }
                 }
                 check_not_reserved(sql, &stmt.name)?;
                 let from = &stmt.query.from;
+                if replaces.is_some() && from.value.eq_ignore_ascii_case(&stmt.name.value) {
+                    return Err(SqlError::at(
+                        sql,
+                        from.offset,
+                        format!(
+                            "a view cannot read itself ('{}' is the view being replaced)",
+                            from.value
+                        ),
+                    ));
+                }
+                if let Some(w) = self
+                    .writer_of(&from.value)
+                    .filter(|w| replaces.is_some() && w.name.eq_ignore_ascii_case(&stmt.name.value))
+                {
+                    return Err(SqlError::at(
+                        sql,
+                        from.offset,
+                        format!(
+                            "a view cannot read the stream it writes ('{}' is written INTO by '{}', the view being replaced)",
+                            from.value, w.name
+                        ),
+                    ));
+                }
                 let stream = match self.get(&from.value).map(|e| &e.object) {
                     Some(Object::Stream(s)) => s.clone(),
                     Some(Object::View(v)) => {
@@ -264,6 +405,14 @@ impl Catalog {
                         }
                         self.source(&v.name).ok_or_else(|| {
                             SqlError::at(sql, from.offset, format!("view '{}' has no key (no GROUP BY, or its stream has no primary key), so its changes cannot be applied by key: a view over it is not supported", v.name))
+                        })?
+                    }
+                    Some(Object::KvStream(k)) => {
+                        if stmt.query.join.is_some() {
+                            return Err(SqlError::at(sql, from.offset, format!("stream '{}' is written by a view (INTO): a join over it is not supported yet", k.name)));
+                        }
+                        self.source(&k.name).ok_or_else(|| {
+                            SqlError::at(sql, from.offset, format!("stream '{}' has no view writing INTO it yet; create that view first", k.name))
                         })?
                     }
                     None => {
@@ -278,9 +427,18 @@ impl Catalog {
                     Some(j) => Some(self.joined_stream(sql, &stream, j)?),
                     None => None,
                 };
-                Ok(Change::Create(Object::View(ViewDef::from_ast(
-                    sql, &stmt, &stream, joined,
-                )?)))
+                let mut view = ViewDef::from_ast(sql, &stmt, &stream, joined)?;
+                if let Some(into) = &stmt.into {
+                    view.into = Some(self.check_into(sql, &stmt.name.value, into, &view)?);
+                }
+                let view = Object::View(view);
+                Ok(match replaces {
+                    Some(replaces) => Change::Replace {
+                        replaces,
+                        object: view,
+                    },
+                    None => Change::Create(view),
+                })
             }
             Statement::Drop {
                 kind,
@@ -288,7 +446,9 @@ impl Catalog {
                 if_exists,
             } => {
                 let found = self.get(&name.value).filter(|e| match kind {
-                    ObjectKind::Stream => matches!(e.object, Object::Stream(_)),
+                    ObjectKind::Stream => {
+                        matches!(e.object, Object::Stream(_) | Object::KvStream(_))
+                    }
                     ObjectKind::View => matches!(e.object, Object::View(_)),
                 });
                 let what = match kind {
@@ -315,13 +475,30 @@ impl Catalog {
                     },
                     None => name,
                 };
-                if let Some(v) = self.views().find(|v| v.reads(&name.value)) {
+                let reader = match kind {
+                    ObjectKind::View => self.reader_of(&name.value),
+                    ObjectKind::Stream => self.views().find(|v| v.reads(&name.value)),
+                };
+                if let Some(v) = reader {
                     return Err(SqlError::at(
                         sql,
                         name.offset,
                         format!(
                             "{what} '{}' is read by view '{}'; drop the view first",
                             name.value, v.name
+                        ),
+                    ));
+                }
+                if let Some(w) = self
+                    .writer_of(&name.value)
+                    .filter(|_| kind == ObjectKind::Stream)
+                {
+                    return Err(SqlError::at(
+                        sql,
+                        name.offset,
+                        format!(
+                            "stream '{}' is written by view '{}' (INTO); drop the view first",
+                            name.value, w.name
                         ),
                     ));
                 }
@@ -351,12 +528,31 @@ impl Catalog {
                 };
                 let right = view.joined_stream().and_then(|j| self.stream(j));
                 let input = view.input(&stream, right);
-                Ok(Change::Explain(view.plan.explain(&input, &view.outputs)))
+                let mut text = view.plan.explain(&input, &view.outputs);
+                if let Some(w) = self.writer_of(&view.stream) {
+                    // A stream written INTO is read as its writer's change log.
+                    text = text.replacen(
+                        &format!("scan: view {} (its change log", stream.name),
+                        &format!(
+                            "scan: stream {} (the change log of view {} writing INTO it",
+                            stream.name, w.name
+                        ),
+                        1,
+                    );
+                }
+                let mut lines = vec![text];
+                if let Some(into) = &view.into {
+                    lines.push(format!(
+                        "into: stream {into} (its change log is read by the views over it)"
+                    ));
+                }
+                Ok(Change::Explain(lines.join("\n")))
             }
         }
     }
 
-    /// Applies a planned change. `Create` takes the id the caller persisted it under.
+    /// Applies a planned change. `Create` and `Replace` take the id the caller persisted the
+    /// new entry under.
     /// `Drop` names the object as the catalog spells it.
     pub fn apply(&mut self, id: u64, sql: &str, change: Change) {
         match change {
@@ -367,6 +563,10 @@ impl Catalog {
                     sql: sql.to_string(),
                     object,
                 });
+            }
+            Change::Replace { replaces, object } => {
+                self.entries.retain(|e| e.id != replaces);
+                self.apply(id, sql, Change::Create(object));
             }
             Change::Drop { name } => self.entries.retain(|e| e.object.name() != name),
             Change::Show(_) | Change::Explain(_) | Change::Nothing(_) => {}

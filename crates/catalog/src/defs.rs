@@ -67,6 +67,9 @@ pub enum DataFormat {
     JsonEachRow,
     /// A Debezium change event (`op`, `before`, `after`), with or without the schema envelope.
     Debezium,
+    /// A PeerDB CDC record as its Kafka connector writes it without a script
+    /// (`{"kind":"insert"|"update"|"delete","old":{..},"new":{..},"checkpoint":..}`).
+    PeerDb,
     /// A materialized view's change log as its worker writes it to Kafka for views over the
     /// view: one change per message, stamped with the change log's epoch
     /// (`{"epoch":E,"seq":S,"op":"u","row":[..]}`, `"op":"d","key":[..]`, `"op":"t"`).
@@ -127,43 +130,7 @@ pub fn is_secret_option(key: &str) -> bool {
 
 impl StreamDef {
     pub fn from_ast(sql: &str, stmt: &ast::CreateStream) -> Result<StreamDef, SqlError> {
-        let mut columns: Vec<Column> = Vec::new();
-        for (name, ty) in &stmt.columns {
-            // DuckDB folds identifiers' case: `Amount` and `amount` are one column there.
-            if let Some(c) = columns
-                .iter()
-                .find(|c| c.name.eq_ignore_ascii_case(&name.value))
-            {
-                return Err(SqlError::at(
-                    sql,
-                    name.offset,
-                    if c.name == name.value {
-                        format!("column '{}' is declared twice", name.value)
-                    } else {
-                        format!(
-                            "column '{}' is declared twice ('{}' differs only by case, and identifiers are case-insensitive)",
-                            name.value, c.name
-                        )
-                    },
-                ));
-            }
-            crate::catalog::check_not_reserved(sql, name)?;
-            let Some(parsed) = parse_type(&ty.value) else {
-                return Err(SqlError::at(
-                    sql,
-                    ty.offset,
-                    format!(
-                        "unsupported type '{}' for column '{}'; supported: int8..int64, uint8..uint32, float32, float64, string, bool, date, datetime, datetime64(p), nullable(T), low_cardinality(T)",
-                        ty.value, name.value
-                    ),
-                ));
-            };
-            columns.push(Column {
-                name: name.value.clone(),
-                ty: parsed,
-                declared: ty.value.clone(),
-            });
-        }
+        let columns = columns_of(sql, &stmt.columns)?;
         let mut kind = None;
         let mut brokers = None;
         let mut topic = None;
@@ -195,12 +162,13 @@ impl StreamDef {
                     format = Some(match v.to_ascii_lowercase().as_str() {
                         "jsoneachrow" => DataFormat::JsonEachRow,
                         "debezium" | "debeziumjson" => DataFormat::Debezium,
+                        "peerdb" => DataFormat::PeerDb,
                         "rawblob" | "raw" => DataFormat::Raw,
                         _ => {
                             return Err(SqlError::at(
                                 sql,
                                 s.value.offset,
-                                format!("unsupported data_format '{v}'; supported: 'JSONEachRow', 'Debezium', 'RawBLOB'"),
+                                format!("unsupported data_format '{v}'; supported: 'JSONEachRow', 'Debezium', 'PeerDB', 'RawBLOB'"),
                             ))
                         }
                     })
@@ -285,11 +253,16 @@ impl StreamDef {
                 "data_format 'RawBLOB' needs exactly one string column".to_string(),
             ));
         }
-        if format == DataFormat::Debezium && primary_key.is_empty() {
+        if matches!(format, DataFormat::Debezium | DataFormat::PeerDb) && primary_key.is_empty() {
+            let what = if format == DataFormat::Debezium {
+                "Debezium"
+            } else {
+                "PeerDB"
+            };
             return Err(SqlError::at(
                 sql,
                 stmt.name.offset,
-                "a Debezium stream needs primary_key='col[,col]' so that updates and deletes can be retracted".to_string(),
+                format!("a {what} stream needs primary_key='col[,col]' so that updates and deletes can be retracted"),
             ));
         }
         Ok(StreamDef {
@@ -314,6 +287,52 @@ impl StreamDef {
                     .position(|c| c.name.eq_ignore_ascii_case(name))
             })
     }
+}
+
+/// A stream's declared columns, checked: names unique (case-insensitively, as in DuckDB) and
+/// not reserved, types supported.
+pub(crate) fn columns_of(
+    sql: &str,
+    declared: &[(ast::Spanned<String>, ast::Spanned<String>)],
+) -> Result<Vec<Column>, SqlError> {
+    let mut columns: Vec<Column> = Vec::new();
+    for (name, ty) in declared {
+        // DuckDB folds identifiers' case: `Amount` and `amount` are one column there.
+        if let Some(c) = columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(&name.value))
+        {
+            return Err(SqlError::at(
+                sql,
+                name.offset,
+                if c.name == name.value {
+                    format!("column '{}' is declared twice", name.value)
+                } else {
+                    format!(
+                            "column '{}' is declared twice ('{}' differs only by case, and identifiers are case-insensitive)",
+                            name.value, c.name
+                        )
+                },
+            ));
+        }
+        crate::catalog::check_not_reserved(sql, name)?;
+        let Some(parsed) = parse_type(&ty.value) else {
+            return Err(SqlError::at(
+                    sql,
+                    ty.offset,
+                    format!(
+                        "unsupported type '{}' for column '{}'; supported: int8..int64, uint8..uint32, float32, float64, string, bool, date, datetime, datetime64(p), nullable(T), low_cardinality(T)",
+                        ty.value, name.value
+                    ),
+                ));
+        };
+        columns.push(Column {
+            name: name.value.clone(),
+            ty: parsed,
+            declared: ty.value.clone(),
+        });
+    }
+    Ok(columns)
 }
 
 fn parse_type(t: &str) -> Option<ColumnType> {
@@ -371,6 +390,10 @@ pub struct ViewDef {
     /// Regions the view is assigned to; `None` means every region.
     pub regions: Option<Vec<String>>,
     pub plan: Plan,
+    /// The stream the view writes INTO (`CREATE MATERIALIZED VIEW v INTO s`): views reading
+    /// that stream read this view's change log.
+    #[serde(default)]
+    pub into: Option<String>,
 }
 
 impl ViewDef {
@@ -388,6 +411,8 @@ impl ViewDef {
             key_outputs: planned.key_outputs,
             regions: planned.regions,
             plan: planned.plan,
+            // Resolved against the catalog by the caller.
+            into: None,
         })
     }
 

@@ -177,7 +177,10 @@ fn is_view_query_start(tokens: &[Token], word: &str) -> bool {
     (word.eq_ignore_ascii_case("select") || word.eq_ignore_ascii_case("with"))
         && is(tokens.last(), "as")
         && is(tokens.first(), "create")
-        && is(tokens.get(1), "materialized")
+        && (is(tokens.get(1), "materialized")
+            || (is(tokens.get(1), "or")
+                && is(tokens.get(2), "replace")
+                && is(tokens.get(3), "materialized")))
 }
 
 /// Line and column (both from 1) of a byte offset.

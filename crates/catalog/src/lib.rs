@@ -9,6 +9,7 @@ mod catalog;
 mod defs;
 mod error;
 pub mod eval;
+mod kv;
 mod lexer;
 mod parser;
 mod redact;
@@ -21,6 +22,7 @@ pub use defs::{
     ViewDef,
 };
 pub use error::{Pos, SqlError};
+pub use kv::{KvMode, KvStreamDef};
 pub use parser::parse;
 pub use redact::redact_secrets;
 pub use value::{

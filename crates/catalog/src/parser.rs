@@ -106,22 +106,29 @@ impl Parser<'_> {
 
     fn statement(&mut self) -> Result<Statement, SqlError> {
         if self.eat_keyword("create") {
+            let or_replace = self.offset();
+            if self.eat_keyword("or") {
+                self.expect_keyword("replace")?;
+                if !self.is_keyword("materialized") {
+                    return Err(self.error_here(
+                        "CREATE OR REPLACE replaces a materialized view only (a stream is dropped and created again); expected MATERIALIZED VIEW",
+                    ));
+                }
+            }
+            let or_replace = (or_replace != self.offset()).then_some(or_replace);
             if self.eat_keyword("external") {
                 self.expect_keyword("stream")?;
-                return self.create_stream().map(Statement::CreateStream);
+                return self.create_stream(true).map(Statement::CreateStream);
+            }
+            if self.eat_keyword("stream") {
+                return self.create_stream(false).map(Statement::CreateStream);
             }
             if self.eat_keyword("materialized") {
                 self.expect_keyword("view")?;
-                return self.create_view().map(Statement::CreateView);
+                return self.create_view(or_replace).map(Statement::CreateView);
             }
-            if self.is_keyword("stream") {
-                return Err(self.error_here(
-                    "only external streams are supported (CREATE EXTERNAL STREAM ... SETTINGS type='kafka', ...)",
-                ));
-            }
-            return Err(
-                self.error_here("expected EXTERNAL STREAM or MATERIALIZED VIEW after CREATE")
-            );
+            return Err(self
+                .error_here("expected EXTERNAL STREAM, STREAM or MATERIALIZED VIEW after CREATE"));
         }
         if self.eat_keyword("drop") {
             let kind = self.object_kind()?;
@@ -191,7 +198,7 @@ impl Parser<'_> {
         Ok(false)
     }
 
-    fn create_stream(&mut self) -> Result<CreateStream, SqlError> {
+    fn create_stream(&mut self, external: bool) -> Result<CreateStream, SqlError> {
         let if_not_exists = self.if_not_exists()?;
         let name = self.ident("a stream name")?;
         self.expect_sym("(")?;
@@ -206,6 +213,27 @@ impl Parser<'_> {
             self.expect_sym(")")?;
             break;
         }
+        let mut primary_key = Vec::new();
+        if self.is_keyword("primary") {
+            if external {
+                return Err(self.error_here(
+                    "an external stream names its primary key in SETTINGS primary_key='col[,col]'; expected SETTINGS",
+                ));
+            }
+            self.bump();
+            self.expect_keyword("key")?;
+            if self.eat_sym("(") {
+                loop {
+                    primary_key.push(self.ident("a column name")?);
+                    if !self.eat_sym(",") {
+                        break;
+                    }
+                }
+                self.expect_sym(")")?;
+            } else {
+                primary_key.push(self.ident("a column name")?);
+            }
+        }
         let settings = if self.eat_keyword("settings") {
             self.settings()?
         } else {
@@ -216,6 +244,8 @@ impl Parser<'_> {
             if_not_exists,
             columns,
             settings,
+            external,
+            primary_key,
         })
     }
 
@@ -297,12 +327,21 @@ impl Parser<'_> {
         }
     }
 
-    fn create_view(&mut self) -> Result<CreateView, SqlError> {
+    fn create_view(&mut self, or_replace: Option<usize>) -> Result<CreateView, SqlError> {
         let if_not_exists = self.if_not_exists()?;
-        let name = self.ident("a view name")?;
-        if self.is_keyword("into") {
-            return Err(self.error_here("materialized views INTO a target stream are not supported yet; the view is its own table"));
+        if let (Some(at), true) = (or_replace, if_not_exists) {
+            return Err(SqlError::at(
+                self.sql,
+                at,
+                "OR REPLACE and IF NOT EXISTS contradict each other; write one of them".to_string(),
+            ));
         }
+        let name = self.ident("a view name")?;
+        let into = if self.eat_keyword("into") {
+            Some(self.ident("a stream name")?)
+        } else {
+            None
+        };
         self.expect_keyword("as")?;
         if !matches!(self.peek(), Tok::Query) {
             return Err(self.error_here("expected SELECT"));
@@ -313,6 +352,8 @@ impl Parser<'_> {
         Ok(CreateView {
             name,
             if_not_exists,
+            or_replace,
+            into,
             query,
         })
     }

@@ -534,3 +534,69 @@ fn a_view_reads_another_views_change_log() {
     }
     assert!(c.views().next().is_none());
 }
+
+#[test]
+fn create_or_replace_makes_a_new_incarnation_of_a_view() {
+    let mut c = catalog_with_orders();
+    let by_region = "CREATE MATERIALIZED VIEW by_region AS SELECT region, count() AS n FROM orders GROUP BY region";
+    let change = c.plan(by_region).expect("valid");
+    c.apply(2, by_region, change);
+
+    // A new view: CREATE OR REPLACE of a name not taken creates it.
+    let fresh = "CREATE OR REPLACE MATERIALIZED VIEW big AS SELECT id, amount FROM orders WHERE amount > 100";
+    let Ok(change @ Change::Create(_)) = c.plan(fresh) else {
+        panic!("a new view is created");
+    };
+    c.apply(3, fresh, change);
+
+    let replace = "CREATE OR REPLACE MATERIALIZED VIEW by_region AS SELECT region, status, sum(amount) AS revenue FROM orders GROUP BY region, status";
+    let change = c.plan(replace).expect("replaces");
+    let Change::Replace {
+        replaces: 2,
+        object: Object::View(v),
+    } = &change
+    else {
+        panic!("not a replacement of entry 2: {change:?}");
+    };
+    assert_eq!(v.name, "by_region");
+    c.apply(4, replace, change);
+    let ids: Vec<(u64, &str)> = c
+        .entries()
+        .iter()
+        .map(|e| (e.id, e.object.name()))
+        .collect();
+    assert_eq!(ids, [(1, "orders"), (3, "big"), (4, "by_region")]);
+    assert_eq!(c.next_id(), 5);
+    let Some(Object::View(v)) = c.get("by_region").map(|e| &e.object) else {
+        panic!("by_region is gone");
+    };
+    let names: Vec<&str> = v.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["region", "status", "revenue"]);
+
+    // The stored statements (the old one deleted with the write of the new) reload alike.
+    let stored: Vec<(u64, String)> = c.entries().iter().map(|e| (e.id, e.sql.clone())).collect();
+    assert_eq!(
+        Catalog::load(stored).expect("reloads").entries(),
+        c.entries()
+    );
+
+    let reader = "CREATE MATERIALIZED VIEW by_status AS SELECT status, sum(revenue) AS revenue FROM by_region GROUP BY status";
+    let change = c.plan(reader).expect("valid");
+    c.apply(5, reader, change);
+    for (sql, message, at) in [
+        ("CREATE OR REPLACE MATERIALIZED VIEW by_region AS SELECT region, count() AS n FROM orders GROUP BY region", "view 'by_region' is read by view 'by_status', which follows this incarnation's change log; drop 'by_status' first", "by_region"),
+        ("CREATE OR REPLACE MATERIALIZED VIEW orders AS SELECT id FROM orders", "'orders' is a stream; CREATE OR REPLACE replaces a materialized view", "orders AS"),
+        ("CREATE OR REPLACE MATERIALIZED VIEW big AS SELECT id, amount FROM big", "a view cannot read itself ('big' is the view being replaced)", "big\n"),
+        ("CREATE OR REPLACE MATERIALIZED VIEW BIG AS SELECT id FROM orders", "the view is named 'big'; CREATE OR REPLACE must spell its name the same way", "BIG"),
+        ("CREATE OR REPLACE MATERIALIZED VIEW IF NOT EXISTS x AS SELECT id FROM orders", "OR REPLACE and IF NOT EXISTS contradict each other", "OR"),
+        ("CREATE OR REPLACE EXTERNAL STREAM s(id int64) SETTINGS type='kafka'", "CREATE OR REPLACE replaces a materialized view only", "EXTERNAL"),
+        ("CREATE OR big", "expected REPLACE", "big"),
+    ] {
+        let sql = sql.replace("FROM big", "FROM big\n");
+        let err = c.plan(&sql).expect_err(&sql);
+        assert!(err.message.contains(message), "{sql}: {}", err.message);
+        let col = sql.find(at).expect("position") + 1;
+        assert_eq!((err.pos.line, err.pos.column), (1, col), "{sql}");
+    }
+    assert_eq!(c.entries().len(), 4, "a refused statement changes nothing");
+}

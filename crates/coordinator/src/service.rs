@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use catalog::{ast::ObjectKind, Catalog, Change, Object};
 use meridian_proto::v1 as pb;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::placement::{Change as PlacementChange, Placement};
 use crate::store::CatalogStore;
-pub use crate::topics::{kafka_topic_check, TopicCheck};
+pub use crate::topics::{kafka_topic_check, kafka_topic_delete, TopicCheck, TopicDelete, Topics};
 
 /// A node that has not reported for this long is listed as stale but kept.
 const NODE_REPORT_STALE: Duration = Duration::from_secs(10);
@@ -25,7 +25,7 @@ pub struct CoordinatorService {
     /// Held across the topic check so that statements apply one at a time, in order.
     catalog: tokio::sync::Mutex<Catalog>,
     store: Arc<CatalogStore>,
-    topic_check: TopicCheck,
+    topics: Topics,
     nodes: Mutex<BTreeMap<(String, u64), NodeSeen>>,
     views: Mutex<BTreeMap<String, pb::ViewReport>>,
     /// Which worker runs which view, under which lease epoch.
@@ -39,17 +39,14 @@ pub struct CoordinatorService {
 }
 
 impl CoordinatorService {
-    pub fn open(
-        store: CatalogStore,
-        topic_check: Option<TopicCheck>,
-    ) -> anyhow::Result<CoordinatorService> {
-        Self::open_with_lease(store, topic_check, crate::placement::DEFAULT_LEASE)
+    pub fn open(store: CatalogStore, topics: Option<Topics>) -> anyhow::Result<CoordinatorService> {
+        Self::open_with_lease(store, topics, crate::placement::DEFAULT_LEASE)
     }
 
     /// `lease`: how long a central worker keeps its views without renewing its lease.
     pub fn open_with_lease(
         store: CatalogStore,
-        topic_check: Option<TopicCheck>,
+        topics: Option<Topics>,
         lease: Duration,
     ) -> anyhow::Result<CoordinatorService> {
         let mut catalog = Catalog::load(store.load()?)
@@ -70,7 +67,7 @@ impl CoordinatorService {
         Ok(CoordinatorService {
             catalog: tokio::sync::Mutex::new(catalog),
             store: Arc::new(store),
-            topic_check: topic_check.unwrap_or_else(kafka_topic_check),
+            topics: topics.unwrap_or_else(Topics::kafka),
             nodes: Mutex::new(BTreeMap::new()),
             views: Mutex::new(BTreeMap::new()),
             placement: Mutex::new(Placement::new(lease, Instant::now(), grants, epoch_floor)),
@@ -181,14 +178,42 @@ impl CoordinatorService {
         Ok(message)
     }
 
+    /// Deletes the change topic of a view that was dropped or replaced (`change_log`: the
+    /// stream its readers read, if it had a key), if there is one: no reader can read it any
+    /// more. Says what happened, for the statement's answer; a failure leaves the statement
+    /// done and tells the user to delete the topic.
+    async fn delete_change_topic(&self, change_log: Option<catalog::StreamDef>) -> String {
+        let Some(stream) = change_log else {
+            return String::new();
+        };
+        let delete = self.topics.delete.clone();
+        let topic = stream.topic.clone();
+        match tokio::task::spawn_blocking(move || delete(&stream)).await {
+            Ok(Ok(true)) => {
+                info!(topic = %topic, "deleted a change topic");
+                format!("; deleted its change topic '{topic}'")
+            }
+            Ok(Ok(false)) => String::new(),
+            Ok(Err(e)) => {
+                warn!(topic = %topic, error = %e, "deleting a change topic failed");
+                format!("; its change topic '{topic}' could not be deleted ({e}): delete it on the brokers")
+            }
+            Err(e) => format!(
+                "; its change topic '{topic}' could not be deleted ({e}): delete it on the brokers"
+            ),
+        }
+    }
+
     async fn execute_sql(&self, sql: &str) -> Result<pb::ExecuteResponse, Status> {
         let mut catalog = self.catalog.lock().await;
         let change = catalog
             .plan(sql)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A dropped or replaced view's change topic, deleted once the catalog is released.
+        let mut change_log = None;
         let message = match &change {
             Change::Create(Object::Stream(s)) => {
-                let check = self.topic_check.clone();
+                let check = self.topics.check.clone();
                 let stream = s.clone();
                 tokio::task::spawn_blocking(move || check(&stream))
                     .await
@@ -197,9 +222,38 @@ impl CoordinatorService {
                 let msg = format!("created stream '{}'", s.name);
                 self.create(&mut catalog, sql, change, msg)?
             }
+            Change::Create(Object::KvStream(k)) => {
+                let msg = format!(
+                    "created stream '{}' ({}); views read it once a view writes INTO it",
+                    k.name, k.mode
+                );
+                self.create(&mut catalog, sql, change, msg)?
+            }
             Change::Create(Object::View(v)) => {
                 let msg = format!("created materialized view '{}'", v.name);
                 self.create(&mut catalog, sql, change, msg)?
+            }
+            Change::Replace {
+                replaces,
+                object: Object::View(v),
+            } => {
+                let id = catalog.next_id();
+                self.store
+                    .replace(*replaces, id, sql)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let msg = format!("replaced materialized view '{}'; regions keep serving the old one until the new one has caught up with its stream, then switch to it at once", v.name);
+                info!(id, replaces, name = %v.name, "replaced view");
+                self.views
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&v.name);
+                change_log = catalog.source(&v.name);
+                catalog.apply(id, sql, change.clone());
+                self.refresh_view_ids(&catalog);
+                msg
+            }
+            Change::Replace { .. } => {
+                return Err(Status::internal("only a view can be replaced"));
             }
             Change::Drop { name } => {
                 let entry = catalog
@@ -217,6 +271,7 @@ impl CoordinatorService {
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(name);
                 }
+                change_log = (kind == "view").then(|| catalog.source(name)).flatten();
                 catalog.apply(id, sql, change);
                 self.refresh_view_ids(&catalog);
                 msg
@@ -242,6 +297,35 @@ impl CoordinatorService {
                                             .join(", "),
                                     ],
                                 }),
+                                Object::KvStream(k) => {
+                                    let source = catalog.source(&k.name);
+                                    Some(pb::TextRow {
+                                        cells: vec![
+                                            k.name.clone(),
+                                            source
+                                                .as_ref()
+                                                .map_or_else(String::new, |s| s.topic.clone()),
+                                            source
+                                                .as_ref()
+                                                .map_or_else(String::new, |s| s.brokers.clone()),
+                                            match catalog.writer_of(&k.name) {
+                                                Some(w) => format!(
+                                                    "{}, written by view {}",
+                                                    k.mode, w.name
+                                                ),
+                                                None => format!(
+                                                    "{}, no view writes INTO it yet",
+                                                    k.mode
+                                                ),
+                                            },
+                                            k.columns
+                                                .iter()
+                                                .map(|c| format!("{} {}", c.name, c.declared))
+                                                .collect::<Vec<_>>()
+                                                .join(", "),
+                                        ],
+                                    })
+                                }
                                 _ => None,
                             })
                             .collect(),
@@ -287,6 +371,8 @@ impl CoordinatorService {
             }
             Change::Nothing(why) => format!("nothing to do: {why}"),
         };
+        drop(catalog);
+        let message = message + &self.delete_change_topic(change_log).await;
         Ok(pb::ExecuteResponse {
             message,
             columns: vec![],
@@ -621,12 +707,23 @@ mod tests {
                 Err(format!("topic '{t}' does not exist"))
             }
         });
+        // Deleting a change topic answers "deleted" and records its name.
+        let deleted = Arc::new(Mutex::new(Vec::<String>::new()));
+        let record = deleted.clone();
+        let delete: TopicDelete = Arc::new(move |s: &catalog::StreamDef| {
+            record.lock().expect("lock").push(s.topic.clone());
+            Ok(true)
+        });
+        let topics = Topics {
+            check: check.clone(),
+            delete,
+        };
         let stream = "CREATE EXTERNAL STREAM orders(id int64, region string) SETTINGS type='kafka', brokers='b:1', topic='orders', data_format='Debezium', primary_key='id'";
         let view = "CREATE MATERIALIZED VIEW by_region AS SELECT region, count() AS n FROM orders GROUP BY region";
         {
             let svc = CoordinatorService::open(
                 CatalogStore::open(dir.path()).expect("open"),
-                Some(check.clone()),
+                Some(topics.clone()),
             )
             .expect("service");
             let exec =
@@ -646,10 +743,11 @@ mod tests {
             .expect_err("bad column");
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
         }
-        let check_again = check.clone();
-        let svc =
-            CoordinatorService::open(CatalogStore::open(dir.path()).expect("reopen"), Some(check))
-                .expect("service");
+        let svc = CoordinatorService::open(
+            CatalogStore::open(dir.path()).expect("reopen"),
+            Some(topics.clone()),
+        )
+        .expect("service");
         let cat = svc
             .get_catalog(Request::new(pb::GetCatalogRequest {}))
             .await
@@ -664,13 +762,21 @@ mod tests {
         );
         // Dropping the newest entry and creating it again gives a new id, across a restart too.
         let exec = |sql: &str| svc.execute(Request::new(pb::ExecuteRequest { sql: sql.into() }));
-        exec("DROP MATERIALIZED VIEW by_region")
+        let identity = svc.identity;
+        let done = exec("DROP MATERIALIZED VIEW by_region")
             .await
-            .expect("drop");
+            .expect("drop")
+            .into_inner();
+        let topic = format!("meridian.changes.{identity:x}.2.by_region");
+        assert_eq!(
+            done.message,
+            format!("dropped view 'by_region'; deleted its change topic '{topic}'")
+        );
+        assert_eq!(*deleted.lock().expect("lock"), [topic]);
         drop(svc);
         let svc = CoordinatorService::open(
             CatalogStore::open(dir.path()).expect("reopen"),
-            Some(check_again),
+            Some(topics.clone()),
         )
         .expect("service");
         svc.execute(Request::new(pb::ExecuteRequest { sql: view.into() }))
@@ -685,6 +791,44 @@ mod tests {
             cat.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![1, 3],
             "id 2 is not reused"
+        );
+        // CREATE OR REPLACE: the new incarnation takes a new id and the old entry is gone,
+        // across a restart too.
+        let replace = "CREATE OR REPLACE MATERIALIZED VIEW by_region AS SELECT region, sum(id) AS s FROM orders GROUP BY region";
+        let done = svc
+            .execute(Request::new(pb::ExecuteRequest {
+                sql: replace.into(),
+            }))
+            .await
+            .expect("replace")
+            .into_inner();
+        assert!(
+            done.message
+                .starts_with("replaced materialized view 'by_region'")
+                && done.message.ends_with(&format!(
+                    "deleted its change topic 'meridian.changes.{identity:x}.3.by_region'"
+                )),
+            "{}",
+            done.message
+        );
+        assert_eq!(deleted.lock().expect("lock").len(), 2);
+        drop(svc);
+        let svc = CoordinatorService::open(
+            CatalogStore::open(dir.path()).expect("reopen"),
+            Some(topics),
+        )
+        .expect("service");
+        let cat = svc
+            .get_catalog(Request::new(pb::GetCatalogRequest {}))
+            .await
+            .expect("catalog")
+            .into_inner();
+        assert_eq!(
+            cat.entries
+                .iter()
+                .map(|e| (e.id, e.sql.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, stream), (4, replace)]
         );
     }
 }

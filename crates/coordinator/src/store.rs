@@ -115,6 +115,22 @@ impl CatalogStore {
         Ok(id)
     }
 
+    /// Stores a `CREATE OR REPLACE` under `id` and deletes the statement it replaces (with its
+    /// lease and starting offsets) in one durable write: a crash leaves the old view or the
+    /// new one, never both or neither.
+    pub fn replace(&self, old: u64, id: u64, sql: &str) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.delete(key(old));
+        wb.delete(tagged("lease/", old));
+        wb.delete(tagged("start/", old));
+        wb.put(key(id), sql);
+        wb.put(NEXT_ID, (id + 1).to_be_bytes());
+        self.db.write_opt(wb, &opts)?;
+        Ok(())
+    }
+
     /// Deletes a statement, and a view's lease and starting offsets with it.
     pub fn delete(&self, id: u64) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();

@@ -349,7 +349,9 @@ impl ViewActor {
                         offsets.insert(input, m.offset() + 1);
                         consumed += 1;
                         consumed_bytes += (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
-                        let decoded = decode_with_epoch(self.source(source), m.key(), m.payload())
+                        let partitions_of = |source| offsets.keys().filter(|&&i| split_input(i).0 == source).count();
+                        let decoded = crate::decode::check_order(self.source(source), m.key(), m.partition(), || partitions_of(source))
+                            .and_then(|()| decode_with_epoch(self.source(source), m.key(), m.payload()))
                             .and_then(|(event, epoch)| match epoch {
                                 Some(e) => crate::changes::fence_epoch(&mut meta.change_epochs, input, e).map(|()| event),
                                 None => Ok(event),

@@ -80,6 +80,7 @@ fn decode_source(
             }
         }
         DataFormat::Debezium => decode_debezium(stream, key, payload),
+        DataFormat::PeerDb => decode_peerdb(stream, payload),
         // Read by `decode_with_epoch`, which never comes here with it.
         DataFormat::ChangeLog => Err("a change-log message decoded as a source".to_string()),
     }
@@ -156,6 +157,91 @@ fn decode_debezium(
         "t" => Ok(Some(SourceEvent::Truncate)),
         other => Err(format!("unknown Debezium op '{other}'")),
     }
+}
+
+/// A PeerDB record, as PeerDB's Kafka connector writes it without a script: `kind` is
+/// `insert`, `update` or `delete`; `new` holds the row after an insert or update, `old` the
+/// primary key (with REPLICA IDENTITY DEFAULT) or the whole row of a delete, and an update's
+/// old key when the update changed it. Other kinds (`relation`, `message`) carry no row.
+fn decode_peerdb(stream: &StreamDef, payload: &[u8]) -> Result<Option<SourceEvent>, String> {
+    let json: Json =
+        serde_json::from_slice(payload).map_err(|e| format!("value is not JSON: {e}"))?;
+    let Json::Object(fields) = &json else {
+        return Err(format!(
+            "expected a PeerDB record object, got {}",
+            json_kind(&json)
+        ));
+    };
+    let kind = fields
+        .get("kind")
+        .and_then(Json::as_str)
+        .ok_or("PeerDB record has no 'kind' field")?;
+    let object = |name: &str| fields.get(name).filter(|o| o.is_object());
+    match kind {
+        "insert" | "update" => {
+            let new = object("new").ok_or_else(|| format!("kind '{kind}' needs a 'new' object"))?;
+            // PeerDB leaves unchanged TOASTed values out of an update: the row it sends is
+            // not whole, and taking the missing columns as NULL would be wrong.
+            if let Some(Json::Array(unchanged)) = fields.get("unchanged_columns") {
+                let missing: Vec<&str> = unchanged
+                    .iter()
+                    .filter_map(Json::as_str)
+                    .filter(|c| stream.columns.iter().any(|col| col.name == *c))
+                    // PeerDB may fill a value in from an earlier record of the row.
+                    .filter(|c| new.get(*c).is_none())
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(format!("the update leaves out unchanged column(s) {missing:?} (TOASTed values): the view needs whole rows (REPLICA IDENTITY FULL on the source table)"));
+                }
+            }
+            let row = decode_row(stream, new).map_err(|e| format!("new: {e}"))?;
+            check_key(stream, &row)?;
+            if let Some(old) = object("old") {
+                if let Some(old_key) = key_of(stream, old)? {
+                    let new_key: Vec<Value> =
+                        stream.primary_key.iter().map(|&i| row[i].clone()).collect();
+                    if old_key != new_key {
+                        return Ok(Some(SourceEvent::Move { old_key, row }));
+                    }
+                }
+            }
+            Ok(Some(SourceEvent::Upsert(row)))
+        }
+        "delete" => {
+            let old = object("old").ok_or("kind 'delete' needs an 'old' object")?;
+            let key = key_of(stream, old)?.ok_or_else(|| {
+                let cols: Vec<&str> = stream
+                    .primary_key
+                    .iter()
+                    .map(|&i| stream.columns[i].name.as_str())
+                    .collect();
+                format!("delete has no value for primary key column(s) {cols:?}")
+            })?;
+            Ok(Some(SourceEvent::Delete { key }))
+        }
+        "relation" | "message" => Ok(None),
+        other => Err(format!("unknown PeerDB record kind '{other}'")),
+    }
+}
+
+/// A row's changes must be read in order, and Kafka keeps order only within a partition. A
+/// PeerDB record without a key (PeerDB's default) may be on any partition, so it is taken only
+/// from a topic of one partition. `partitions`: how many partitions of its topic the view
+/// reads (asked only for such a record).
+pub fn check_order(
+    stream: &StreamDef,
+    key: Option<&[u8]>,
+    partition: i32,
+    partitions: impl FnOnce() -> usize,
+) -> Result<(), String> {
+    if stream.format != DataFormat::PeerDb || key.is_some_and(|k| !k.is_empty()) {
+        return Ok(());
+    }
+    let partitions = partitions();
+    if partitions > 1 {
+        return Err(format!("a PeerDB record without a key, on partition {partition} of a topic of {partitions} partitions: its row's changes may be read out of order; key the mirror's records by primary key (a script returning {{key = ..., value = json.encode(record)}}) or use a topic of one partition"));
+    }
+    Ok(())
 }
 
 /// The primary key in a `before` object, when it has every key column (with REPLICA IDENTITY
@@ -246,6 +332,15 @@ fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
         (_, Json::Null) => Ok(Value::Null),
         (ColumnType::Int64, Json::Number(n)) => n.as_i64().map(Value::Int).ok_or_else(mismatch),
         (ColumnType::Float64, Json::Number(n)) => n.as_f64().map(Value::Float).ok_or_else(mismatch),
+        // A numeric value written as text (PeerDB's `numeric`, Debezium's
+        // `decimal.handling.mode=string`), for a column declared float64.
+        (ColumnType::Float64, Json::String(t)) => t
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Value::Float)
+            .ok_or_else(mismatch),
         (ColumnType::String, Json::String(s)) => Ok(Value::Text(s.clone())),
         (ColumnType::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
         // Debezium's Date is days since the epoch.
@@ -459,5 +554,80 @@ mod tests {
             err.contains("column 'at'") && err.contains("not an ISO-8601 time"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn peerdb_records_as_its_kafka_connector_writes_them() {
+        let sql = "CREATE EXTERNAL STREAM items(id int64, name string, price float64, active bool, created_at datetime64(6), born date) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='PeerDB', primary_key='id'";
+        let Ok(Change::Create(Object::Stream(s))) = Catalog::default().plan(sql) else {
+            panic!("stream")
+        };
+        let at = catalog::parse_timestamp("2024-05-01 12:34:56.789012").expect("ts");
+        let insert = br#"{"kind":"insert","new":{"active":true,"blob":"3q2+7w==","born":"2024-05-01","created_at":"2024-05-01 12:34:56.789012+0000","id":1,"name":"widget","price":"19.9","tags":["a","b"]},"checkpoint":24502360,"commit_time":"2024-05-01T12:34:56.801234Z","transaction_id":745,"source":"public.items"}"#;
+        let born = catalog::parse_date("2024-05-01").expect("date");
+        let widget = vec![
+            Value::Int(1),
+            Value::Text("widget".into()),
+            Value::Float(19.9),
+            Value::Bool(true),
+            Value::Timestamp(at),
+            Value::Date(born),
+        ];
+        assert_eq!(
+            decode(&s, None, Some(insert)),
+            Ok(Some(SourceEvent::Upsert(widget.clone())))
+        );
+        // REPLICA IDENTITY DEFAULT: an update's `old` is empty.
+        let update = br#"{"kind":"update","old":{},"new":{"active":true,"born":"2024-05-01","created_at":"2024-05-01 12:34:56.789012+0000","id":1,"name":null,"price":"21"},"checkpoint":24502712}"#;
+        let mut updated = widget.clone();
+        updated[1] = Value::Null;
+        updated[2] = Value::Float(21.0);
+        assert_eq!(
+            decode(&s, None, Some(update)),
+            Ok(Some(SourceEvent::Upsert(updated.clone())))
+        );
+        // An update that changed the key carries the old key in `old`.
+        let moved = br#"{"kind":"update","old":{"id":1,"name":null},"new":{"id":7,"active":true,"born":"2024-05-01","created_at":"2024-05-01 12:34:56.789012+0000","price":"21"}}"#;
+        let mut row7 = updated.clone();
+        row7[0] = Value::Int(7);
+        assert_eq!(
+            decode(&s, None, Some(moved)),
+            Ok(Some(SourceEvent::Move {
+                old_key: vec![Value::Int(1)],
+                row: row7
+            }))
+        );
+        // A delete's `old` has every column, only the key filled in.
+        let delete = br#"{"kind":"delete","old":{"active":null,"born":null,"created_at":null,"id":1,"name":null,"price":null},"checkpoint":24503000}"#;
+        assert_eq!(
+            decode(&s, None, Some(delete)),
+            Ok(Some(SourceEvent::Delete {
+                key: vec![Value::Int(1)]
+            }))
+        );
+        assert_eq!(decode(&s, None, Some(br#"{"kind":"relation"}"#)), Ok(None));
+        for (bad, why) in [
+            (&br#"{"kind":"update","new":{"id":1,"price":"2"},"unchanged_columns":["name","blob","price"]}"#[..], "leaves out unchanged column(s) [\"name\"]"),
+            (br#"{"kind":"delete","old":{"id":null}}"#, "delete has no value for primary key column(s) [\"id\"]"),
+            (br#"{"kind":"delete"}"#, "kind 'delete' needs an 'old' object"),
+            (br#"{"kind":"insert","new":{"id":1,"price":"cheap"}}"#, "new: column 'price': expected float64, got string"),
+            (br#"{"kind":"insert","new":{"id":1,"price":"1e400"}}"#, "column 'price'"),
+            (br#"{"kind":"truncate"}"#, "unknown PeerDB record kind 'truncate'"),
+            (br#"{"new":{}}"#, "PeerDB record has no 'kind' field"),
+            (br#"[]"#, "expected a PeerDB record object, got array"),
+        ] {
+            let err = decode(&s, None, Some(bad)).expect_err(why);
+            assert!(err.contains(why), "{err}");
+        }
+        // Order: a keyless record is taken only from a topic of one partition.
+        assert_eq!(check_order(&s, None, 0, || 1), Ok(()));
+        assert_eq!(check_order(&s, Some(b"1"), 2, || 3), Ok(()));
+        let err = check_order(&s, None, 2, || 3).expect_err("out of order");
+        assert!(
+            err.contains("on partition 2 of a topic of 3 partitions"),
+            "{err}"
+        );
+        assert!(check_order(&s, Some(b""), 0, || 2).is_err());
+        assert_eq!(check_order(&orders(), None, 2, || 3), Ok(()), "only PeerDB");
     }
 }

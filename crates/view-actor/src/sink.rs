@@ -122,7 +122,14 @@ impl Sink {
                 r = ready.changed() => if r.is_err() { return Ok(()) },
             }
         }
-        self.ensure_topic().await?;
+        // A topic this sink wrote to and that is gone was deleted (its view dropped, or by
+        // hand): made again, it would hold only what follows, so it is not.
+        let store = self.store.clone();
+        let wrote = on_store_thread(move || store.sink_position())
+            .await
+            .map_err(SinkError::Store)?
+            .is_some();
+        self.ensure_topic(!wrote).await?;
         let producer: FutureProducer = self
             .client_config()
             .set("enable.idempotence", "true")
@@ -320,13 +327,19 @@ impl Sink {
         config
     }
 
-    /// Creates the change topic if it does not exist: one partition, so that the change log
+    /// Creates the change topic if it does not exist (and `create`): one partition, so that the change log
     /// keeps its order, the brokers' default replication, and no time or size retention (a
     /// view that starts reading the topic reads it from its first message). A topic that
     /// exists is used as it is (no permission to create topics is needed then).
-    async fn ensure_topic(&self) -> Result<(), SinkError> {
+    async fn ensure_topic(&self, create: bool) -> Result<(), SinkError> {
         if self.topic_exists().await {
             return Ok(());
+        }
+        if !create {
+            return Err(SinkError::Kafka(format!(
+                "the change topic '{}' this view wrote to is not found (brokers unreachable, or the topic deleted); it is not created again, since the views reading it would miss what was written before",
+                self.stream.topic
+            )));
         }
         let admin: AdminClient<DefaultClientContext> = self
             .client_config()
