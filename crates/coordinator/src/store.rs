@@ -31,6 +31,13 @@ fn key(id: u64) -> String {
     format!("entry/{id:016x}")
 }
 
+/// Deletes a statement, and a view's lease and starting offsets with it.
+fn delete_entry(wb: &mut rocksdb::WriteBatch, id: u64) {
+    wb.delete(key(id));
+    wb.delete(tagged("lease/", id));
+    wb.delete(tagged("start/", id));
+}
+
 impl CatalogStore {
     pub fn open(path: &Path) -> Result<CatalogStore, StoreError> {
         let mut opts = rocksdb::Options::default();
@@ -122,9 +129,7 @@ impl CatalogStore {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         let mut wb = rocksdb::WriteBatch::default();
-        wb.delete(key(old));
-        wb.delete(tagged("lease/", old));
-        wb.delete(tagged("start/", old));
+        delete_entry(&mut wb, old);
         wb.put(key(id), sql);
         wb.put(NEXT_ID, (id + 1).to_be_bytes());
         self.db.write_opt(wb, &opts)?;
@@ -136,9 +141,7 @@ impl CatalogStore {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         let mut wb = rocksdb::WriteBatch::default();
-        wb.delete(key(id));
-        wb.delete(tagged("lease/", id));
-        wb.delete(tagged("start/", id));
+        delete_entry(&mut wb, id);
         self.db.write_opt(wb, &opts)?;
         Ok(())
     }

@@ -112,19 +112,8 @@ fn decode_debezium(
                 .ok_or_else(|| format!("op '{op}' needs an 'after' object"))?;
             let row = decode_row(stream, after).map_err(|e| format!("after: {e}"))?;
             check_key(stream, &row)?;
-            // An update may change the primary key; the old key's row must be retracted.
-            if op == "u" {
-                if let Some(before) = fields.get("before").filter(|b| b.is_object()) {
-                    if let Some(old_key) = key_of(stream, before)? {
-                        let new_key: Vec<Value> =
-                            stream.primary_key.iter().map(|&i| row[i].clone()).collect();
-                        if old_key != new_key {
-                            return Ok(Some(SourceEvent::Move { old_key, row }));
-                        }
-                    }
-                }
-            }
-            Ok(Some(SourceEvent::Upsert(row)))
+            let before = fields.get("before").filter(|b| op == "u" && b.is_object());
+            upsert_or_move(stream, before, row).map(Some)
         }
         "d" => {
             // The primary key of a deleted row comes from `before`, or from the message key
@@ -196,16 +185,7 @@ fn decode_peerdb(stream: &StreamDef, payload: &[u8]) -> Result<Option<SourceEven
             }
             let row = decode_row(stream, new).map_err(|e| format!("new: {e}"))?;
             check_key(stream, &row)?;
-            if let Some(old) = object("old") {
-                if let Some(old_key) = key_of(stream, old)? {
-                    let new_key: Vec<Value> =
-                        stream.primary_key.iter().map(|&i| row[i].clone()).collect();
-                    if old_key != new_key {
-                        return Ok(Some(SourceEvent::Move { old_key, row }));
-                    }
-                }
-            }
-            Ok(Some(SourceEvent::Upsert(row)))
+            upsert_or_move(stream, object("old"), row).map(Some)
         }
         "delete" => {
             let old = object("old").ok_or("kind 'delete' needs an 'old' object")?;
@@ -242,6 +222,22 @@ pub fn check_order(
         return Err(format!("a PeerDB record without a key, on partition {partition} of a topic of {partitions} partitions: its row's changes may be read out of order; key the mirror's records by primary key (a script returning {{key = ..., value = json.encode(record)}}) or use a topic of one partition"));
     }
     Ok(())
+}
+
+/// An upsert of `row`, or a move when `old` (an update's old row, or its old key) names
+/// another primary key: an update may change the key, and the old key's row must be retracted.
+fn upsert_or_move(
+    stream: &StreamDef,
+    old: Option<&Json>,
+    row: Vec<Value>,
+) -> Result<SourceEvent, String> {
+    if let Some(old_key) = old.map(|o| key_of(stream, o)).transpose()?.flatten() {
+        let new_key: Vec<Value> = stream.primary_key.iter().map(|&i| row[i].clone()).collect();
+        if old_key != new_key {
+            return Ok(SourceEvent::Move { old_key, row });
+        }
+    }
+    Ok(SourceEvent::Upsert(row))
 }
 
 /// The primary key in a `before` object, when it has every key column (with REPLICA IDENTITY
