@@ -179,6 +179,16 @@ pub async fn check(url: &str, as_json: bool, max_staleness_ms: i64) -> anyhow::R
     Ok(())
 }
 
+/// The catalog's id of `view` when a node still serves an older incarnation of it (after
+/// `CREATE OR REPLACE`, until the new one has caught up and swapped in).
+fn replaced_by(s: &pb::ClusterStatus, view: &str, view_id: u64) -> Option<u64> {
+    s.views
+        .iter()
+        .find(|v| v.view.eq_ignore_ascii_case(view))
+        .map(|v| v.view_id)
+        .filter(|&id| id > view_id)
+}
+
 pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
     let regions: Vec<_> = s
         .regions
@@ -192,7 +202,7 @@ pub fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
                     let views: Vec<_> = st
                         .positions
                         .iter()
-                        .map(|p| json!({"view": p.view, "view_id": p.view_id, "applied_seq": p.applied_seq, "produced_at_ms": p.produced_at_ms, "applied_at_ms": p.applied_at_ms, "lag_ms": (p.applied_at_ms - p.produced_at_ms).max(0), "epoch": p.epoch, "fresh_at_ms": p.fresh_at_ms, "staleness_ms": (p.staleness_ms >= 0).then_some(p.staleness_ms)}))
+                        .map(|p| json!({"view": p.view, "view_id": p.view_id, "applied_seq": p.applied_seq, "produced_at_ms": p.produced_at_ms, "applied_at_ms": p.applied_at_ms, "lag_ms": (p.applied_at_ms - p.produced_at_ms).max(0), "epoch": p.epoch, "fresh_at_ms": p.fresh_at_ms, "staleness_ms": (p.staleness_ms >= 0).then_some(p.staleness_ms), "replaced_by": replaced_by(s, &p.view, p.view_id)}))
                         .collect();
                     json!({
                         "node_id": st.node_id, "role": st.role, "term": st.term, "leader_id": st.leader_id,
@@ -252,8 +262,15 @@ pub fn render(s: &pb::ClusterStatus) -> String {
                     } else {
                         String::new()
                     };
+                    let replaced = match replaced_by(s, &p.view, p.view_id) {
+                        Some(id) => format!(
+                            " [still the replaced incarnation {}: id {id} has not caught up yet]",
+                            p.view_id
+                        ),
+                        None => String::new(),
+                    };
                     format!(
-                        "{}@{} (lag {} ms{stale})",
+                        "{}@{} (lag {} ms{stale}){replaced}",
                         p.view,
                         p.applied_seq,
                         (p.applied_at_ms - p.produced_at_ms).max(0)
@@ -428,4 +445,55 @@ pub fn render(s: &pb::ClusterStatus) -> String {
 /// The reduction ratio R = view / source (design notes: D_r / D_t); `None` before any source.
 fn ratio(view: u64, source: u64) -> Option<f64> {
     (source > 0).then(|| view as f64 / source as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_still_serving_a_replaced_incarnation_says_so() {
+        let position = |view_id| pb::ViewPosition {
+            view: "v".into(),
+            view_id,
+            applied_seq: 9,
+            ..Default::default()
+        };
+        let node = |id, view_id| pb::NodeReport {
+            status: Some(pb::NodeStatusResponse {
+                region: "eu".into(),
+                node_id: id,
+                positions: vec![position(view_id)],
+                ..Default::default()
+            }),
+            report_age_ms: 0,
+        };
+        let s = pb::ClusterStatus {
+            regions: vec![pb::RegionStatus {
+                region: "eu".into(),
+                nodes: vec![node(1, 3), node(2, 8)],
+            }],
+            views: vec![pb::ViewReport {
+                view: "v".into(),
+                view_id: 8,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = to_json(&s);
+        let replaced: Vec<&serde_json::Value> = json["regions"][0]["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| &n["views"][0]["replaced_by"])
+            .collect();
+        assert_eq!(replaced, [&serde_json::json!(8), &serde_json::Value::Null]);
+        let text = render(&s);
+        assert_eq!(
+            text.matches("still the replaced incarnation 3: id 8 has not caught up yet")
+                .count(),
+            1,
+            "{text}"
+        );
+    }
 }
