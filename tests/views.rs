@@ -1,6 +1,6 @@
 //! The view engine end to end: views of each kind the engine computes (expressions and
-//! functions, a view without aggregates, min/max/distinct under retraction, HAVING), all over
-//! one Debezium stream through Kafka, on both regions. Each replica must equal DuckDB running
+//! functions, a view without aggregates, min/max/distinct and arg_min/arg_max under retraction,
+//! HAVING), all over one Debezium stream through Kafka, on both regions. Each replica must equal DuckDB running
 //! the same query, written by hand in DuckDB's dialect, over the source's final rows.
 
 use std::time::Duration;
@@ -22,9 +22,9 @@ const VIEWS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "extremes",
-        "SELECT country, min(amount) AS lo, max(amount) AS hi, count(DISTINCT customer_id) AS customers, round(avg(amount), 6) AS mean FROM orders GROUP BY country HAVING count() > 1",
-        "country, lo, hi, customers, mean",
-        "SELECT country, min(amount), max(amount), count(DISTINCT customer_id), round(avg(amount), 6) FROM orders GROUP BY country HAVING count(*) > 1 ORDER BY ALL",
+        "SELECT country, min(amount) AS lo, max(amount) AS hi, count(DISTINCT customer_id) AS customers, round(avg(amount), 6) AS mean, arg_max(id, amount * 1000000 + id) AS top_order, arg_min(status, amount) AS cheapest_status FROM orders GROUP BY country HAVING count() > 1",
+        "country, lo, hi, customers, mean, top_order, cheapest_status",
+        "SELECT country, min(amount), max(amount), count(DISTINCT customer_id), round(avg(amount), 6), arg_max(id, amount * 1000000 + id), arg_min(status, (amount, status)) FILTER (WHERE amount IS NOT NULL AND status IS NOT NULL) FROM orders GROUP BY country HAVING count(*) > 1 ORDER BY ALL",
     ),
     (
         "buckets",

@@ -600,3 +600,53 @@ fn create_or_replace_makes_a_new_incarnation_of_a_view() {
     }
     assert_eq!(c.entries().len(), 4, "a refused statement changes nothing");
 }
+
+#[test]
+fn arg_min_and_arg_max_take_the_value_and_what_orders_the_rows() {
+    let c = catalog_with_orders();
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT region, arg_max(status, amount) AS top_status, min_by(id, amount) AS cheapest, arg_max(status, amount) AS again FROM orders GROUP BY region";
+    let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
+        panic!("accepted");
+    };
+    let aggs: Vec<(AggFunc, ColumnType, bool)> = v
+        .plan
+        .aggregates
+        .iter()
+        .map(|a| (a.func, a.ty, a.by.is_some()))
+        .collect();
+    assert_eq!(
+        aggs,
+        [
+            (AggFunc::ArgMax, ColumnType::String, true),
+            (AggFunc::ArgMin, ColumnType::Int64, true)
+        ],
+        "typed as their value; the same call is computed once"
+    );
+    for (sql, message, at) in [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT arg_max(status) FROM orders",
+            "arg_max(x, by) takes two arguments",
+            "arg_max",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT arg_min(DISTINCT status, id) FROM orders",
+            "arg_min(x, by) takes two arguments",
+            "arg_min",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT max_by(status, max(id)) FROM orders",
+            "an aggregate cannot be inside another aggregate",
+            "max(id)",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT top_k(status, 3) FROM orders",
+            "aggregate 'top_k' is not supported yet",
+            "top_k",
+        ),
+    ] {
+        let err = c.plan(sql).expect_err(sql);
+        assert!(err.message.contains(message), "{sql}: {}", err.message);
+        let col = sql.find(at).expect("position") + 1;
+        assert_eq!((err.pos.line, err.pos.column), (1, col), "{sql}");
+    }
+}

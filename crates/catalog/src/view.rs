@@ -510,7 +510,7 @@ pub fn plan(
             let project = typed(&p, &row_exprs, &spans, &stream_cols)?;
             let n_keys = p.keys.len();
             let mut aggregates = Vec::new();
-            for (func, arg, text, at) in &p.aggs {
+            for (func, arg, by, text, at) in &p.aggs {
                 let arg_ty = arg.map(|a| project[n_keys + a].ty);
                 let numeric = arg_ty.is_some_and(ColumnType::is_numeric);
                 let ty = match func {
@@ -529,13 +529,17 @@ pub fn plan(
                     }
                     AggFunc::Sum => arg_ty.unwrap_or(ColumnType::Int64),
                     AggFunc::Avg => ColumnType::Float64,
-                    AggFunc::Min | AggFunc::Max | AggFunc::Latest | AggFunc::Earliest => {
-                        arg_ty.unwrap_or(ColumnType::Int64)
-                    }
+                    AggFunc::Min
+                    | AggFunc::Max
+                    | AggFunc::Latest
+                    | AggFunc::Earliest
+                    | AggFunc::ArgMin
+                    | AggFunc::ArgMax => arg_ty.unwrap_or(ColumnType::Int64),
                 };
                 aggregates.push(Aggregate {
                     func: *func,
                     arg: arg.map(|a| n_keys + a),
+                    by: by.map(|b| n_keys + b),
                     ty,
                     text: text.clone(),
                 });

@@ -109,6 +109,10 @@ pub enum Accumulator {
     /// `latest` / `earliest`: the group's non-null values by the arrival number of the event
     /// that brought them, sorted; a retraction removes its own arrival.
     Ordered(Vec<(u64, Value)>),
+    /// `arg_min` / `arg_max`: the group's (by, value) pairs with their multiplicity, sorted by
+    /// `by` then value (`Value::total_cmp`), so that retracting the row with the least or
+    /// greatest `by` reveals the next, as for `Values`.
+    Pairs(Vec<(Value, Value, i64)>),
 }
 
 /// One change of the view's rows.
@@ -228,6 +232,7 @@ fn new_group(def: &ViewDef) -> GroupState {
                     Accumulator::Values(Vec::new())
                 }
                 AggFunc::Latest | AggFunc::Earliest => Accumulator::Ordered(Vec::new()),
+                AggFunc::ArgMin | AggFunc::ArgMax => Accumulator::Pairs(Vec::new()),
                 AggFunc::Sum | AggFunc::Avg => {
                     let float = a
                         .arg
@@ -648,6 +653,23 @@ impl ViewCore {
                         Ok(_) => {}
                         Err(i) if sign > 0 => values.insert(i, (at, v.clone())),
                         Err(_) => {}
+                    }
+                }
+                (Accumulator::Pairs(pairs), v) => {
+                    let by = agg.by.and_then(|i| t.get(i)).unwrap_or(&Value::Null);
+                    if by.is_null() {
+                        continue;
+                    }
+                    let at = pairs
+                        .binary_search_by(|(b, x, _)| b.total_cmp(by).then_with(|| x.total_cmp(v)));
+                    match at {
+                        Ok(i) => {
+                            pairs[i].2 += sign;
+                            if pairs[i].2 == 0 {
+                                pairs.remove(i);
+                            }
+                        }
+                        Err(i) => pairs.insert(i, (by.clone(), v.clone(), sign)),
                     }
                 }
                 (Accumulator::Values(values), v) => {

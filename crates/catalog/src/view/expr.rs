@@ -51,6 +51,10 @@ pub(super) enum Mode {
     Group,
 }
 
+/// An aggregate as the query names it: its function, its argument's and its ordering
+/// argument's index into `args` (`arg_min(x, by)`), its text and where it is written.
+pub(super) type PendingAgg = (AggFunc, Option<usize>, Option<usize>, String, usize);
+
 pub(super) struct Planner<'a> {
     pub(super) join: Option<JoinCtx<'a>>,
     pub(super) sql: &'a str,
@@ -75,7 +79,7 @@ pub(super) struct Planner<'a> {
     pub(super) keys: Vec<String>,
     /// Row-mode SQL of the aggregates' arguments.
     pub(super) args: Vec<String>,
-    pub(super) aggs: Vec<(AggFunc, Option<usize>, String, usize)>,
+    pub(super) aggs: Vec<PendingAgg>,
     /// Output aliases, for GROUP BY and HAVING written with them.
     pub(super) aliases: Vec<(String, Expr)>,
 }

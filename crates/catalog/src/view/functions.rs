@@ -16,13 +16,15 @@ pub(super) const AGGREGATES: &[&str] = &[
     "earliest",
     "any",
     "any_last",
+    "arg_min",
+    "arg_max",
+    "min_by",
+    "max_by",
 ];
 /// Aggregates of Proton that Meridian does not compute yet (refused by name, not taken for
 /// unknown scalar functions).
 pub(super) const AGGREGATES_LATER: &[&str] = &[
     "top_k",
-    "arg_min",
-    "arg_max",
     "median",
     "quantile",
     "p90",
@@ -48,7 +50,7 @@ pub(super) const AGGREGATES_LATER: &[&str] = &[
     "last_value",
     "sum_distinct",
 ];
-pub(super) const AGGREGATES_HELP: &str = "supported aggregates: count(), count(x), count(DISTINCT x), count_distinct(x), uniq(x), uniq_exact(x), count_if(cond), sum(x), avg(x), min(x), max(x), latest(x), earliest(x), any(x), any_last(x)";
+pub(super) const AGGREGATES_HELP: &str = "supported aggregates: count(), count(x), count(DISTINCT x), count_distinct(x), uniq(x), uniq_exact(x), count_if(cond), sum(x), avg(x), min(x), max(x), latest(x), earliest(x), any(x), any_last(x), arg_min(x, by), arg_max(x, by)";
 
 /// Functions whose result depends on when or where a row is processed; a view replayed after
 /// a crash must compute the same rows.
@@ -301,6 +303,26 @@ impl<'a> Planner<'a> {
     pub(super) fn aggregate(&mut self, f: &Function, name: &str) -> Result<String, SqlError> {
         let span = f.name.span();
         let (distinct, raw) = self.function_args(f, name)?;
+        if matches!(name, "arg_min" | "arg_max" | "min_by" | "max_by") {
+            let (x, by) = match raw.as_slice() {
+                [FunctionArgExpr::Expr(x), FunctionArgExpr::Expr(by)] if !distinct => (x, by),
+                _ => {
+                    return Err(self.err(
+                        span,
+                        format!(
+                        "{name}(x, by) takes two arguments: the value, and what orders the rows"
+                    ),
+                    ))
+                }
+            };
+            let func = if name.contains("min") {
+                AggFunc::ArgMin
+            } else {
+                AggFunc::ArgMax
+            };
+            let (x, by) = (self.agg_slot(x, name)?, self.agg_slot(by, name)?);
+            return Ok(self.agg_ref(func, Some(x), Some(by), f.to_string(), span));
+        }
         let star = matches!(raw.as_slice(), [FunctionArgExpr::Wildcard]);
         let arg = match raw.as_slice() {
             [] => None,
@@ -335,36 +357,53 @@ impl<'a> Planner<'a> {
         };
         let slot = match arg {
             None => None,
-            Some(x) => {
-                if let Some(inner) = self.find_aggregate(x) {
-                    return Err(self.err(inner, "an aggregate cannot be inside another aggregate"));
-                }
-                let mut sql = self.walk(x, Mode::Row)?;
-                if name == "count_if" {
-                    sql = format!("(CASE WHEN {sql} THEN 1 END)");
-                }
-                Some(match self.args.iter().position(|a| *a == sql) {
-                    Some(i) => i,
-                    None => {
-                        self.args.push(sql);
-                        self.args.len() - 1
-                    }
-                })
-            }
+            Some(x) => Some(self.agg_slot(x, name)?),
         };
-        let text = f.to_string();
+        Ok(self.agg_ref(func, slot, None, f.to_string(), span))
+    }
+
+    /// The index in `args` of an aggregate's argument (row-mode SQL, shared by aggregates
+    /// that read the same expression).
+    fn agg_slot(&mut self, x: &Expr, name: &str) -> Result<usize, SqlError> {
+        if let Some(inner) = self.find_aggregate(x) {
+            return Err(self.err(inner, "an aggregate cannot be inside another aggregate"));
+        }
+        let mut sql = self.walk(x, Mode::Row)?;
+        if name == "count_if" {
+            sql = format!("(CASE WHEN {sql} THEN 1 END)");
+        }
+        Ok(match self.args.iter().position(|a| *a == sql) {
+            Some(i) => i,
+            None => {
+                self.args.push(sql);
+                self.args.len() - 1
+            }
+        })
+    }
+
+    /// `a{j}`, the aggregate's column in the per-group stage (an aggregate written twice is
+    /// computed once).
+    fn agg_ref(
+        &mut self,
+        func: AggFunc,
+        slot: Option<usize>,
+        by: Option<usize>,
+        text: String,
+        span: Span,
+    ) -> String {
         let j = match self
             .aggs
             .iter()
-            .position(|(g, s, _, _)| *g == func && *s == slot)
+            .position(|(g, s, b, _, _)| *g == func && *s == slot && *b == by)
         {
             Some(j) => j,
             None => {
-                self.aggs.push((func, slot, text, self.at(span)));
+                let at = self.at(span);
+                self.aggs.push((func, slot, by, text, at));
                 self.aggs.len() - 1
             }
         };
-        Ok(format!("a{j}"))
+        format!("a{j}")
     }
 
     /// Where an aggregate call is inside `e`, if one is.

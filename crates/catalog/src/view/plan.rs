@@ -36,6 +36,12 @@ pub enum AggFunc {
     /// `earliest(x)` / `any(x)`: the non-null value of the row changed first, of those still in
     /// the group.
     Earliest,
+    /// `arg_min(x, by)` / `min_by`: `x` of the row with the least `by` (rows where either is
+    /// NULL left out; of rows tied on `by`, the least `x`).
+    ArgMin,
+    /// `arg_max(x, by)` / `max_by`: `x` of the row with the greatest `by` (of ties, the
+    /// greatest `x`).
+    ArgMax,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +49,9 @@ pub struct Aggregate {
     pub func: AggFunc,
     /// Index into [`Plan::project`] of the argument; `None` for `count()`.
     pub arg: Option<usize>,
+    /// For `arg_min` / `arg_max`: index into [`Plan::project`] of what orders the rows.
+    #[serde(default)]
+    pub by: Option<usize>,
     /// The result type.
     pub ty: ColumnType,
     /// As written, for EXPLAIN.

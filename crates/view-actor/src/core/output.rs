@@ -142,6 +142,12 @@ pub(super) fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Result<Row, S
             (AggFunc::Latest, Accumulator::Ordered(v)) => {
                 v.last().map_or(Value::Null, |(_, x)| x.clone())
             }
+            (AggFunc::ArgMin, Accumulator::Pairs(p)) => {
+                p.first().map_or(Value::Null, |(_, x, _)| x.clone())
+            }
+            (AggFunc::ArgMax, Accumulator::Pairs(p)) => {
+                p.last().map_or(Value::Null, |(_, x, _)| x.clone())
+            }
             (AggFunc::Earliest, Accumulator::Ordered(v)) => {
                 v.first().map_or(Value::Null, |(_, x)| x.clone())
             }
