@@ -604,7 +604,7 @@ fn create_or_replace_makes_a_new_incarnation_of_a_view() {
 #[test]
 fn arg_min_and_arg_max_take_the_value_and_what_orders_the_rows() {
     let c = catalog_with_orders();
-    let sql = "CREATE MATERIALIZED VIEW v AS SELECT region, arg_max(status, amount) AS top_status, min_by(id, amount) AS cheapest, arg_max(status, amount) AS again FROM orders GROUP BY region";
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT region, arg_max(status, amount) AS top_status, min_by(id, amount) AS cheapest, arg_max(status, amount) AS again, arg_max(status, id) AS last_status FROM orders GROUP BY region";
     let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
         panic!("accepted");
     };
@@ -618,9 +618,19 @@ fn arg_min_and_arg_max_take_the_value_and_what_orders_the_rows() {
         aggs,
         [
             (AggFunc::ArgMax, ColumnType::String, true),
-            (AggFunc::ArgMin, ColumnType::Int64, true)
+            (AggFunc::ArgMin, ColumnType::Int64, true),
+            (AggFunc::ArgMax, ColumnType::String, true),
         ],
-        "typed as their value; the same call is computed once"
+        "typed as their value; the same call is computed once, another `by` apart"
+    );
+    let mut c = c;
+    c.apply(2, sql, Change::Create(Object::View(v)));
+    let Ok(Change::Explain(plan)) = c.plan("EXPLAIN MATERIALIZED VIEW v") else {
+        panic!("explain");
+    };
+    assert!(
+        plan.contains("a0 = argmax(p0, p1) :: string, a1 = argmin(p2, p1) :: int64, a2 = argmax(p0, p2) :: string"),
+        "{plan}"
     );
     for (sql, message, at) in [
         (
@@ -644,7 +654,7 @@ fn arg_min_and_arg_max_take_the_value_and_what_orders_the_rows() {
             "top_k",
         ),
     ] {
-        let err = c.plan(sql).expect_err(sql);
+        let err = catalog_with_orders().plan(sql).expect_err(sql);
         assert!(err.message.contains(message), "{sql}: {}", err.message);
         let col = sql.find(at).expect("position") + 1;
         assert_eq!((err.pos.line, err.pos.column), (1, col), "{sql}");

@@ -656,12 +656,17 @@ impl ViewCore {
                     }
                 }
                 (Accumulator::Pairs(pairs), v) => {
-                    let by = agg.by.and_then(|i| t.get(i)).unwrap_or(&Value::Null);
-                    if by.is_null() {
-                        continue;
-                    }
-                    let at = pairs
-                        .binary_search_by(|(b, x, _)| b.total_cmp(by).then_with(|| x.total_cmp(v)));
+                    let by = match agg.by.and_then(|i| t.get(i)) {
+                        None | Some(Value::Null) => continue,
+                        // Ordered as DuckDB orders them: -0.0 is 0.0, and every NaN is one
+                        // NaN, above everything.
+                        Some(Value::Float(f)) if *f == 0.0 => Value::Float(0.0),
+                        Some(Value::Float(f)) if f.is_nan() => Value::Float(f64::NAN),
+                        Some(by) => by.clone(),
+                    };
+                    let at = pairs.binary_search_by(|(b, x, _)| {
+                        b.total_cmp(&by).then_with(|| x.total_cmp(v))
+                    });
                     match at {
                         Ok(i) => {
                             pairs[i].2 += sign;
@@ -669,7 +674,7 @@ impl ViewCore {
                                 pairs.remove(i);
                             }
                         }
-                        Err(i) => pairs.insert(i, (by.clone(), v.clone(), sign)),
+                        Err(i) => pairs.insert(i, (by, v.clone(), sign)),
                     }
                 }
                 (Accumulator::Values(values), v) => {

@@ -252,13 +252,12 @@ impl Plan {
                 .iter()
                 .enumerate()
                 .map(|(j, a)| {
-                    let arg = a
-                        .arg
-                        .map_or(String::new(), |p| match p.checked_sub(self.n_keys) {
-                            Some(p) => format!("p{p}"),
-                            None => format!("k{p}"),
-                        });
-                    format!("a{j} = {:?}({arg}) :: {}", a.func, a.ty).to_lowercase()
+                    let slot = |p: usize| match p.checked_sub(self.n_keys) {
+                        Some(p) => format!("p{p}"),
+                        None => format!("k{p}"),
+                    };
+                    let arg: Vec<String> = a.arg.iter().chain(&a.by).map(|&p| slot(p)).collect();
+                    format!("a{j} = {:?}({}) :: {}", a.func, arg.join(", "), a.ty).to_lowercase()
                 })
                 .collect();
             let keys: Vec<String> = (0..self.n_keys).map(|i| format!("k{i}")).collect();

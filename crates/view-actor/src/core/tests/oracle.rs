@@ -33,11 +33,16 @@ fn random_row(rng: &mut Rng, id: i64) -> Row {
         } else {
             Value::Float((rng.below(2000) as f64 - 1000.0) / 7.0)
         },
-        text(&format!(
-            "{{\"k\": {}, \"tag\": \"t{}\"}}",
-            rng.below(4),
-            rng.below(3)
-        )),
+        // Now and then without a tag (NULL).
+        text(&if rng.below(6) == 0 {
+            format!("{{\"k\": {}}}", rng.below(4))
+        } else {
+            format!(
+                "{{\"k\": {}, \"tag\": \"t{}\"}}",
+                rng.below(4),
+                rng.below(3)
+            )
+        }),
         // Within two hours, to the millisecond.
         Value::Timestamp(1_709_287_200_000_000 + rng.below(7_200_000) as i64 * 1_000),
     ]
@@ -93,8 +98,8 @@ const CASES: &[(&str, &str)] = &[
     (
         // Ties on `by` go to the least (arg_min) or greatest (arg_max) value: the oracle
         // orders by (by, value) to say so, where DuckDB alone would pick any.
-        "CREATE MATERIALIZED VIEW v AS SELECT region, arg_max(amount, price) AS a, arg_min(id, amount) AS b, max_by(note:tag, id) AS c, min_by(price, amount * 100 + id) AS d FROM orders GROUP BY region",
-        "SELECT region, arg_max(amount, (price, amount)) FILTER (WHERE amount IS NOT NULL), arg_min(id, (amount, id)) FILTER (WHERE amount IS NOT NULL), arg_max(json_extract_string(note, '$.tag'), id), arg_min(price, amount * 100 + id) FROM src GROUP BY region",
+        "CREATE MATERIALIZED VIEW v AS SELECT region, arg_max(amount, price) AS a, arg_min(id, amount) AS b, max_by(note:tag, id) AS c, min_by(price, amount * 100 + id) AS d, arg_max(id, amount) AS e, arg_max(note:tag, amount) AS f FROM orders GROUP BY region",
+        "SELECT region, arg_max(amount, (price, amount)) FILTER (WHERE amount IS NOT NULL), arg_min(id, (amount, id)) FILTER (WHERE amount IS NOT NULL), arg_max(json_extract_string(note, '$.tag'), id), arg_min(price, amount * 100 + id), arg_max(id, (amount, id)) FILTER (WHERE amount IS NOT NULL), arg_max(json_extract_string(note, '$.tag'), (amount, json_extract_string(note, '$.tag'))) FILTER (WHERE amount IS NOT NULL AND json_extract_string(note, '$.tag') IS NOT NULL) FROM src GROUP BY region",
     ),
 ];
 
