@@ -122,9 +122,7 @@ pub fn decode(stream: &StreamDef, payload: &[u8]) -> Result<(SourceEvent, u64), 
                 .columns
                 .iter()
                 .zip(row)
-                .map(|(c, v)| {
-                    decode_value(c.ty, v).map_err(|e| format!("column '{}': {e}", c.name))
-                })
+                .map(|(c, v)| decode_column(c, v).map_err(|e| format!("column '{}': {e}", c.name)))
                 .collect::<Result<_, _>>()?;
             // A key value may be NULL: GROUP BY makes one group of the NULLs.
             SourceEvent::Upsert(row)
@@ -137,7 +135,7 @@ pub fn decode(stream: &StreamDef, payload: &[u8]) -> Result<(SourceEvent, u64), 
                 .zip(key)
                 .map(|(&i, v)| {
                     let c = &stream.columns[i];
-                    decode_value(c.ty, v).map_err(|e| format!("key column '{}': {e}", c.name))
+                    decode_column(c, v).map_err(|e| format!("key column '{}': {e}", c.name))
                 })
                 .collect::<Result<_, _>>()?;
             SourceEvent::Delete { key }
@@ -146,6 +144,21 @@ pub fn decode(stream: &StreamDef, payload: &[u8]) -> Result<(SourceEvent, u64), 
         other => return Err(format!("unknown change-log op '{other}'")),
     };
     Ok((event, epoch))
+}
+
+/// A value of column `c`, within its declared range (a stream written INTO by a view may
+/// declare `int32` where the view computes 64-bit integers).
+fn decode_column(c: &catalog::Column, v: &Json) -> Result<Value, String> {
+    let value = decode_value(c.ty, v)?;
+    if let (Value::Int(i), Some((lo, hi))) = (&value, c.int_range()) {
+        if *i < lo || *i > hi {
+            return Err(format!(
+                "{i} is out of range for {} [{lo}, {hi}]",
+                c.declared
+            ));
+        }
+    }
+    Ok(value)
 }
 
 fn decode_value(ty: ColumnType, v: &Json) -> Result<Value, String> {
@@ -374,6 +387,37 @@ mod tests {
         );
         let (_, body) = encode("v", 2, 0, ChangeOp::Truncate { rows: 3 });
         assert_eq!(decode(&s, &body), Ok((SourceEvent::Truncate, 2)));
+    }
+
+    #[test]
+    fn a_stream_written_into_keeps_its_declared_integer_ranges() {
+        let mut c = Catalog::default();
+        for (id, sql) in [
+            (1, "CREATE EXTERNAL STREAM s (id int64, k string, n int64) SETTINGS type='kafka', brokers='b:9092', topic='s', data_format='Debezium', primary_key='id'"),
+            (2, "CREATE STREAM small (k string, total int16) PRIMARY KEY k SETTINGS mode='versioned_kv'"),
+            (3, "CREATE MATERIALIZED VIEW w INTO small AS SELECT k, sum(n) AS total FROM s GROUP BY k"),
+        ] {
+            let change = c.plan(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            c.apply(id, sql, change);
+        }
+        let small = c.source("small").expect("written by w");
+        let ok = decode(&small, br#"{"epoch":1,"op":"u","row":["a",32767]}"#);
+        assert_eq!(
+            ok.map(|(e, _)| e),
+            Ok(SourceEvent::Upsert(vec![
+                Value::Text("a".into()),
+                Value::Int(32767)
+            ]))
+        );
+        let err =
+            decode(&small, br#"{"epoch":1,"op":"u","row":["a",32768]}"#).expect_err("beyond int16");
+        assert!(
+            err.contains("column 'total': 32768 is out of range for int16 [-32768, 32767]"),
+            "{err}"
+        );
+        // The writer's own change stream is 64-bit.
+        let wide = c.source("w").expect("w");
+        assert!(decode(&wide, br#"{"epoch":1,"op":"u","row":["a",32768]}"#).is_ok());
     }
 
     #[test]
