@@ -1,6 +1,6 @@
 //! The view engine end to end: views of each kind the engine computes (expressions and
 //! functions, a view without aggregates, min/max/distinct and arg_min/arg_max under retraction,
-//! HAVING), all over one Debezium stream through Kafka, on both regions. Each replica must equal DuckDB running
+//! HAVING, exact decimals, arrays from top_k and max_k), all over one Debezium stream through Kafka, on both regions. Each replica must equal DuckDB running
 //! the same query, written by hand in DuckDB's dialect, over the source's final rows.
 
 use std::time::Duration;
@@ -31,6 +31,25 @@ const VIEWS: &[(&str, &str, &str, &str)] = &[
         "SELECT lower(status) || '/' || to_string(amount % 5) AS bucket, count() AS n, sum(coalesce(quantity, 0)) AS q FROM orders WHERE status IN ('paid', 'shipped', 'new') GROUP BY bucket",
         "bucket, n, q",
         "SELECT lower(status) || '/' || CAST(amount % 5 AS VARCHAR) AS bucket, count(*), sum(coalesce(quantity, 0)) FROM orders WHERE status IN ('paid', 'shipped', 'new') GROUP BY bucket ORDER BY ALL",
+    ),
+    (
+        // Exact decimals: cents summed, retracted and compared without a float in between. A
+        // literal such as 0.01 is a float in Proton's dialect (as in ClickHouse): decimals come
+        // from decimal columns and casts.
+        "money",
+        "SELECT country, sum(amount::decimal(12, 2) * '0.01'::decimal(3, 2)) AS revenue, min(amount::decimal(12, 2) / 100) AS low, max(amount::decimal(12, 2) - '0.005'::decimal(4, 3)) AS high, count(DISTINCT amount::decimal(12, 2)) AS kinds FROM orders GROUP BY country",
+        "country, CAST(revenue AS VARCHAR), CAST(low AS VARCHAR), CAST(high AS VARCHAR), kinds",
+        "SELECT country, CAST(sum(CAST(amount AS DECIMAL(12, 2)) * CAST('0.01' AS DECIMAL(3, 2))) AS VARCHAR), CAST(min(CAST(amount AS DECIMAL(12, 2)) / 100) AS VARCHAR), CAST(max(CAST(amount AS DECIMAL(12, 2)) - CAST('0.005' AS DECIMAL(4, 3))) AS VARCHAR), count(DISTINCT amount) FROM orders GROUP BY country ORDER BY ALL",
+    ),
+    (
+        // Arrays made by aggregates, stored by every replica as DuckDB lists.
+        "tops",
+        "SELECT country, top_k(status, 2) AS statuses, max_k(amount, 3) AS biggest FROM orders GROUP BY country",
+        "country, CAST(statuses AS VARCHAR), CAST(biggest AS VARCHAR)",
+        "WITH c AS (SELECT country, status, count(*) AS c FROM orders GROUP BY 1, 2), \
+         t AS (SELECT country, list(status ORDER BY c DESC, status) AS l FROM (SELECT *, row_number() OVER (PARTITION BY country ORDER BY c DESC, status) AS rn FROM c) WHERE rn <= 2 GROUP BY country), \
+         h AS (SELECT country, list(amount ORDER BY amount DESC) AS l FROM (SELECT country, amount, row_number() OVER (PARTITION BY country ORDER BY amount DESC) AS rn FROM orders) WHERE rn <= 3 GROUP BY country) \
+         SELECT t.country, CAST(t.l AS VARCHAR), CAST(h.l AS VARCHAR) FROM t JOIN h USING (country) ORDER BY ALL",
     ),
     (
         "by_day",

@@ -6,6 +6,8 @@ use crate::error::SqlError;
 use crate::kv::KvStreamDef;
 use crate::parser::parse;
 
+/// Few and held by the catalog only: not worth boxing the larger variant.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Stream(StreamDef),

@@ -31,31 +31,47 @@ impl Column {
 
     /// The declared type without `nullable(...)` and `low_cardinality(...)` around it.
     fn base_type(&self) -> &str {
-        let mut t = self.declared.as_str();
-        while let Some(inner) = t
-            .strip_prefix("nullable(")
-            .or_else(|| t.strip_prefix("low_cardinality("))
-            .and_then(|r| r.strip_suffix(')'))
-        {
-            t = inner;
-        }
-        t
+        unwrapped(&self.declared)
+    }
+
+    /// For an `array(int32)` column, the values its elements may hold, as
+    /// [`Column::int_range`].
+    pub fn elem_int_range(&self) -> Option<(i64, i64)> {
+        let inner = self.base_type().strip_prefix("array(")?.strip_suffix(')')?;
+        int_range_of(unwrapped(inner))
     }
 
     /// The values an integer column may hold, from its declared type (`int32`, `uint8`...);
     /// `None` when any 64-bit integer fits.
     pub fn int_range(&self) -> Option<(i64, i64)> {
-        let t = self.base_type();
-        Some(match t {
-            "int8" => (i8::MIN.into(), i8::MAX.into()),
-            "int16" => (i16::MIN.into(), i16::MAX.into()),
-            "int32" | "int" | "integer" => (i32::MIN.into(), i32::MAX.into()),
-            "uint8" => (0, u8::MAX.into()),
-            "uint16" => (0, u16::MAX.into()),
-            "uint32" => (0, u32::MAX.into()),
-            _ => return None,
-        })
+        int_range_of(self.base_type())
     }
+}
+
+/// A type without `nullable(...)` and `low_cardinality(...)` around it.
+fn unwrapped(declared: &str) -> &str {
+    let mut t = declared;
+    while let Some(inner) = t
+        .strip_prefix("nullable(")
+        .or_else(|| t.strip_prefix("low_cardinality("))
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        t = inner;
+    }
+    t
+}
+
+/// The values an integer type (`int32`, `uint8`...) holds; `None` when any 64-bit integer fits.
+fn int_range_of(t: &str) -> Option<(i64, i64)> {
+    Some(match t {
+        "int8" => (i8::MIN.into(), i8::MAX.into()),
+        "int16" => (i16::MIN.into(), i16::MAX.into()),
+        "int32" | "int" | "integer" => (i32::MIN.into(), i32::MAX.into()),
+        "uint8" => (0, u8::MAX.into()),
+        "uint16" => (0, u16::MAX.into()),
+        "uint32" => (0, u32::MAX.into()),
+        _ => return None,
+    })
 }
 
 /// How a stream's Kafka message values are decoded.
@@ -218,6 +234,9 @@ impl StreamDef {
                         let Some(idx) = columns.iter().position(|c| c.name == part) else {
                             return Err(SqlError::at(sql, s.value.offset, format!("primary_key column '{part}' is not a column of the stream")));
                         };
+                        if let ColumnType::List(_) = columns[idx].ty {
+                            return Err(SqlError::at(sql, s.value.offset, format!("primary_key column '{part}' is an array, which cannot be a key")));
+                        }
                         primary_key.push(idx);
                     }
                 }
@@ -321,7 +340,7 @@ pub(crate) fn columns_of(
                     sql,
                     ty.offset,
                     format!(
-                        "unsupported type '{}' for column '{}'; supported: int8..int64, uint8..uint32, float32, float64, string, bool, date, datetime, datetime64(p), nullable(T), low_cardinality(T)",
+                        "unsupported type '{}' for column '{}'; supported: int8..int64, uint8..uint32, float32, float64, string, bool, date, datetime, datetime64(p), decimal(p, s), array(T) of integers, floats, strings or bools, nullable(T), low_cardinality(T)",
                         ty.value, name.value
                     ),
                 ));
@@ -353,8 +372,46 @@ fn parse_type(t: &str) -> Option<ColumnType> {
         "datetime" => ColumnType::Timestamp,
         // datetime64(p) and datetime64(p, 'UTC'): values are kept in UTC.
         _ if timestamp_precision(t).is_some() => ColumnType::Timestamp,
-        _ => return None,
+        _ if t.starts_with("array(") => {
+            let inner = t.strip_prefix("array(")?.strip_suffix(')')?;
+            let elem = match parse_type(inner)? {
+                ColumnType::Int64 => crate::ListElem::Int64,
+                ColumnType::Float64 => crate::ListElem::Float64,
+                ColumnType::String => crate::ListElem::String,
+                ColumnType::Bool => crate::ListElem::Bool,
+                _ => return None,
+            };
+            ColumnType::List(elem)
+        }
+        _ => return decimal_type(t),
     })
+}
+
+/// Proton's `decimal(p, s)`, `decimal(p)` (scale 0), and `decimal32(s)`, `decimal64(s)`,
+/// `decimal128(s)` (precision 9, 18, 38), when a view can hold it exactly.
+pub(crate) fn decimal_type(t: &str) -> Option<ColumnType> {
+    let args = |prefix: &str| {
+        t.strip_prefix(prefix)?
+            .strip_suffix(')')
+            .map(|a| a.split(',').map(str::trim).collect::<Vec<_>>())
+    };
+    let num = |a: &str| a.parse::<u8>().ok();
+    if let Some(a) = args("decimal(") {
+        return match a.as_slice() {
+            [p] => ColumnType::decimal(num(p)?, 0),
+            [p, s] => ColumnType::decimal(num(p)?, num(s)?),
+            _ => None,
+        };
+    }
+    for (prefix, p) in [("decimal32(", 9), ("decimal64(", 18), ("decimal128(", 38)] {
+        if let Some(a) = args(prefix) {
+            return match a.as_slice() {
+                [s] => ColumnType::decimal(p, num(s)?),
+                _ => None,
+            };
+        }
+    }
+    None
 }
 
 /// The precision (digits after the second) of `datetime` (0) or `datetime64(p[, 'UTC'])`.
@@ -460,12 +517,8 @@ impl ViewDef {
                 declared: format!(
                     "nullable({})",
                     match o.ty {
-                        ColumnType::Int64 => "int64",
-                        ColumnType::Float64 => "float64",
-                        ColumnType::String => "string",
-                        ColumnType::Bool => "bool",
-                        ColumnType::Date => "date",
-                        ColumnType::Timestamp => "datetime64(6)",
+                        ColumnType::Timestamp => "datetime64(6)".to_string(),
+                        other => other.name(),
                     }
                 ),
             })

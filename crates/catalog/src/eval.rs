@@ -27,6 +27,10 @@ pub struct Evaluator {
     n_inputs: usize,
     sql: String,
     n_outputs: usize,
+    /// The table a batch is appended to (`_in`, or the text table under it with lists).
+    table: &'static str,
+    /// The storage type of each output that DuckDB answers as text (a decimal, a list).
+    texts: Vec<Option<ColumnType>>,
 }
 
 /// Opens an in-memory DuckDB that reads no files and loads nothing.
@@ -45,12 +49,38 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn create_input(conn: &Connection, columns: &[(String, String)]) -> Result<(), String> {
+/// The table rows are appended to when the input has list columns: lists are appended as their
+/// JSON text, and `_in` is a view that reads them as lists.
+const INPUT_TEXT: &str = "_in_text";
+
+/// Creates the input; answers the table rows are appended to.
+fn create_input(conn: &Connection, columns: &[(String, String)]) -> Result<&'static str, String> {
+    let list = |t: &str| t.strip_suffix("[]").map(str::to_string);
     let cols: Vec<String> = std::iter::once(format!("{} BIGINT", quote("_i")))
-        .chain(columns.iter().map(|(n, t)| format!("{} {t}", quote(n))))
+        .chain(columns.iter().map(|(n, t)| match list(t) {
+            Some(_) => format!("{} VARCHAR", quote(n)),
+            None => format!("{} {t}", quote(n)),
+        }))
         .collect();
-    conn.execute_batch(&format!("CREATE TABLE {INPUT} ({})", cols.join(", ")))
-        .map_err(|e| e.to_string())
+    if !columns.iter().any(|(_, t)| list(t).is_some()) {
+        return conn
+            .execute_batch(&format!("CREATE TABLE {INPUT} ({})", cols.join(", ")))
+            .map(|()| INPUT)
+            .map_err(|e| e.to_string());
+    }
+    let reads: Vec<String> = std::iter::once(quote("_i"))
+        .chain(columns.iter().map(|(n, t)| match list(t) {
+            Some(elem) => format!("from_json({}, '[\"{elem}\"]') AS {}", quote(n), quote(n)),
+            None => quote(n),
+        }))
+        .collect();
+    conn.execute_batch(&format!(
+        "CREATE TABLE {INPUT_TEXT} ({}); CREATE VIEW {INPUT} AS SELECT {} FROM {INPUT_TEXT}",
+        cols.join(", "),
+        reads.join(", ")
+    ))
+    .map(|()| INPUT_TEXT)
+    .map_err(|e| e.to_string())
 }
 
 /// Whether DuckDB failed because of the values it was given (a cast of a bad value, an
@@ -79,11 +109,11 @@ pub fn describe(
     exprs: &[String],
 ) -> Result<Vec<String>, (usize, String)> {
     let conn = open().map_err(|e| (0, e))?;
-    create_input(&conn, columns).map_err(|e| (0, e))?;
+    let table = create_input(&conn, columns).map_err(|e| (0, e))?;
     // One row of NULLs: running the expressions over it finds the errors DuckDB raises only
     // when it evaluates, such as a constant that cannot be cast (amount = 'x'), which would
     // otherwise fail every row of the stream.
-    conn.execute_batch(&format!("INSERT INTO {INPUT} DEFAULT VALUES"))
+    conn.execute_batch(&format!("INSERT INTO {table} DEFAULT VALUES"))
         .map_err(|e| (0, clean_error(e)))?;
     let one = |sql: &str| -> Result<Vec<String>, String> {
         let mut stmt = conn
@@ -136,11 +166,10 @@ pub fn storage_type(duck: &str, sql: &str) -> Result<(ColumnType, String), Strin
         "UBIGINT" | "HUGEINT" | "UHUGEINT" => (ColumnType::Int64, format!("CAST({sql} AS BIGINT)")),
         "DOUBLE" => (ColumnType::Float64, sql.to_string()),
         "FLOAT" => (ColumnType::Float64, format!("CAST({sql} AS DOUBLE)")),
-        // Not silently made a float: exact decimals are not stored yet.
+        // Exact: the evaluator reads a decimal as its text (see `Evaluator::run_inner`).
         _ if t.starts_with("DECIMAL") => {
-            return Err(format!(
-                "its type is {duck}, and exact decimals are not supported yet in views; use to_float64(...) for an approximate value"
-            ))
+            let ty = duck_decimal(&t).ok_or_else(|| format!("its type {duck} is not a decimal(p, s) a view can hold"))?;
+            (ty, format!("CAST({sql} AS VARCHAR)"))
         }
         "VARCHAR" => (ColumnType::String, sql.to_string()),
         "BOOLEAN" => (ColumnType::Bool, sql.to_string()),
@@ -148,6 +177,28 @@ pub fn storage_type(duck: &str, sql: &str) -> Result<(ColumnType, String), Strin
         "TIMESTAMP" => (ColumnType::Timestamp, sql.to_string()),
         "TIMESTAMP_S" | "TIMESTAMP_MS" | "TIMESTAMP_NS" => {
             (ColumnType::Timestamp, format!("CAST({sql} AS TIMESTAMP)"))
+        }
+        _ if t.ends_with("[]") => {
+            let elem = match &t[..t.len() - 2] {
+                "BIGINT" | "INTEGER" | "SMALLINT" | "TINYINT" | "UTINYINT" | "USMALLINT"
+                | "UINTEGER" | "UBIGINT" | "HUGEINT" => crate::ListElem::Int64,
+                "DOUBLE" | "FLOAT" => crate::ListElem::Float64,
+                "VARCHAR" => crate::ListElem::String,
+                "BOOLEAN" => crate::ListElem::Bool,
+                _ => {
+                    return Err(format!(
+                        "its type is {duck}; a view holds arrays of integers, floats, strings or bools"
+                    ))
+                }
+            };
+            // As JSON text, its elements widened as the replica's column holds them.
+            (
+                ColumnType::List(elem),
+                format!(
+                    "CAST(to_json(CAST({sql} AS {}[])) AS VARCHAR)",
+                    elem.duckdb_type()
+                ),
+            )
         }
         // The NULL literal alone.
         "\"NULL\"" | "NULL" => (ColumnType::String, format!("CAST({sql} AS VARCHAR)")),
@@ -159,6 +210,13 @@ pub fn storage_type(duck: &str, sql: &str) -> Result<(ColumnType, String), Strin
     })
 }
 
+/// The column type of DuckDB's `DECIMAL(p,s)`, when a view can hold it.
+pub fn duck_decimal(t: &str) -> Option<ColumnType> {
+    let args = t.strip_prefix("DECIMAL(")?.strip_suffix(')')?;
+    let (p, s) = args.split_once(',')?;
+    ColumnType::decimal(p.trim().parse().ok()?, s.trim().parse().ok()?)
+}
+
 fn to_duck(v: &Value) -> Duck {
     match v {
         Value::Null => Duck::Null,
@@ -168,6 +226,10 @@ fn to_duck(v: &Value) -> Duck {
         Value::Bool(b) => Duck::Boolean(*b),
         Value::Date(d) => Duck::Date32(*d),
         Value::Timestamp(t) => Duck::Timestamp(TimeUnit::Microsecond, *t),
+        // Cast exactly by DuckDB into the input's DECIMAL column.
+        Value::Decimal(v, scale) => Duck::Text(crate::decimal::format(*v, *scale)),
+        // Read as a list by the input view (`create_input`).
+        Value::List(json) => Duck::Text(json.clone()),
     }
 }
 
@@ -217,7 +279,7 @@ impl Evaluator {
         filter: Option<&str>,
     ) -> Result<Evaluator, String> {
         let conn = open()?;
-        create_input(&conn, columns)?;
+        let table = create_input(&conn, columns)?;
         let select: Vec<String> = std::iter::once(quote("_i"))
             .chain(exprs.iter().cloned())
             .collect();
@@ -231,7 +293,21 @@ impl Evaluator {
             n_inputs: columns.len(),
             sql,
             n_outputs: exprs.len(),
+            table,
+            texts: vec![None; exprs.len()],
         })
+    }
+
+    /// Tells the evaluator the storage types of its outputs ([`storage_type`]), so that it
+    /// reads decimals and lists, which it is given as text, as [`Value::Decimal`]s and
+    /// [`Value::List`]s.
+    pub fn with_output_types(mut self, types: &[ColumnType]) -> Evaluator {
+        for (slot, ty) in self.texts.iter_mut().zip(types) {
+            if let ColumnType::Decimal { .. } | ColumnType::List(_) = ty {
+                *slot = Some(*ty);
+            }
+        }
+        self
     }
 
     /// Evaluates every row; one result per row, in order. A row fails alone only for an
@@ -264,14 +340,14 @@ impl Evaluator {
         let result = self.run_inner(rows);
         // The input is emptied whatever happened, so the next batch starts clean.
         self.conn
-            .execute_batch(&format!("DELETE FROM {INPUT}"))
+            .execute_batch(&format!("DELETE FROM {}", self.table))
             .map_err(clean_error)?;
         result
     }
 
     fn run_inner(&mut self, rows: &[&[Value]]) -> Result<Vec<RowResult>, String> {
         {
-            let mut app = self.conn.appender(INPUT).map_err(clean_error)?;
+            let mut app = self.conn.appender(self.table).map_err(clean_error)?;
             for (i, row) in rows.iter().enumerate() {
                 if row.len() != self.n_inputs {
                     return Err(format!(
@@ -292,14 +368,50 @@ impl Evaluator {
         while let Some(r) = result.next().map_err(clean_error)? {
             let i: i64 = r.get(0).map_err(clean_error)?;
             let mut values = Vec::with_capacity(self.n_outputs);
+            let mut failed = None;
             for c in 0..self.n_outputs {
-                values.push(from_duck(r.get_ref(c + 1).map_err(clean_error)?)?);
+                let v = from_duck(r.get_ref(c + 1).map_err(clean_error)?)?;
+                values.push(match (v, self.texts.get(c).copied().flatten()) {
+                    (
+                        Value::Text(t),
+                        Some(ColumnType::Decimal {
+                            precision: p,
+                            scale: s,
+                        }),
+                    ) => match crate::decimal::parse(&t, p, s) {
+                        Ok(d) => Value::Decimal(d, s),
+                        Err(reason) => {
+                            failed = Some(format!("Out of Range Error: {reason}"));
+                            Value::Null
+                        }
+                    },
+                    // Canonical JSON, and only what a replica admits (DuckDB writes NaN and
+                    // Infinity into JSON, which no JSON reader takes).
+                    (Value::Text(t), Some(ColumnType::List(e))) => {
+                        match serde_json::from_str::<serde_json::Value>(&t)
+                            .map_err(|_| format!("{t} is not a JSON array"))
+                            .and_then(|j| e.list_text(&j))
+                        {
+                            Ok(list) => Value::List(list),
+                            Err(reason) => {
+                                failed = Some(format!(
+                                    "Invalid Input Error: an array cannot be stored: {reason}"
+                                ));
+                                Value::Null
+                            }
+                        }
+                    }
+                    (v, _) => v,
+                });
             }
             let slot = usize::try_from(i)
                 .ok()
                 .and_then(|i| out.get_mut(i))
                 .ok_or_else(|| format!("row position {i} out of the batch"))?;
-            *slot = Ok(Some(values));
+            *slot = match failed {
+                Some(reason) => Err(reason),
+                None => Ok(Some(values)),
+            };
         }
         Ok(out)
     }

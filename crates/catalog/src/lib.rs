@@ -26,8 +26,8 @@ pub use kv::{KvMode, KvStreamDef};
 pub use parser::parse;
 pub use redact::redact_secrets;
 pub use value::{
-    civil_from_days, days_from_civil, format_date, format_timestamp, parse_date, parse_timestamp,
-    ColumnType, Value,
+    civil_from_days, days_from_civil, decimal, format_date, format_timestamp, parse_date,
+    parse_timestamp, ColumnType, ListElem, Value,
 };
 pub use view::{
     AggFunc, Aggregate, Finish, JoinKind, JoinPlan, Plan, PlanKind, Ref, Slot, WindowPlan,

@@ -119,6 +119,82 @@ fn time_columns_and_functions_are_typed() {
 }
 
 #[test]
+fn decimals_are_typed_as_duckdb_types_them() {
+    let mut c = Catalog::default();
+    let s = "CREATE EXTERNAL STREAM pay(id int64, amount decimal(12, 2), fee decimal64(4), n int32, k decimal(5)) SETTINGS type='kafka', brokers='b:1', topic='p', data_format='Debezium', primary_key='id'";
+    let ch = c.plan(s).expect("stream");
+    c.apply(1, s, ch);
+    let dec = |precision, scale| ColumnType::Decimal { precision, scale };
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT k, sum(amount) AS total, min(fee) AS low, max(amount) AS high, avg(amount) AS mean, sum(amount) * 2 AS twice, count(DISTINCT amount) AS kinds, sum(n::decimal(10,1)) AS tenths FROM pay GROUP BY k";
+    let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
+        panic!("view: {:?}", c.plan(sql))
+    };
+    let got: Vec<ColumnType> = v.outputs.iter().map(|o| o.ty).collect();
+    assert_eq!(
+        got,
+        vec![
+            dec(5, 0),
+            dec(38, 2),
+            dec(18, 4),
+            dec(12, 2),
+            ColumnType::Float64,
+            dec(38, 2),
+            ColumnType::Int64,
+            dec(38, 1),
+        ]
+    );
+    let projection =
+        "CREATE MATERIALIZED VIEW p AS SELECT id, amount, amount + fee AS gross FROM pay";
+    let Ok(Change::Create(Object::View(p))) = c.plan(projection) else {
+        panic!("projection: {:?}", c.plan(projection))
+    };
+    assert_eq!(p.outputs[1].ty, dec(12, 2));
+    assert_eq!(p.outputs[2].ty, dec(19, 4));
+    assert_eq!(ColumnType::from_name(&dec(12, 2).name()), Some(dec(12, 2)));
+    assert_eq!(dec(12, 2).duckdb_type(), "DECIMAL(12,2)");
+}
+
+#[test]
+fn arrays_pass_through_views_and_are_refused_where_they_would_be_compared() {
+    use crate::ListElem;
+    let mut c = Catalog::default();
+    let s = "CREATE EXTERNAL STREAM ev(id int64, tags array(string), ids nullable(array(int32)), w array(float32), k string) SETTINGS type='kafka', brokers='b:1', topic='e', data_format='Debezium', primary_key='id'";
+    let ch = c.plan(s).expect("stream");
+    c.apply(1, s, ch);
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT id, tags, ids, w FROM ev WHERE k != 'x'";
+    let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
+        panic!("view: {:?}", c.plan(sql))
+    };
+    let got: Vec<ColumnType> = v.outputs.iter().map(|o| o.ty).collect();
+    assert_eq!(
+        got,
+        vec![
+            ColumnType::Int64,
+            ColumnType::List(ListElem::String),
+            ColumnType::List(ListElem::Int64),
+            ColumnType::List(ListElem::Float64),
+        ]
+    );
+    assert_eq!(ColumnType::List(ListElem::Int64).duckdb_type(), "BIGINT[]");
+    assert_eq!(
+        ColumnType::from_name("array(string)"),
+        Some(ColumnType::List(ListElem::String))
+    );
+    let agg = "CREATE MATERIALIZED VIEW a AS SELECT k, latest(tags) AS t, count(ids) AS n FROM ev GROUP BY k";
+    assert!(c.plan(agg).is_ok(), "{:?}", c.plan(agg));
+    for (sql, words) in [
+        ("CREATE MATERIALIZED VIEW a AS SELECT tags, count() AS n FROM ev GROUP BY tags", "cannot be a group key"),
+        ("CREATE MATERIALIZED VIEW a AS SELECT k, min(tags) AS m FROM ev GROUP BY k", "not compared or aggregated"),
+        ("CREATE MATERIALIZED VIEW a AS SELECT k, arg_max(k, ids) AS m FROM ev GROUP BY k", "not compared or aggregated"),
+        ("CREATE EXTERNAL STREAM x(id array(int64)) SETTINGS type='kafka', brokers='b:1', topic='x', data_format='Debezium', primary_key='id'", "cannot be a key"),
+        ("CREATE EXTERNAL STREAM x(a array(date)) SETTINGS type='kafka', brokers='b:1', topic='x'", "unsupported type"),
+    ] {
+        let err = c.plan(sql).expect_err(sql).to_string();
+        assert!(err.contains(words), "{sql}: {err}");
+    }
+}
+
+#[test]
 fn hop_windows_are_planned_and_their_limits_refused_with_positions() {
     let mut c = Catalog::default();
     let ev = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), v int64) SETTINGS type='kafka', brokers='b:1', topic='e', data_format='Debezium', primary_key='id'";
@@ -280,7 +356,9 @@ fn refused_statements_name_the_problem_and_position() {
         ("CREATE MATERIALIZED VIEW v AS SELECT status, sum(status) FROM orders GROUP BY status", "needs a number", 46),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE amount = 'x' GROUP BY region", "Conversion Error", 72),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM nope GROUP BY region", "stream 'nope' does not exist", 59),
-        ("CREATE MATERIALIZED VIEW v AS SELECT region, top_k(amount) FROM orders GROUP BY region", "aggregate 'top_k' is not supported yet", 46),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, top_k(amount) FROM orders GROUP BY region", "top_k(x, k) takes the value and how many to keep", 46),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, max_k(amount, 5000) AS m FROM orders GROUP BY region", "an integer from 1 to 1000", 60),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, median(amount) FROM orders GROUP BY region", "aggregate 'median' is not supported yet", 46),
         ("CREATE MATERIALIZED VIEW v AS SELECT status, count() FROM orders GROUP BY region", "must appear in GROUP BY", 38),
         ("CREATE MATERIALIZED VIEW v AS SELEKT 1", "expected SELECT", 31),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE now() IS NOT NULL GROUP BY region", "now() is not deterministic", 72),
@@ -291,7 +369,8 @@ fn refused_statements_name_the_problem_and_position() {
         ("CREATE MATERIALIZED VIEW v AS SELECT window_start, count() FROM tumble(orders, amount, 1m) GROUP BY window_start", "needs a date or datetime column", 80),
         ("CREATE MATERIALIZED VIEW v AS SELECT window_start, count() FROM orders GROUP BY window_start", "unknown column 'window_start'", 38),
         ("CREATE MATERIALIZED VIEW v AS SELECT o.region, count() FROM orders o JOIN customers c ON o.customer_id = c.id GROUP BY o.region", "stream 'customers' does not exist", 75),
-        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region EMIT PERIODIC 1s", "EMIT clauses other than EMIT AFTER WATERMARK", 82),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region EMIT PERIODIC 0s", "write a period from 10ms to 1h", 82),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region EMIT LAST 1h", "EMIT clauses other than EMIT AFTER WATERMARK", 82),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, lower(amount) AS l FROM orders", "lower", 46),
         ("CREATE MATERIALIZED VIEW v AS SELECT id, region FROM orders ORDER BY id", "ORDER BY is not supported", 70),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders WHERE sum(amount) > 1 GROUP BY region", "aggregates are not allowed in WHERE", 72),
@@ -301,9 +380,10 @@ fn refused_statements_name_the_problem_and_position() {
         ("CREATE MATERIALIZED VIEW v AS SELECT region AS status, count() AS n FROM orders GROUP BY region HAVING status = 'x'", "both a column of stream 'orders' and the alias", 104),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region SETTINGS allowed_lateness='5s'", "allowed_lateness needs FROM tumble", 108),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() FROM orders GROUP BY region SETTINGS allowed_lateness='soon'", "write a duration such as '30s'", 108),
-        ("CREATE MATERIALIZED VIEW v AS SELECT region, sum(amount::decimal(12,2)) AS s FROM orders GROUP BY region", "exact decimals are not supported yet", 31),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, sum(amount::decimal(40,2)) AS s FROM orders GROUP BY region", "unsupported type 'DECIMAL(40,2)' in a cast", 50),
         ("CREATE EXTERNAL STREAM s(a int64) SETTINGS type='kafka', brokers='b:1', topic='t', colour='red'", "unknown stream setting 'colour'", 84),
-        ("CREATE EXTERNAL STREAM s(a decimal(10)) SETTINGS type='kafka', brokers='b:1', topic='t'", "unsupported type", 28),
+        ("CREATE EXTERNAL STREAM s(a decimal(39, 2)) SETTINGS type='kafka', brokers='b:1', topic='t'", "unsupported type", 28),
+        ("CREATE EXTERNAL STREAM s(a decimal(4, 5)) SETTINGS type='kafka', brokers='b:1', topic='t'", "unsupported type", 28),
         ("CREATE EXTERNAL STREAM s(a int64) SETTINGS type='kafka', brokers='<bootstrap-servers>', topic='t'", "not a host:port list", 66),
         ("CREATE EXTERNAL STREAM orders(a int64) SETTINGS type='kafka', brokers='b:1', topic='t'", "already exists", 24),
         ("DROP STREAM orders", "read by view", 13),
@@ -649,8 +729,8 @@ fn arg_min_and_arg_max_take_the_value_and_what_orders_the_rows() {
             "max(id)",
         ),
         (
-            "CREATE MATERIALIZED VIEW v AS SELECT top_k(status, 3) FROM orders",
-            "aggregate 'top_k' is not supported yet",
+            "CREATE MATERIALIZED VIEW v AS SELECT top_k(status, 3, true) FROM orders",
+            "with counts",
             "top_k",
         ),
     ] {
@@ -659,4 +739,30 @@ fn arg_min_and_arg_max_take_the_value_and_what_orders_the_rows() {
         let col = sql.find(at).expect("position") + 1;
         assert_eq!((err.pos.line, err.pos.column), (1, col), "{sql}");
     }
+}
+
+#[test]
+fn emit_periodic_sets_the_period_a_batch_of_changes_stays_open() {
+    let c = catalog_with_orders();
+    for (sql, us) in [
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders GROUP BY region EMIT PERIODIC 5s", Some(5_000_000)),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders GROUP BY region EMIT PERIODIC 250ms SETTINGS regions='eu'", Some(250_000)),
+        ("CREATE MATERIALIZED VIEW v AS SELECT id, region FROM orders EMIT PERIODIC 1m", Some(60_000_000)),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders GROUP BY region EMIT CHANGELOG", None),
+        ("CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders GROUP BY region", None),
+    ] {
+        let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
+            panic!("{sql}: {:?}", c.plan(sql))
+        };
+        assert_eq!(v.plan.emit_period_us, us, "{sql}");
+        let Some(Object::Stream(orders)) = c.entries().first().map(|e| e.object.clone()) else {
+            panic!("orders")
+        };
+        let explained = v.plan.explain(&orders, &v.outputs);
+        assert_eq!(explained.contains("emit: periodic"), us.is_some(), "{explained}");
+    }
+    let err = c
+        .plan("CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders GROUP BY region EMIT PERIODIC 2h")
+        .expect_err("too long");
+    assert!(err.message.contains("from 10ms to 1h"), "{}", err.message);
 }

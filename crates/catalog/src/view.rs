@@ -32,6 +32,7 @@ pub const EXPR_NODES_MAX: usize = 1_000;
 /// operators is as deep as it is long, and parsed trees are dropped and compared recursively.
 pub const QUERY_TOKENS_MAX: usize = 4 * EXPR_NODES_MAX;
 
+mod emit;
 mod expr;
 mod functions;
 mod join;
@@ -492,6 +493,7 @@ pub fn plan(
                     hop: None,
                     join: None,
                     emit_final: false,
+                    emit_period_us: None,
                 },
             )
         }
@@ -509,9 +511,33 @@ pub fn plan(
             spans.extend(p.args.iter().map(|_| select_span));
             let project = typed(&p, &row_exprs, &spans, &stream_cols)?;
             let n_keys = p.keys.len();
+            // Arrays pass through a view: they are not grouped by, compared or aggregated.
+            if let Some(i) = (0..n_keys).find(|&i| matches!(project[i].ty, ColumnType::List(_))) {
+                return Err(p.err(
+                    key_spans[i],
+                    format!("GROUP BY {}: an array cannot be a group key; group by a scalar, such as array_length(...) or to_string(...)", p.keys[i]),
+                ));
+            }
             let mut aggregates = Vec::new();
             for (func, arg, by, text, at) in &p.aggs {
                 let arg_ty = arg.map(|a| project[n_keys + a].ty);
+                let by_ty = by.map(|b| project[n_keys + b].ty);
+                let list_arg = matches!(arg_ty, Some(ColumnType::List(_)))
+                    && !matches!(
+                        func,
+                        AggFunc::CountNonNull
+                            | AggFunc::Latest
+                            | AggFunc::Earliest
+                            | AggFunc::ArgMin
+                            | AggFunc::ArgMax
+                    );
+                if list_arg || matches!(by_ty, Some(ColumnType::List(_))) {
+                    return Err(SqlError::at(
+                        sql,
+                        *at,
+                        format!("{text}: arrays are passed through a view, not compared or aggregated (count, latest, earliest and the value of arg_min/arg_max take them)"),
+                    ));
+                }
                 let numeric = arg_ty.is_some_and(ColumnType::is_numeric);
                 let ty = match func {
                     AggFunc::Count | AggFunc::CountNonNull | AggFunc::CountDistinct => {
@@ -523,11 +549,18 @@ pub fn plan(
                             *at,
                             format!(
                                 "{text} needs a number, but its argument is {}",
-                                arg_ty.map_or("nothing", ColumnType::name)
+                                arg_ty.map_or("nothing".to_string(), ColumnType::name)
                             ),
                         ));
                     }
-                    AggFunc::Sum => arg_ty.unwrap_or(ColumnType::Int64),
+                    // As DuckDB types it: a sum of decimals has 38 digits.
+                    AggFunc::Sum => match arg_ty {
+                        Some(ColumnType::Decimal { scale, .. }) => ColumnType::Decimal {
+                            precision: crate::decimal::PRECISION_MAX,
+                            scale,
+                        },
+                        other => other.unwrap_or(ColumnType::Int64),
+                    },
                     AggFunc::Avg => ColumnType::Float64,
                     AggFunc::Min
                     | AggFunc::Max
@@ -535,6 +568,25 @@ pub fn plan(
                     | AggFunc::Earliest
                     | AggFunc::ArgMin
                     | AggFunc::ArgMax => arg_ty.unwrap_or(ColumnType::Int64),
+                    AggFunc::TopK { .. } | AggFunc::MaxK { .. } | AggFunc::MinK { .. } => {
+                        let elem = match arg_ty {
+                            Some(ColumnType::Int64) => crate::ListElem::Int64,
+                            Some(ColumnType::Float64) => crate::ListElem::Float64,
+                            Some(ColumnType::String) => crate::ListElem::String,
+                            Some(ColumnType::Bool) => crate::ListElem::Bool,
+                            other => {
+                                return Err(SqlError::at(
+                                    sql,
+                                    *at,
+                                    format!(
+                                        "{text}: an array of {} is not supported yet (integers, floats, strings and bools are); convert it, for example with to_string(...)",
+                                        other.map_or("nothing".to_string(), ColumnType::name)
+                                    ),
+                                ))
+                            }
+                        };
+                        ColumnType::List(elem)
+                    }
                 };
                 aggregates.push(Aggregate {
                     func: *func,
@@ -555,6 +607,7 @@ pub fn plan(
                 hop: hop_plan,
                 join: None,
                 emit_final: false,
+                emit_period_us: None,
             };
             // Outputs straight from keys and aggregates need no evaluation per group.
             let direct: Option<Vec<Ref>> = out_sql
@@ -626,7 +679,8 @@ pub fn plan(
         }
     };
     let mut plan = plan;
-    if let Some(at) = parsed.emit_after_watermark {
+    plan.emit_period_us = parsed.emit.periodic_us;
+    if let Some(at) = parsed.emit.after_watermark {
         if plan.window.is_none() {
             return Err(SqlError::at(sql, at + parsed.offset, "EMIT AFTER WATERMARK needs windows that close: FROM tumble() or hop() grouped by window_start, with SETTINGS allowed_lateness".to_string()));
         }

@@ -292,7 +292,17 @@ fn run_inside(
                 name: s
                     .column_name(i)
                     .map_or_else(|_| format!("column{i}"), |n| n.to_string()),
-                r#type: type_name(&s.column_type(i)),
+                r#type: match s.column_type(i) {
+                    // Arrow gives HUGEINT and DECIMAL(38,0) one shape (a sum of a
+                    // decimal(p,0) column is the latter): DuckDB's own type tells them apart.
+                    duckdb::arrow::datatypes::DataType::Decimal128(38, 0)
+                        if s.column_logical_type(i).id()
+                            == duckdb::core::LogicalTypeId::Decimal =>
+                    {
+                        "DECIMAL(38,0)".to_string()
+                    }
+                    t => type_name(&t),
+                },
             })
             .collect();
     }
@@ -516,6 +526,29 @@ mod tests {
                 text("{'a':1}"),
                 text("170141183460469231731687303715884105727"),
                 text("x"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_38_digit_decimal_is_a_decimal_and_a_hugeint_is_not() {
+        let conn = locked_db();
+        let r = query(
+            &conn,
+            "SELECT 99999999999999999999999999999999999999::DECIMAL(38,0) AS d, 5::HUGEINT AS h, -12345678901234567890123456789.5::DECIMAL(38,1) AS e",
+        )
+        .expect("select");
+        let types: Vec<&str> = r.columns.iter().map(|c| c.r#type.as_str()).collect();
+        assert_eq!(types, vec!["DECIMAL(38,0)", "HUGEINT", "DECIMAL(38,1)"]);
+        let text = |s: &str| Some(pb::value::Kind::Text(s.to_string()));
+        let got: Vec<Option<pb::value::Kind>> =
+            r.rows[0].values.iter().map(|v| v.kind.clone()).collect();
+        assert_eq!(
+            got,
+            vec![
+                text("99999999999999999999999999999999999999"),
+                Some(pb::value::Kind::Int(5)),
+                text("-12345678901234567890123456789.5"),
             ]
         );
     }

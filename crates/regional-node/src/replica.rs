@@ -63,7 +63,7 @@ mod changes;
 mod values;
 
 pub use admit::{admit, validate_batch, Admit};
-use changes::{apply_changes, insert_rows};
+use changes::{apply_changes, insert_rows, placeholders};
 pub(crate) use values::wire_value;
 use values::{column_type, to_duck_as, typed_row, KeyPart};
 
@@ -221,7 +221,7 @@ impl Replica {
                 .iter()
                 .map(|r| typed_row(&schema, &r.values))
                 .collect();
-            insert_rows(&tx, &quote(&schema.view), schema.columns.len(), rows)?;
+            insert_rows(&tx, &quote(&schema.view), &placeholders(&schema), rows)?;
             let pos = Position {
                 view_id: schema.view_id,
                 seq: v.seq,

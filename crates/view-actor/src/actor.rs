@@ -31,6 +31,15 @@ pub const BATCH_EVENTS_MAX: usize = 2_000;
 pub const BATCH_IDLE_GAP: Duration = Duration::from_millis(1);
 /// The longest a batch stays open once it has a message: bounds latency under a trickle.
 pub const BATCH_LINGER_MAX: Duration = Duration::from_millis(50);
+/// How long a batch stays open once it has a message, and the idle gap that closes it sooner
+/// (none under `EMIT PERIODIC`, whose batch stays open for the whole period unless it fills).
+pub fn batch_timing(emit_period_us: Option<u64>) -> (Duration, Option<Duration>) {
+    match emit_period_us {
+        Some(us) => (Duration::from_micros(us), None),
+        None => (BATCH_LINGER_MAX, Some(BATCH_IDLE_GAP)),
+    }
+}
+
 /// A batch that holds the start of a read view's snapshot goes on to its last row, up to this
 /// many messages, waiting at most `SNAPSHOT_GAP` for each and `SNAPSHOT_WAIT_MAX` in all.
 pub const SNAPSHOT_BATCH_MAX: usize = 200_000;
@@ -287,9 +296,10 @@ impl ViewActor {
                 if !messages.is_empty() {
                     last_message = tokio::time::Instant::now();
                 }
-                let deadline = tokio::time::Instant::now() + BATCH_LINGER_MAX;
+                let (linger, idle_gap) = batch_timing(self.def.plan.emit_period_us);
+                let deadline = tokio::time::Instant::now() + linger;
                 while !messages.is_empty() && messages.len() < BATCH_EVENTS_MAX {
-                    let gap = (tokio::time::Instant::now() + BATCH_IDLE_GAP).min(deadline);
+                    let gap = idle_gap.map_or(deadline, |g| (tokio::time::Instant::now() + g).min(deadline));
                     match tokio::time::timeout_at(gap, consumer.recv()).await {
                         Ok(m) => messages.push(received(m)?),
                         Err(_) => break,
@@ -674,3 +684,6 @@ fn received(
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -185,6 +185,13 @@ fn decode_value(ty: ColumnType, v: &Json) -> Result<Value, String> {
                 .ok_or_else(wrong)?,
         ),
         (ColumnType::Timestamp, Json::Number(n)) => Value::Timestamp(n.as_i64().ok_or_else(wrong)?),
+        (ColumnType::Decimal { precision, scale }, Json::String(s)) => {
+            Value::Decimal(catalog::decimal::parse(s, precision, scale)?, scale)
+        }
+        (ColumnType::List(e), Json::String(s)) => {
+            let list: Json = serde_json::from_str(s).map_err(|_| wrong())?;
+            Value::List(e.list_text(&list)?)
+        }
         _ => return Err(wrong()),
     })
 }

@@ -81,11 +81,17 @@ pub fn row_bytes(row: &[Value]) -> u64 {
     row.iter()
         .map(|v| match v {
             Value::Int(_) | Value::Float(_) | Value::Date(_) | Value::Timestamp(_) => 8,
+            Value::Decimal(..) => 16,
+            Value::List(t) => t.len() as u64,
             Value::Null | Value::Bool(_) => 1,
             Value::Text(t) => t.len() as u64,
         })
         .sum::<u64>()
         .max(1)
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,6 +104,11 @@ pub enum Accumulator {
     SumInt {
         sum: i128,
         non_null: i64,
+        /// How many times `sum` wrapped past i128's range (up +1, down -1): the exact sum is
+        /// `wraps * 2^128 + sum`, so that a sum of decimals near 10^38 that grows past i128
+        /// and is retracted back comes back exact.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        wraps: i64,
     },
     /// Float sums are exact too (see [`ExactSum`]), so that retractions leave no error.
     SumFloat {
@@ -253,8 +264,10 @@ impl ViewCore {
             .map(|c| (c.name.clone(), c.ty.duckdb_type().to_string()))
             .collect();
         let slots: Vec<String> = def.plan.project.iter().map(|s| s.sql.clone()).collect();
+        let slot_types: Vec<ColumnType> = def.plan.project.iter().map(|s| s.ty).collect();
         let project = Evaluator::new(&columns, &slots, def.plan.filter.as_deref())
-            .map_err(|e| format!("view '{}': {e}", def.name))?;
+            .map_err(|e| format!("view '{}': {e}", def.name))?
+            .with_output_types(&slot_types);
         let finish = Finisher::new(&def)?;
         let mut core = ViewCore {
             pk_columns: stream.primary_key.clone(),

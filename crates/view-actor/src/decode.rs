@@ -110,16 +110,20 @@ fn decode_debezium(
                 .get("after")
                 .filter(|a| a.is_object())
                 .ok_or_else(|| format!("op '{op}' needs an 'after' object"))?;
-            let row = decode_row(stream, after).map_err(|e| format!("after: {e}"))?;
+            let after = precise_decimals(stream, &json, "after", after)?;
+            let row = decode_row(stream, &after).map_err(|e| format!("after: {e}"))?;
             check_key(stream, &row)?;
             let before = fields.get("before").filter(|b| op == "u" && b.is_object());
-            upsert_or_move(stream, before, row).map(Some)
+            let before = before
+                .map(|b| precise_decimals(stream, &json, "before", b))
+                .transpose()?;
+            upsert_or_move(stream, before.as_deref(), row).map(Some)
         }
         "d" => {
             // The primary key of a deleted row comes from `before`, or from the message key
             // when the source sends only keys in `before` (REPLICA IDENTITY DEFAULT).
             let source = match fields.get("before").filter(|b| b.is_object()) {
-                Some(before) => before.clone(),
+                Some(before) => precise_decimals(stream, &json, "before", before)?.into_owned(),
                 None => {
                     let key =
                         key.ok_or("op 'd' has no 'before' object and the message has no key")?;
@@ -146,6 +150,117 @@ fn decode_debezium(
         "t" => Ok(Some(SourceEvent::Truncate)),
         other => Err(format!("unknown Debezium op '{other}'")),
     }
+}
+
+/// Debezium's default `decimal.handling.mode=precise` sends a decimal as the base64 of its
+/// unscaled value's big-endian two's complement, with the scale in the field's schema. With
+/// the schema envelope (`schemas.enable=true`), such values of `part` ("after", "before") are
+/// rewritten here as decimal text, exactly; without it a base64 value is refused by the
+/// decimal column as not a number (set `decimal.handling.mode=string` then).
+fn precise_decimals<'a>(
+    stream: &StreamDef,
+    json: &Json,
+    part: &str,
+    row: &'a Json,
+) -> Result<std::borrow::Cow<'a, Json>, String> {
+    use std::borrow::Cow;
+    if !stream
+        .columns
+        .iter()
+        .any(|c| matches!(c.ty, ColumnType::Decimal { .. }))
+    {
+        return Ok(Cow::Borrowed(row));
+    }
+    let mut row = row.clone();
+    let Some(fields) = json
+        .get("schema")
+        .and_then(|s| s.get("fields"))
+        .and_then(Json::as_array)
+        .and_then(|f| {
+            f.iter()
+                .find(|f| f.get("field").and_then(Json::as_str) == Some(part))
+        })
+        .and_then(|f| f.get("fields"))
+        .and_then(Json::as_array)
+    else {
+        return Ok(Cow::Owned(row));
+    };
+    for col in &stream.columns {
+        if !matches!(col.ty, ColumnType::Decimal { .. }) {
+            continue;
+        }
+        let Some(schema) = fields
+            .iter()
+            .find(|f| f.get("field").and_then(Json::as_str) == Some(col.name.as_str()))
+        else {
+            continue;
+        };
+        if schema.get("name").and_then(Json::as_str)
+            != Some("org.apache.kafka.connect.data.Decimal")
+        {
+            continue;
+        }
+        let scale = schema
+            .get("parameters")
+            .and_then(|p| p.get("scale"))
+            .and_then(|s| {
+                s.as_str()
+                    .map(str::to_string)
+                    .or_else(|| s.as_u64().map(|n| n.to_string()))
+            })
+            .and_then(|s| s.parse::<u8>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "{part}: column '{}': its Decimal schema has no scale",
+                    col.name
+                )
+            })?;
+        if let Some(slot) = row.get_mut(&col.name) {
+            if let Json::String(b64) = slot {
+                let unscaled = unscaled_from_base64(b64).ok_or_else(|| {
+                    format!(
+                        "{part}: column '{}': '{}' is not a base64 decimal",
+                        col.name,
+                        truncate(b64, 40)
+                    )
+                })?;
+                *slot = Json::String(catalog::decimal::format(unscaled, scale));
+            }
+        }
+    }
+    Ok(Cow::Owned(row))
+}
+
+/// A big-endian two's complement integer of at most 16 bytes, from standard base64.
+fn unscaled_from_base64(text: &str) -> Option<i128> {
+    let mut bytes = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            bytes.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    if bytes.is_empty() || bytes.len() > 16 {
+        return None;
+    }
+    let negative = bytes[0] & 0x80 != 0;
+    let mut v: i128 = if negative { -1 } else { 0 };
+    for b in bytes {
+        v = (v << 8) | i128::from(b);
+    }
+    Some(v)
 }
 
 /// A PeerDB record, as PeerDB's Kafka connector writes it without a script: `kind` is
@@ -303,6 +418,22 @@ fn decode_column(col: &catalog::Column, json: &Json) -> Result<Value, String> {
                 format!("{n} is not an epoch time in {}'s precision", col.declared)
             })?
         }
+        // An array's integers in the range of its declared element type.
+        (ColumnType::List(_), Json::Array(items)) => {
+            if let Some((lo, hi)) = col.elem_int_range() {
+                let out = items
+                    .iter()
+                    .filter_map(Json::as_i64)
+                    .find(|i| !(lo..=hi).contains(i));
+                if let Some(bad) = out {
+                    return Err(format!(
+                        "{bad} is out of range for {} [{lo}, {hi}]",
+                        col.declared
+                    ));
+                }
+            }
+            decode_value(col.ty, json)?
+        }
         _ => decode_value(col.ty, json)?,
     };
     if let (Value::Int(i), Some((lo, hi))) = (&v, col.int_range()) {
@@ -339,6 +470,24 @@ fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
             .ok_or_else(mismatch),
         (ColumnType::String, Json::String(s)) => Ok(Value::Text(s.clone())),
         (ColumnType::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
+        // Exact from text (Debezium's `decimal.handling.mode=string`, PeerDB's numeric) and
+        // from JSON integers. A JSON number with a fraction or an exponent is refused: it is
+        // parsed to a double, which cannot say which decimal was written (1.0000000000000001
+        // would be read as 1.0).
+        // A JSON array (Debezium's and PeerDB's arrays), kept as its JSON text.
+        (ColumnType::List(e), Json::Array(_)) => e.list_text(json).map(Value::List),
+        (ColumnType::Decimal { precision, scale }, Json::String(t)) => {
+            catalog::decimal::parse(t, precision, scale).map(|v| Value::Decimal(v, scale))
+        }
+        (ColumnType::Decimal { precision, scale }, Json::Number(n)) => {
+            let text = n.to_string();
+            if n.is_f64() {
+                return Err(format!(
+                    "{text} is a JSON number with a fraction, which is read as a double and may not be the decimal that was sent; send decimals as strings (Debezium decimal.handling.mode=string)"
+                ));
+            }
+            catalog::decimal::parse(&text, precision, scale).map(|v| Value::Decimal(v, scale))
+        }
         // Debezium's Date is days since the epoch.
         (ColumnType::Date, Json::Number(n)) => n
             .as_i64()
@@ -380,250 +529,4 @@ fn truncate(s: &str, max_chars: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use catalog::{Catalog, Change, Object};
-
-    fn orders() -> StreamDef {
-        let sql = "CREATE EXTERNAL STREAM orders(id int64, region string, amount int64, paid bool, qty nullable(int32), small uint8) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='id'";
-        match Catalog::default().plan(sql) {
-            Ok(Change::Create(Object::Stream(s))) => s,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn row(id: i64, region: &str, amount: i64) -> Vec<Value> {
-        vec![
-            Value::Int(id),
-            Value::Text(region.into()),
-            Value::Int(amount),
-            Value::Null,
-            Value::Null,
-            Value::Null,
-        ]
-    }
-
-    #[test]
-    fn debezium_ops() {
-        let s = orders();
-        let cases: Vec<(&str, Option<SourceEvent>)> = vec![
-            (
-                r#"{"op":"c","before":null,"after":{"id":1,"region":"eu","amount":5}}"#,
-                Some(SourceEvent::Upsert(row(1, "eu", 5))),
-            ),
-            (
-                r#"{"op":"r","after":{"id":1,"region":"eu","amount":5}}"#,
-                Some(SourceEvent::Upsert(row(1, "eu", 5))),
-            ),
-            (
-                r#"{"op":"u","before":{"id":1},"after":{"id":1,"region":"us","amount":7}}"#,
-                Some(SourceEvent::Upsert(row(1, "us", 7))),
-            ),
-            (
-                r#"{"op":"d","before":{"id":1,"region":"us","amount":7},"after":null}"#,
-                Some(SourceEvent::Delete {
-                    key: vec![Value::Int(1)],
-                }),
-            ),
-            (
-                r#"{"schema":{},"payload":{"op":"c","after":{"id":2,"region":"eu","amount":1}}}"#,
-                Some(SourceEvent::Upsert(row(2, "eu", 1))),
-            ),
-        ];
-        let more: Vec<(&str, Option<SourceEvent>)> = vec![
-            (
-                r#"{"op":"u","before":{"id":1,"region":"eu"},"after":{"id":2,"region":"us","amount":7}}"#,
-                Some(SourceEvent::Move {
-                    old_key: vec![Value::Int(1)],
-                    row: row(2, "us", 7),
-                }),
-            ),
-            (
-                r#"{"op":"u","before":{"region":"eu"},"after":{"id":2,"region":"us","amount":7}}"#,
-                Some(SourceEvent::Upsert(row(2, "us", 7))),
-            ),
-            (
-                r#"{"op":"t","before":null,"after":null}"#,
-                Some(SourceEvent::Truncate),
-            ),
-            (
-                r#"{"op":"c","after":{"id":3,"region":"eu","amount":1,"qty":2147483647,"small":255}}"#,
-                Some(SourceEvent::Upsert(vec![
-                    Value::Int(3),
-                    Value::Text("eu".into()),
-                    Value::Int(1),
-                    Value::Null,
-                    Value::Int(2147483647),
-                    Value::Int(255),
-                ])),
-            ),
-        ];
-        for (json, expected) in cases.into_iter().chain(more) {
-            assert_eq!(
-                decode(&s, None, Some(json.as_bytes())),
-                Ok(expected),
-                "{json}"
-            );
-        }
-        assert_eq!(
-            decode(&s, Some(b"{\"id\":1}"), None),
-            Ok(None),
-            "tombstones are skipped"
-        );
-        assert_eq!(
-            decode(
-                &s,
-                Some(br#"{"id":9}"#),
-                Some(br#"{"op":"d","before":null}"#)
-            ),
-            Ok(Some(SourceEvent::Delete {
-                key: vec![Value::Int(9)]
-            })),
-            "a delete without before takes its key from the message key"
-        );
-    }
-
-    #[test]
-    fn bad_messages_say_what_is_wrong() {
-        let s = orders();
-        let cases = [
-            ("not json", "value is not JSON"),
-            (r#"{"after":{}}"#, "no 'op' field"),
-            (r#"{"op":"x"}"#, "unknown Debezium op 'x'"),
-            (
-                r#"{"op":"c","after":{"id":1,"amount":"lots"}}"#,
-                "column 'amount': expected int64, got string",
-            ),
-            (
-                r#"{"op":"c","after":{"region":"eu"}}"#,
-                "primary key column 'id' is null",
-            ),
-            (
-                r#"{"op":"c","after":{"id":1.5}}"#,
-                "column 'id': expected int64",
-            ),
-            (r#"[1,2]"#, "expected a Debezium envelope object, got array"),
-            (
-                r#"{"op":"c","after":{"id":1,"qty":2147483648}}"#,
-                "column 'qty': 2147483648 is out of range for nullable(int32) [-2147483648, 2147483647]",
-            ),
-            (
-                r#"{"op":"c","after":{"id":1,"qty":-2147483649}}"#,
-                "out of range for nullable(int32)",
-            ),
-            (
-                r#"{"op":"c","after":{"id":1,"small":-1}}"#,
-                "out of range for uint8 [0, 255]",
-            ),
-        ];
-        for (json, words) in cases {
-            let err = decode(&s, None, Some(json.as_bytes())).expect_err(json);
-            assert!(
-                err.contains(words),
-                "{json}: '{err}' does not say '{words}'"
-            );
-        }
-    }
-
-    #[test]
-    fn dates_and_times_decode_from_iso_text_and_from_epoch_numbers_in_the_column_precision() {
-        let sql = "CREATE EXTERNAL STREAM ev(id int64, at datetime64(3), at_us datetime64(6, 'UTC'), day date) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='JSONEachRow'";
-        let Ok(Change::Create(Object::Stream(s))) = Catalog::default().plan(sql) else {
-            panic!("stream")
-        };
-        let msg =
-            br#"{"id": 1, "at": 1709214306500, "at_us": "2024-02-29T13:45:06.5Z", "day": 19782}"#;
-        let Ok(Some(SourceEvent::Append(row))) = decode(&s, None, Some(msg)) else {
-            panic!("decodes")
-        };
-        let t = catalog::parse_timestamp("2024-02-29 13:45:06.5").expect("ts");
-        assert_eq!(
-            row[1],
-            Value::Timestamp(t),
-            "milliseconds for datetime64(3)"
-        );
-        assert_eq!(row[2], Value::Timestamp(t));
-        assert_eq!(row[3], Value::Date(19_782));
-        let msg = br#"{"id": 1, "at": "2024-02-30 00:00:00", "day": "2024-02-29"}"#;
-        let err = decode(&s, None, Some(msg)).expect_err("no such day");
-        assert!(
-            err.contains("column 'at'") && err.contains("not an ISO-8601 time"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn peerdb_records_as_its_kafka_connector_writes_them() {
-        let sql = "CREATE EXTERNAL STREAM items(id int64, name string, price float64, active bool, created_at datetime64(6), born date) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='PeerDB', primary_key='id'";
-        let Ok(Change::Create(Object::Stream(s))) = Catalog::default().plan(sql) else {
-            panic!("stream")
-        };
-        let at = catalog::parse_timestamp("2024-05-01 12:34:56.789012").expect("ts");
-        let insert = br#"{"kind":"insert","new":{"active":true,"blob":"3q2+7w==","born":"2024-05-01","created_at":"2024-05-01 12:34:56.789012+0000","id":1,"name":"widget","price":"19.9","tags":["a","b"]},"checkpoint":24502360,"commit_time":"2024-05-01T12:34:56.801234Z","transaction_id":745,"source":"public.items"}"#;
-        let born = catalog::parse_date("2024-05-01").expect("date");
-        let widget = vec![
-            Value::Int(1),
-            Value::Text("widget".into()),
-            Value::Float(19.9),
-            Value::Bool(true),
-            Value::Timestamp(at),
-            Value::Date(born),
-        ];
-        assert_eq!(
-            decode(&s, None, Some(insert)),
-            Ok(Some(SourceEvent::Upsert(widget.clone())))
-        );
-        // REPLICA IDENTITY DEFAULT: an update's `old` is empty.
-        let update = br#"{"kind":"update","old":{},"new":{"active":true,"born":"2024-05-01","created_at":"2024-05-01 12:34:56.789012+0000","id":1,"name":null,"price":"21"},"checkpoint":24502712}"#;
-        let mut updated = widget.clone();
-        updated[1] = Value::Null;
-        updated[2] = Value::Float(21.0);
-        assert_eq!(
-            decode(&s, None, Some(update)),
-            Ok(Some(SourceEvent::Upsert(updated.clone())))
-        );
-        // An update that changed the key carries the old key in `old`.
-        let moved = br#"{"kind":"update","old":{"id":1,"name":null},"new":{"id":7,"active":true,"born":"2024-05-01","created_at":"2024-05-01 12:34:56.789012+0000","price":"21"}}"#;
-        let mut row7 = updated.clone();
-        row7[0] = Value::Int(7);
-        assert_eq!(
-            decode(&s, None, Some(moved)),
-            Ok(Some(SourceEvent::Move {
-                old_key: vec![Value::Int(1)],
-                row: row7
-            }))
-        );
-        // A delete's `old` has every column, only the key filled in.
-        let delete = br#"{"kind":"delete","old":{"active":null,"born":null,"created_at":null,"id":1,"name":null,"price":null},"checkpoint":24503000}"#;
-        assert_eq!(
-            decode(&s, None, Some(delete)),
-            Ok(Some(SourceEvent::Delete {
-                key: vec![Value::Int(1)]
-            }))
-        );
-        assert_eq!(decode(&s, None, Some(br#"{"kind":"relation"}"#)), Ok(None));
-        for (bad, why) in [
-            (&br#"{"kind":"update","new":{"id":1,"price":"2"},"unchanged_columns":["name","blob","price"]}"#[..], "leaves out unchanged column(s) [\"name\"]"),
-            (br#"{"kind":"delete","old":{"id":null}}"#, "delete has no value for primary key column(s) [\"id\"]"),
-            (br#"{"kind":"delete"}"#, "kind 'delete' needs an 'old' object"),
-            (br#"{"kind":"insert","new":{"id":1,"price":"cheap"}}"#, "new: column 'price': expected float64, got string"),
-            (br#"{"kind":"insert","new":{"id":1,"price":"1e400"}}"#, "column 'price'"),
-            (br#"{"kind":"truncate"}"#, "unknown PeerDB record kind 'truncate'"),
-            (br#"{"new":{}}"#, "PeerDB record has no 'kind' field"),
-            (br#"[]"#, "expected a PeerDB record object, got array"),
-        ] {
-            let err = decode(&s, None, Some(bad)).expect_err(why);
-            assert!(err.contains(why), "{err}");
-        }
-        // Order: a keyless record is taken only from a topic of one partition.
-        assert_eq!(check_order(&s, None, 0, || 1), Ok(()));
-        assert_eq!(check_order(&s, Some(b"1"), 2, || 3), Ok(()));
-        let err = check_order(&s, None, 2, || 3).expect_err("out of order");
-        assert!(
-            err.contains("on partition 2 of a topic of 3 partitions"),
-            "{err}"
-        );
-        assert!(check_order(&s, Some(b""), 0, || 2).is_err());
-        assert_eq!(check_order(&orders(), None, 2, || 3), Ok(()), "only PeerDB");
-    }
-}
+mod tests;

@@ -15,6 +15,10 @@ pub fn to_wire(v: &Value) -> pb::Value {
             // The column's schema type (date, timestamp) says what the number is.
             Value::Date(d) => Some(Kind::Int(i64::from(*d))),
             Value::Timestamp(t) => Some(Kind::Int(*t)),
+            // Exact, as its text: `decimal(p,s)` in the schema says what it is.
+            Value::Decimal(v, scale) => Some(Kind::Text(catalog::decimal::format(*v, *scale))),
+            // A list as its JSON text: `array(T)` in the schema says what it is.
+            Value::List(json) => Some(Kind::Text(json.clone())),
         },
     }
 }

@@ -20,11 +20,17 @@ pub(super) const AGGREGATES: &[&str] = &[
     "arg_max",
     "min_by",
     "max_by",
+    "top_k",
+    "max_k",
+    "min_k",
 ];
+
+/// The largest `k` of `top_k(x, k)`, `max_k` and `min_k`: the array is a value of the view's
+/// row, so its length is bounded.
+pub(super) const TOP_K_MAX: u16 = 1_000;
 /// Aggregates of Proton that Meridian does not compute yet (refused by name, not taken for
 /// unknown scalar functions).
 pub(super) const AGGREGATES_LATER: &[&str] = &[
-    "top_k",
     "median",
     "quantile",
     "p90",
@@ -50,7 +56,7 @@ pub(super) const AGGREGATES_LATER: &[&str] = &[
     "last_value",
     "sum_distinct",
 ];
-pub(super) const AGGREGATES_HELP: &str = "supported aggregates: count(), count(x), count(DISTINCT x), count_distinct(x), uniq(x), uniq_exact(x), count_if(cond), sum(x), avg(x), min(x), max(x), latest(x), earliest(x), any(x), any_last(x), arg_min(x, by), arg_max(x, by)";
+pub(super) const AGGREGATES_HELP: &str = "supported aggregates: count(), count(x), count(DISTINCT x), count_distinct(x), uniq(x), uniq_exact(x), count_if(cond), sum(x), avg(x), min(x), max(x), latest(x), earliest(x), any(x), any_last(x), arg_min(x, by), arg_max(x, by), top_k(x, k), max_k(x, k), min_k(x, k)";
 
 /// Functions whose result depends on when or where a row is processed; a view replayed after
 /// a crash must compute the same rows.
@@ -322,6 +328,50 @@ impl<'a> Planner<'a> {
             };
             let (x, by) = (self.agg_slot(x, name)?, self.agg_slot(by, name)?);
             return Ok(self.agg_ref(func, Some(x), Some(by), f.to_string(), span));
+        }
+        if matches!(name, "top_k" | "max_k" | "min_k") {
+            let usage = || {
+                format!("{name}(x, k) takes the value and how many to keep (an integer from 1 to {TOP_K_MAX})")
+            };
+            let (x, k, rest) = match raw.as_slice() {
+                [FunctionArgExpr::Expr(x), FunctionArgExpr::Expr(k), rest @ ..] if !distinct => {
+                    (x, k, rest)
+                }
+                _ => return Err(self.err(span, usage())),
+            };
+            let k = match k {
+                Expr::Value(v) => match &v.value {
+                    sqlparser::ast::Value::Number(n, _) => n.parse::<u16>().ok(),
+                    _ => None,
+                },
+                _ => None,
+            }
+            .filter(|k| (1..=TOP_K_MAX).contains(k))
+            .ok_or_else(|| self.err(k.span(), usage()))?;
+            match (name, rest) {
+                (_, []) => {}
+                ("top_k", [FunctionArgExpr::Expr(Expr::Value(v))])
+                    if matches!(v.value, sqlparser::ast::Value::Boolean(false)) => {}
+                ("top_k", _) => {
+                    return Err(self.err(
+                        span,
+                        "top_k(x, k, true) (with counts) is not supported: it answers an array of tuples; use top_k(x, k) and count(...) per value in another view",
+                    ))
+                }
+                _ => {
+                    return Err(self.err(
+                        span,
+                        format!("{name}(x, k, columns...) is not supported: only the values are kept; use arg_max(column, x) for the row of the greatest"),
+                    ))
+                }
+            }
+            let func = match name {
+                "top_k" => AggFunc::TopK { k },
+                "max_k" => AggFunc::MaxK { k },
+                _ => AggFunc::MinK { k },
+            };
+            let x = self.agg_slot(x, name)?;
+            return Ok(self.agg_ref(func, Some(x), None, f.to_string(), span));
         }
         let star = matches!(raw.as_slice(), [FunctionArgExpr::Wildcard]);
         let arg = match raw.as_slice() {

@@ -345,6 +345,12 @@ impl Planner<'_> {
                     format!("a join on a floating-point column ('{}') is not supported: SQL equates -0.0 with 0.0 where a key lookup would not; cast both sides to an integer or a string in the streams", left.columns[l].name),
                 ));
             }
+            if let ColumnType::List(_) = lt {
+                return Err(self.err(
+                    span,
+                    format!("a join on an array column ('{}') is not supported: arrays are passed through a view, not compared", left.columns[l].name),
+                ));
+            }
             if lt != rt {
                 return Err(self.err(
                     span,

@@ -1,6 +1,7 @@
 //! Reading a view's query: Proton's shorthand rewritten, sqlparser, positions mapped back,
 //! and the stream it reads found.
 
+use super::emit::{emit_clause, Emit};
 use super::*;
 
 /// A view's query after parsing, before it is planned against its stream.
@@ -17,8 +18,8 @@ pub struct ParsedQuery {
     pub derived: Option<Box<Derived>>,
     /// `JOIN t ON ...`: the joined stream's name (the condition is planned with the view).
     pub join: Option<Spanned<String>>,
-    /// `EMIT AFTER WATERMARK`: where it was written.
-    pub emit_after_watermark: Option<usize>,
+    /// The `EMIT` clause.
+    pub emit: Emit,
 }
 
 /// A subquery in FROM (or a WITH query) that only filters and computes columns over a stream:
@@ -412,7 +413,7 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
     }
     // Proton's EMIT clause has no counterpart in the parser: it is read here and blanked out
     // (same length, so positions stay) before the query is parsed.
-    let (emit_after_watermark, blanked) = emit_clause(sql, offset, original, &tokens)?;
+    let (emit, blanked) = emit_clause(sql, offset, original, &tokens)?;
     let tokens = match &blanked {
         Some(b) => Tokenizer::new(&dialect, b)
             .tokenize_with_location()
@@ -527,7 +528,7 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
                         value: id.value.clone(),
                         offset: at(id.span),
                     };
-                    return Ok(ParsedQuery { query: query.clone(), offset, from, text, derived, join: None, emit_after_watermark });
+                    return Ok(ParsedQuery { query: query.clone(), offset, from, text, derived, join: None, emit });
                 }
                 ("tumble", None) => {
                     return Err(SqlError::at(sql, at(name.span()), "tumble() takes a stream first: tumble(stream, time_column, INTERVAL 1 MINUTE)".to_string()))
@@ -569,98 +570,8 @@ pub fn parse_query(sql: &str, offset: usize) -> Result<ParsedQuery, SqlError> {
         text,
         derived,
         join,
-        emit_after_watermark,
+        emit,
     })
-}
-
-/// Proton's `EMIT` clause, at the query's top level up to `SETTINGS` or the end. Answers
-/// where `EMIT AFTER WATERMARK` was written, and the query with the clause blanked out; an
-/// `EMIT CHANGELOG` or `EMIT ON UPDATE` is what a view does anyway (its changes at the end of
-/// every batch), and other forms are refused with the reason.
-fn emit_clause(
-    sql: &str,
-    offset: usize,
-    original: &str,
-    tokens: &[sqlparser::tokenizer::TokenWithSpan],
-) -> Result<(Option<usize>, Option<String>), SqlError> {
-    // `emit` starts the clause only where a clause can (not after `.` or `AS`) and when a
-    // word of one follows, so a column or alias named `emit` stays one.
-    let significant: Vec<&sqlparser::tokenizer::TokenWithSpan> = tokens
-        .iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .collect();
-    let upper = |i: usize| match significant.get(i).map(|t| &t.token) {
-        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
-        _ => String::new(),
-    };
-    let starts_clause = |i: usize| {
-        let after_name =
-            i > 0 && (matches!(significant[i - 1].token, Token::Period) || upper(i - 1) == "AS");
-        let next = upper(i + 1);
-        !after_name
-            && (matches!(
-                next.as_str(),
-                "AFTER" | "CHANGELOG" | "PERIODIC" | "STREAM" | "LAST" | "TIMEOUT"
-            ) || (next == "ON" && upper(i + 2) == "UPDATE"))
-    };
-    let mut depth = 0i32;
-    let mut start = None;
-    let mut end = original.len();
-    let mut words: Vec<String> = Vec::new();
-    for (i, t) in significant.iter().enumerate() {
-        match &t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
-            _ => {}
-        }
-        if depth != 0 {
-            if start.is_some() {
-                words.push(t.token.to_string());
-            }
-            continue;
-        }
-        let word = match &t.token {
-            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
-            _ => None,
-        };
-        match (start, word.as_deref()) {
-            (None, Some("EMIT")) if starts_clause(i) => {
-                start = Some(offset_of(original, t.span.start))
-            }
-            (Some(_), Some("SETTINGS")) => {
-                end = offset_of(original, t.span.start);
-                break;
-            }
-            (Some(_), _) => words.push(word.unwrap_or_else(|| t.token.to_string())),
-            (None, _) => {}
-        }
-    }
-    let Some(at) = start else {
-        return Ok((None, None));
-    };
-    let here = |msg: &str| SqlError::at(sql, offset + at, msg.to_string());
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let after_watermark = match words.as_slice() {
-        ["AFTER", "WATERMARK"] => true,
-        ["CHANGELOG"] | ["ON", "UPDATE"] => false,
-        ["AFTER", "WATERMARK", "AND", "DELAY", ..] => {
-            return Err(here("EMIT AFTER WATERMARK AND DELAY is not supported yet; use EMIT AFTER WATERMARK with SETTINGS allowed_lateness"))
-        }
-        [first, ..] if ["AFTER", "CHANGELOG", "ON"].contains(first) => {
-            return Err(here("EMIT goes after GROUP BY and HAVING, before SETTINGS: EMIT AFTER WATERMARK or EMIT CHANGELOG"))
-        }
-        _ => {
-            return Err(here("EMIT clauses other than EMIT AFTER WATERMARK (windows that close) and EMIT CHANGELOG are not supported: a view emits its changes at the end of every batch"))
-        }
-    };
-    let clause = &original[at..end];
-    let blanked = format!(
-        "{}{}{}",
-        &original[..at],
-        " ".repeat(clause.len()),
-        &original[end..]
-    );
-    Ok((after_watermark.then_some(at), Some(blanked)))
 }
 
 /// `*` with nothing after it (no EXCLUDE, EXCEPT, REPLACE, RENAME or ILIKE).

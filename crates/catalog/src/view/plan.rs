@@ -42,6 +42,20 @@ pub enum AggFunc {
     /// `arg_max(x, by)` / `max_by`: `x` of the row with the greatest `by` (of ties, the
     /// greatest `x`).
     ArgMax,
+    /// `top_k(x, k)`: an array of the `k` most frequent non-null values, most frequent first
+    /// (exact; of values as frequent, the least first).
+    TopK {
+        k: u16,
+    },
+    /// `max_k(x, k)`: an array of the `k` greatest non-null values, greatest first, each as
+    /// often as it occurs.
+    MaxK {
+        k: u16,
+    },
+    /// `min_k(x, k)`: the `k` least, least first.
+    MinK {
+        k: u16,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,6 +117,10 @@ pub struct Plan {
     /// windows are not in the view.
     #[serde(default)]
     pub emit_final: bool,
+    /// `EMIT PERIODIC`: a batch of changes stays open this long (microseconds) from its first
+    /// source message, unless it fills, so that a view changes at most once a period.
+    #[serde(default)]
+    pub emit_period_us: Option<u64>,
 }
 
 /// `INNER` or `LEFT` join.
@@ -312,6 +330,9 @@ impl Plan {
             .map(|o| format!("{} {}", o.name, o.ty))
             .collect();
         lines.push(format!("output: {}", outs.join(", ")));
+        if let Some(us) = self.emit_period_us {
+            lines.push(format!("emit: periodic: changes leave the view at most once every {} s (sooner when a batch fills)", us as f64 / 1e6));
+        }
         lines.join("\n")
     }
 }

@@ -64,7 +64,19 @@ pub fn validate_batch(schema: &pb::ViewSchema, b: &pb::ChangeBatch) -> Result<()
                 | (Some(Kind::Float(_)), ColumnType::Float64)
                 | (Some(Kind::Text(_)), ColumnType::String)
                 | (Some(Kind::Boolean(_)), ColumnType::Bool)
-        )
+        ) || match (&v.kind, ty) {
+            // A decimal travels as its text: one its column holds exactly, written with its
+            // scale's digits, so that one key is one text when a batch is reduced by key.
+            (Some(Kind::Text(t)), ColumnType::Decimal { precision, scale }) => {
+                catalog::decimal::parse(t, precision, scale)
+                    .is_ok_and(|v| catalog::decimal::format(v, scale) == *t)
+            }
+            // A list travels as its JSON text: an array of its elements' type.
+            (Some(Kind::Text(t)), ColumnType::List(e)) => serde_json::from_str(t)
+                .ok()
+                .is_some_and(|j: serde_json::Value| e.list_text(&j).is_ok()),
+            _ => false,
+        }
     };
     for (i, c) in b.changes.iter().enumerate() {
         if c.key.len() != schema.key_indexes.len() {

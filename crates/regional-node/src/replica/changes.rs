@@ -52,7 +52,9 @@ pub(super) fn apply_changes(
         values.push(DValue::Boolean(c.row.is_none()));
         staged.push(values);
     }
-    insert_rows(conn, &stage, n_cols + 1, staged)?;
+    let mut marks = placeholders(schema);
+    marks.push("?".to_string());
+    insert_rows(conn, &stage, &marks, staged)?;
     let on = key_match(schema, |c| format!("t.{c} IS NOT DISTINCT FROM s.{c}"));
     conn.execute_batch(&format!(
         "DELETE FROM {table} AS t USING {stage} AS s WHERE {on}; INSERT INTO {table} SELECT {col_list} FROM {stage} WHERE NOT _meridian_delete;"
@@ -100,12 +102,11 @@ fn apply_directly(
     which: &[usize],
 ) -> Result<(), ReplicaError> {
     let table = quote(&schema.view);
-    let n_cols = schema.columns.len();
     let cond = key_match(schema, |c| format!("{c} IS NOT DISTINCT FROM ?"));
     let delete = format!("DELETE FROM {table} WHERE {cond}");
     let insert = format!(
         "INSERT INTO {table} VALUES ({})",
-        vec!["?"; n_cols].join(", ")
+        placeholders(schema).join(", ")
     );
     for &i in which {
         let c = &changes[i];
@@ -138,14 +139,30 @@ fn apply_directly(
     Ok(())
 }
 
-/// Inserts rows of `width` values with multi-row INSERTs of a bounded size.
+/// The placeholder of each of a view's columns in an INSERT: `?`, or for a list, which travels
+/// as its JSON text, `from_json(?, '["BIGINT"]')`.
+pub(super) fn placeholders(schema: &pb::ViewSchema) -> Vec<String> {
+    schema
+        .columns
+        .iter()
+        .map(|c| match catalog::ColumnType::from_name(&c.r#type) {
+            Some(catalog::ColumnType::List(e)) => {
+                format!("from_json(?, '[\"{}\"]')", e.duckdb_type())
+            }
+            _ => "?".to_string(),
+        })
+        .collect()
+}
+
+/// Inserts rows, each with a value for each of `marks` (the placeholders), with multi-row
+/// INSERTs of a bounded size.
 pub(super) fn insert_rows(
     conn: &Connection,
     table: &str,
-    width: usize,
+    marks: &[String],
     rows: Vec<Vec<DValue>>,
 ) -> Result<(), ReplicaError> {
-    let placeholders = format!("({})", vec!["?"; width].join(", "));
+    let placeholders = format!("({})", marks.join(", "));
     for chunk in rows.chunks(STAGE_ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO {table} VALUES {}",

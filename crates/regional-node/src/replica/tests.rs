@@ -426,6 +426,7 @@ mod epochs {
     }
 }
 
+mod exact;
 mod recreate;
 
 mod full_batch {

@@ -66,8 +66,31 @@ pub(crate) fn wire_value(v: DValue) -> pb::Value {
         DValue::Timestamp(unit, t) => pb::Value {
             kind: catalog::eval::timestamp_micros(unit, t).map(Kind::Int),
         },
+        // A list as its JSON text, as it arrived.
+        DValue::List(items) => pb::Value {
+            kind: Some(Kind::Text(list_json(&items).to_string())),
+        },
         other => crate::query::from_duck(other),
     }
+}
+
+/// A list of a replica's table as JSON: the types a view's list holds.
+fn list_json(items: &[DValue]) -> serde_json::Value {
+    use serde_json::Value as Json;
+    Json::Array(
+        items
+            .iter()
+            .map(|v| match v {
+                DValue::BigInt(i) => Json::from(*i),
+                DValue::Double(f) => {
+                    serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number)
+                }
+                DValue::Text(s) => Json::String(s.clone()),
+                DValue::Boolean(b) => Json::Bool(*b),
+                _ => Json::Null,
+            })
+            .collect(),
+    )
 }
 
 pub(super) fn to_duck(v: &pb::Value) -> DValue {

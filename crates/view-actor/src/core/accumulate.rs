@@ -14,9 +14,12 @@ pub(super) fn new_group(def: &ViewDef) -> GroupState {
             .map(|a| match a.func {
                 AggFunc::Count => Accumulator::Count,
                 AggFunc::CountNonNull => Accumulator::CountColumn(0),
-                AggFunc::CountDistinct | AggFunc::Min | AggFunc::Max => {
-                    Accumulator::Values(Vec::new())
-                }
+                AggFunc::CountDistinct
+                | AggFunc::Min
+                | AggFunc::Max
+                | AggFunc::TopK { .. }
+                | AggFunc::MaxK { .. }
+                | AggFunc::MinK { .. } => Accumulator::Values(Vec::new()),
                 AggFunc::Latest | AggFunc::Earliest => Accumulator::Ordered(Vec::new()),
                 AggFunc::ArgMin | AggFunc::ArgMax => Accumulator::Pairs(Vec::new()),
                 AggFunc::Sum | AggFunc::Avg => {
@@ -32,6 +35,7 @@ pub(super) fn new_group(def: &ViewDef) -> GroupState {
                         Accumulator::SumInt {
                             sum: 0,
                             non_null: 0,
+                            wraps: 0,
                         }
                     }
                 }
@@ -40,6 +44,15 @@ pub(super) fn new_group(def: &ViewDef) -> GroupState {
         row: None,
         out_bytes: 0,
         closed: false,
+    }
+}
+
+/// Adds `delta` to the exact sum `wraps * 2^128 + sum`.
+fn add_exact(sum: &mut i128, wraps: &mut i64, delta: i128) {
+    let (next, wrapped) = sum.overflowing_add(delta);
+    *sum = next;
+    if wrapped {
+        *wraps += if delta > 0 { 1 } else { -1 };
     }
 }
 
@@ -109,8 +122,27 @@ impl ViewCore {
             match (acc, value) {
                 (Accumulator::Count, _) | (_, Value::Null) => {}
                 (Accumulator::CountColumn(n), _) => *n += sign,
-                (Accumulator::SumInt { sum, non_null }, Value::Int(v)) => {
-                    *sum += i128::from(*v) * i128::from(sign);
+                (
+                    Accumulator::SumInt {
+                        sum,
+                        non_null,
+                        wraps,
+                    },
+                    Value::Int(v),
+                ) => {
+                    add_exact(sum, wraps, i128::from(*v) * i128::from(sign));
+                    *non_null += sign;
+                }
+                // Decimals of one column share its scale: their unscaled sum is exact.
+                (
+                    Accumulator::SumInt {
+                        sum,
+                        non_null,
+                        wraps,
+                    },
+                    Value::Decimal(v, _),
+                ) => {
+                    add_exact(sum, wraps, v.saturating_mul(i128::from(sign)));
                     *non_null += sign;
                 }
                 (Accumulator::SumFloat { sum, non_null }, Value::Float(v)) => {
@@ -177,5 +209,27 @@ impl ViewCore {
             "group row count went negative: a row was retracted twice"
         );
         self.touched.insert(KeyOrd(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_exact;
+
+    #[test]
+    fn a_sum_that_grows_past_i128_and_is_retracted_back_is_exact() {
+        let nine = 9 * 10i128.pow(37);
+        let (mut sum, mut wraps) = (0i128, 0i64);
+        add_exact(&mut sum, &mut wraps, nine);
+        add_exact(&mut sum, &mut wraps, nine);
+        assert_eq!(wraps, 1, "1.8e38 is past i128");
+        add_exact(&mut sum, &mut wraps, -nine);
+        assert_eq!((sum, wraps), (nine, 0));
+        add_exact(&mut sum, &mut wraps, -nine);
+        add_exact(&mut sum, &mut wraps, -nine);
+        add_exact(&mut sum, &mut wraps, -nine);
+        assert_eq!(wraps, -1);
+        add_exact(&mut sum, &mut wraps, nine);
+        assert_eq!((sum, wraps), (-nine, 0));
     }
 }

@@ -13,7 +13,8 @@ impl Finisher {
         let eval = match &def.plan.finish {
             Finish::Eval { exprs, having } if def.plan.kind == PlanKind::Aggregate => Some(
                 Evaluator::new(&def.plan.group_columns(), exprs, having.as_deref())
-                    .map_err(|e| format!("view '{}': {e}", def.name))?,
+                    .map_err(|e| format!("view '{}': {e}", def.name))?
+                    .with_output_types(&def.outputs.iter().map(|o| o.ty).collect::<Vec<_>>()),
             ),
             _ => None,
         };
@@ -139,6 +140,25 @@ pub(super) fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Result<Row, S
             (AggFunc::Max, Accumulator::Values(v)) => {
                 v.last().map_or(Value::Null, |(x, _)| x.clone())
             }
+            (AggFunc::TopK { k }, Accumulator::Values(v)) => {
+                let mut by_count: Vec<&(Value, i64)> = v.iter().collect();
+                // Most frequent first; of values as frequent, the least first (`v` is sorted).
+                by_count.sort_by_key(|x| std::cmp::Reverse(x.1));
+                list(agg, by_count.iter().take(usize::from(k)).map(|(x, _)| x))?
+            }
+            (AggFunc::MaxK { k }, Accumulator::Values(v)) => list(
+                agg,
+                v.iter()
+                    .rev()
+                    .flat_map(|(x, n)| std::iter::repeat_n(x, usize::try_from(*n).unwrap_or(0)))
+                    .take(usize::from(k)),
+            )?,
+            (AggFunc::MinK { k }, Accumulator::Values(v)) => list(
+                agg,
+                v.iter()
+                    .flat_map(|(x, n)| std::iter::repeat_n(x, usize::try_from(*n).unwrap_or(0)))
+                    .take(usize::from(k)),
+            )?,
             (AggFunc::Latest, Accumulator::Ordered(v)) => {
                 v.last().map_or(Value::Null, |(_, x)| x.clone())
             }
@@ -155,8 +175,31 @@ pub(super) fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Result<Row, S
                 _,
                 Accumulator::SumInt { non_null: 0, .. } | Accumulator::SumFloat { non_null: 0, .. },
             ) => Value::Null,
-            (AggFunc::Avg, Accumulator::SumInt { sum, non_null }) => {
-                Value::Float(*sum as f64 / *non_null as f64)
+            (_, Accumulator::SumInt { wraps, .. }) if *wraps != 0 => {
+                return Err(format!("{} is beyond 2^127", agg.text));
+            }
+            (AggFunc::Avg, Accumulator::SumInt { sum, non_null, .. }) => {
+                let scale = match agg.arg.map(|i| def.plan.project[i].ty) {
+                    Some(ColumnType::Decimal { scale, .. }) => scale,
+                    _ => 0,
+                };
+                Value::Float(catalog::decimal::to_f64(*sum, scale) / *non_null as f64)
+            }
+            (_, Accumulator::SumInt { sum, .. })
+                if matches!(agg.ty, ColumnType::Decimal { .. }) =>
+            {
+                let scale = match agg.ty {
+                    ColumnType::Decimal { scale, .. } => scale,
+                    _ => 0,
+                };
+                if !catalog::decimal::fits(*sum, catalog::decimal::PRECISION_MAX) {
+                    return Err(format!(
+                        "{} = {} does not fit in decimal(38,{scale})",
+                        agg.text,
+                        catalog::decimal::format(*sum, scale),
+                    ));
+                }
+                Value::Decimal(*sum, scale)
             }
             (AggFunc::Avg, Accumulator::SumFloat { sum, non_null }) => {
                 Value::Float(sum.value() / *non_null as f64)
@@ -170,6 +213,32 @@ pub(super) fn agg_row(def: &ViewDef, key: &Key, g: &GroupState) -> Result<Row, S
         });
     }
     Ok(row)
+}
+
+/// An array value of `items` (as its JSON text), for top_k, max_k and min_k.
+fn list<'a>(
+    agg: &catalog::Aggregate,
+    items: impl Iterator<Item = &'a Value>,
+) -> Result<Value, String> {
+    let mut out = Vec::new();
+    for x in items {
+        out.push(match x {
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .ok_or_else(|| format!("{}: {f} cannot be an array element", agg.text))?,
+            Value::Text(s) => serde_json::Value::from(s.as_str()),
+            Value::Bool(b) => serde_json::Value::from(*b),
+            other => {
+                return Err(format!(
+                    "{}: a {} cannot be an array element",
+                    agg.text,
+                    other.kind()
+                ))
+            }
+        });
+    }
+    Ok(Value::List(serde_json::Value::Array(out).to_string()))
 }
 
 impl ViewCore {

@@ -399,7 +399,7 @@ fn emit_after_watermark_emits_each_window_once_when_it_closes() {
     // EMIT AFTER WATERMARK needs windows that close, and other EMITs are refused.
     for (sql, why) in [
         ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT AFTER WATERMARK", "needs windows that close"),
-        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT PERIODIC 5s", "other than EMIT AFTER WATERMARK"),
+        ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT STREAM", "other than EMIT AFTER WATERMARK"),
         ("CREATE MATERIALIZED VIEW x AS SELECT window_start, count() AS n FROM tumble(ev, at, 1m) GROUP BY window_start EMIT AFTER WATERMARK AND DELAY 2s SETTINGS allowed_lateness='0s'", "AND DELAY"),
     ] {
         let mut cat = Catalog::default();
