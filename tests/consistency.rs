@@ -124,7 +124,7 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
     let mut total = events.len() as u64;
     let first_seq = converge_to_oracle(&rt, &cluster, &g, total, "first load");
 
-    // Typed results: dates, timestamps and decimals arrive typed; rows map onto structs. The
+    // Typed results: dates, timestamps, decimals and lists arrive typed; rows map onto structs. The
     // client finds the region's nodes through the coordinator.
     let sdk = rt
         .block_on(client::Client::discover(&cluster.coordinator, REGION))
@@ -139,7 +139,7 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
     );
     let r = rt
         .block_on(sdk.query(
-            "SELECT DATE '2024-01-01' AS d, TIMESTAMP '2024-01-01 00:00:01.5' AS t, 1.50::DECIMAL(10,2) AS x, NULL AS n",
+            "SELECT DATE '2024-01-01' AS d, TIMESTAMP '2024-01-01 00:00:01.5' AS t, 1.50::DECIMAL(10,2) AS x, NULL AS n, ['a,b', NULL] AS l",
         ))
         .expect("typed values");
     assert_eq!(
@@ -154,6 +154,7 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
                 scale: 2
             }),
             client::Value::Null,
+            client::Value::List(vec![client::Value::Text("a,b".into()), client::Value::Null]),
         ]
     );
     #[derive(serde::Deserialize, Debug, PartialEq)]

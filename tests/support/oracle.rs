@@ -27,6 +27,9 @@ pub fn text(v: &client::Value) -> String {
         client::Value::Date(d) => d.to_string(),
         client::Value::Timestamp(t) => t.to_string(),
         client::Value::Decimal(d) => d.to_string(),
+        client::Value::List(items) => {
+            format!("[{}]", items.iter().map(text).collect::<Vec<_>>().join(","))
+        }
     }
 }
 

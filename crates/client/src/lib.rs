@@ -69,6 +69,8 @@ pub enum Value {
     Date(Date),
     Timestamp(Timestamp),
     Decimal(Decimal),
+    /// A list (DuckDB `T[]`), its elements typed as its element type.
+    List(Vec<Value>),
 }
 
 impl Value {

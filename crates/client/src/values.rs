@@ -104,12 +104,22 @@ impl fmt::Display for Decimal {
 }
 
 /// A wire value of a column of DuckDB type `type_name`, typed when the type says it is a
-/// date, a timestamp or a decimal (text that does not read as one stays text).
+/// date, a timestamp, a decimal or a list of them or of numbers, strings and bools (text that
+/// does not read as one stays text).
 pub(crate) fn typed(v: Value, type_name: &str) -> Value {
     let Value::Text(s) = v else {
         return v;
     };
-    let parsed = if type_name == "DATE" {
+    let parsed = if let Some(elem) = type_name.strip_suffix("[]") {
+        let mut p = ListText {
+            chars: s.chars().collect(),
+            at: 0,
+            depth: 0,
+        };
+        p.list(elem)
+            .filter(|_| p.at == p.chars.len())
+            .map(Value::List)
+    } else if type_name == "DATE" {
         catalog::parse_date(&s).map(|days| Value::Date(Date { days }))
     } else if type_name.starts_with("TIMESTAMP") {
         catalog::parse_timestamp(&s).map(|micros| Value::Timestamp(Timestamp { micros }))
@@ -119,6 +129,106 @@ pub(crate) fn typed(v: Value, type_name: &str) -> Value {
         None
     };
     parsed.unwrap_or(Value::Text(s))
+}
+
+/// Most nesting of lists read back typed; deeper lists stay text.
+const LIST_DEPTH_MAX: usize = 16;
+
+/// A list as ClickHouse prints it (`[1,NULL,3]`, `['a','b\'c']`, `[[1],[2,3]]`), read element
+/// by element as `elem`. `None` when the text is not such a list (a list of structs or maps
+/// stays text).
+struct ListText {
+    chars: Vec<char>,
+    at: usize,
+    depth: usize,
+}
+
+impl ListText {
+    fn eat(&mut self, c: char) -> bool {
+        let hit = self.chars.get(self.at) == Some(&c);
+        if hit {
+            self.at += 1;
+        }
+        hit
+    }
+
+    fn list(&mut self, elem: &str) -> Option<Vec<Value>> {
+        self.depth += 1;
+        if self.depth > LIST_DEPTH_MAX || !self.eat('[') {
+            return None;
+        }
+        let mut items = Vec::new();
+        if self.eat(']') {
+            self.depth -= 1;
+            return Some(items);
+        }
+        loop {
+            items.push(self.value(elem)?);
+            if self.eat(']') {
+                self.depth -= 1;
+                return Some(items);
+            }
+            if !self.eat(',') {
+                return None;
+            }
+        }
+    }
+
+    fn value(&mut self, ty: &str) -> Option<Value> {
+        match self.chars.get(self.at)? {
+            '[' => self.list(ty.strip_suffix("[]")?).map(Value::List),
+            '\'' => {
+                self.at += 1;
+                let mut text = String::new();
+                loop {
+                    match *self.chars.get(self.at)? {
+                        '\\' => {
+                            text.push(*self.chars.get(self.at + 1)?);
+                            self.at += 2;
+                        }
+                        '\'' => {
+                            self.at += 1;
+                            break;
+                        }
+                        c => {
+                            text.push(c);
+                            self.at += 1;
+                        }
+                    }
+                }
+                Some(typed(Value::Text(text), ty))
+            }
+            '(' | '{' => None,
+            _ => {
+                let start = self.at;
+                while self
+                    .chars
+                    .get(self.at)
+                    .is_some_and(|c| *c != ',' && *c != ']')
+                {
+                    self.at += 1;
+                }
+                let token: String = self.chars[start..self.at].iter().collect();
+                Some(scalar(&token, ty))
+            }
+        }
+    }
+}
+
+/// An unquoted list element of DuckDB type `ty`.
+fn scalar(token: &str, ty: &str) -> Value {
+    if token == "NULL" {
+        return Value::Null;
+    }
+    let parsed = match ty {
+        "TINYINT" | "SMALLINT" | "INTEGER" | "BIGINT" | "UTINYINT" | "USMALLINT" | "UINTEGER"
+        | "UBIGINT" | "HUGEINT" | "UHUGEINT" => token.parse().ok().map(Value::Int),
+        "DOUBLE" | "FLOAT" => token.parse().ok().map(Value::Float),
+        "BOOLEAN" => token.parse().ok().map(Value::Bool),
+        _ if ty.starts_with("DECIMAL") => Decimal::parse(token).map(Value::Decimal),
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| Value::Text(token.to_string()))
 }
 
 /// A value as JSON, for serde: dates and timestamps as their text, decimals as numbers (the
@@ -137,12 +247,67 @@ pub(crate) fn to_json(v: &Value) -> Json {
         }
         Value::Decimal(d) => serde_json::Number::from_f64(d.to_f64())
             .map_or_else(|| Json::String(d.to_string()), Json::Number),
+        Value::List(items) => Json::Array(items.iter().map(to_json).collect()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_arrive_typed_element_by_element() {
+        let list = |t: &str, ty: &str| typed(Value::Text(t.into()), ty);
+        let text = |s: &str| Value::Text(s.into());
+        assert_eq!(
+            list(r"['a','b\'c',NULL,'x,y]']", "VARCHAR[]"),
+            Value::List(vec![text("a"), text("b'c"), Value::Null, text("x,y]")])
+        );
+        assert_eq!(
+            list("[1,NULL,-3]", "BIGINT[]"),
+            Value::List(vec![Value::Int(1), Value::Null, Value::Int(-3)])
+        );
+        assert_eq!(list("[]", "DOUBLE[]"), Value::List(vec![]));
+        assert_eq!(
+            list("[[1.5],[],[inf]]", "DOUBLE[][]"),
+            Value::List(vec![
+                Value::List(vec![Value::Float(1.5)]),
+                Value::List(vec![]),
+                Value::List(vec![Value::Float(f64::INFINITY)]),
+            ])
+        );
+        assert_eq!(
+            list("['2024-01-01']", "DATE[]"),
+            Value::List(vec![Value::Date(Date { days: 19_723 })])
+        );
+        assert_eq!(
+            list("[1.50,true]", "DECIMAL(10,2)[]"),
+            Value::List(vec![
+                Value::Decimal(Decimal {
+                    unscaled: 150,
+                    scale: 2
+                }),
+                text("true")
+            ])
+        );
+        assert_eq!(
+            to_json(&list("[true,false]", "BOOLEAN[]")),
+            serde_json::json!([true, false])
+        );
+        // Not such a list: stays text.
+        for (t, ty) in [
+            ("[(1,'v')]", "STRUCT(a INTEGER)[]"),
+            ("[1,2", "BIGINT[]"),
+            ("['a", "VARCHAR[]"),
+            ("[1]x", "BIGINT[]"),
+            (
+                "[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]",
+                "BIGINT[][][][][][][][][][][][][][][][][][]",
+            ),
+        ] {
+            assert_eq!(list(t, ty), text(t), "{t}");
+        }
+    }
 
     #[test]
     fn dates_timestamps_and_decimals_arrive_typed() {

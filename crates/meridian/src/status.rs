@@ -97,6 +97,9 @@ pub fn cell(v: &client::Value) -> String {
         client::Value::Date(d) => d.to_string(),
         client::Value::Timestamp(t) => t.to_string(),
         client::Value::Decimal(d) => d.to_string(),
+        client::Value::List(items) => {
+            format!("[{}]", items.iter().map(cell).collect::<Vec<_>>().join(","))
+        }
     }
 }
 

@@ -540,6 +540,13 @@ mod tests {
         .expect("select");
         let types: Vec<&str> = r.columns.iter().map(|c| c.r#type.as_str()).collect();
         assert_eq!(types, vec!["DECIMAL(38,0)", "HUGEINT", "DECIMAL(38,1)"]);
+        let lists = query(
+            &conn,
+            "SELECT ['a'] AS s, [[1]] AS n, [1.5::DECIMAL(4,2)] AS d",
+        )
+        .expect("select");
+        let types: Vec<&str> = lists.columns.iter().map(|c| c.r#type.as_str()).collect();
+        assert_eq!(types, vec!["VARCHAR[]", "INTEGER[][]", "DECIMAL(4,2)[]"]);
         let text = |s: &str| Some(pb::value::Kind::Text(s.to_string()));
         let got: Vec<Option<pb::value::Kind>> =
             r.rows[0].values.iter().map(|v| v.kind.clone()).collect();

@@ -26,6 +26,7 @@ pub(crate) fn type_name(t: &DataType) -> String {
         DataType::Date32 | DataType::Date64 => "DATE".into(),
         DataType::Timestamp(..) => "TIMESTAMP".into(),
         DataType::Binary | DataType::LargeBinary => "BLOB".into(),
+        DataType::List(f) | DataType::LargeList(f) => format!("{}[]", type_name(f.data_type())),
         other => format!("{other:?}").to_uppercase(),
     }
 }
