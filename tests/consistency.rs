@@ -183,6 +183,65 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
         .expect_err("a missing field");
     assert!(err.to_string().contains("missing field"), "{err}");
 
+    // Analytical results as Arrow: DuckDB's record batches through the SDK (Arrow IPC over
+    // gRPC) and over HTTP (FORMAT ArrowStream), the same rows as the oracle's.
+    let want = meridian_tests::orders_oracle(&g);
+    let sql = format!("SELECT country, status, orders FROM {VIEW} ORDER BY ALL");
+    let arrow = rt.block_on(sdk.query_arrow(&sql)).expect("arrow answer");
+    assert!(arrow.rows.is_empty() && arrow.token.is_some());
+    let strings = |batches: &[client::arrow::record_batch::RecordBatch]| -> Vec<String> {
+        use client::arrow::array::{Array, Int64Array, StringArray};
+        let mut out = Vec::new();
+        for b in batches {
+            let country = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8");
+            let status = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8");
+            let orders = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64");
+            for i in 0..b.num_rows() {
+                assert!(!orders.is_null(i));
+                out.push(format!(
+                    "{}|{}|{}",
+                    country.value(i),
+                    status.value(i),
+                    orders.value(i)
+                ));
+            }
+        }
+        out
+    };
+    let oracle_rows: Vec<String> = want
+        .iter()
+        .map(|r| format!("{}|{}|{}", r[0], r[1], r[2]))
+        .collect();
+    assert_eq!(strings(&arrow.batches), oracle_rows);
+    let (leader_id, _) = leader(&rt, &cluster);
+    let (code, bytes) = meridian_tests::http_bytes(
+        &http_of(&cluster, leader_id),
+        &format!(
+            "/?query={}",
+            urlencode(&format!("{sql} FORMAT ArrowStream"))
+        ),
+    )
+    .expect("GET");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&bytes));
+    let batches: Vec<_> =
+        client::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .expect("an Arrow IPC stream")
+            .collect::<Result<_, _>>()
+            .expect("batches");
+    assert_eq!(strings(&batches), oracle_rows);
+
     // Tokens: every node's answer carries one of its region, and every node serves a token
     // it has reached; one past the region's log is refused after the wait, naming the index.
     let (leader_id, _) = leader(&rt, &cluster);

@@ -25,6 +25,8 @@ pub use meridian_proto::ReadToken;
 mod subscribe;
 pub use subscribe::{Change, SubscribePosition, Subscription, SubscriptionEvent};
 mod values;
+/// The Arrow crate the record batches of [`Client::query_arrow`] are of.
+pub use arrow;
 pub use values::{Date, Decimal, Timestamp};
 
 use meridian_proto::v1 as pb;
@@ -125,6 +127,9 @@ pub struct QueryOptions {
     /// began (Raft ReadIndex through the leader). A node cut off from a majority of its region
     /// fails the read instead of answering stale.
     pub linearizable: bool,
+    /// Answer as Arrow record batches ([`QueryResult::batches`], DuckDB's own Arrow output
+    /// over Arrow IPC) rather than as rows.
+    pub arrow: bool,
 }
 
 /// Which change batch of a view a node had applied when it answered.
@@ -155,6 +160,9 @@ pub struct QueryResult {
     pub node_id: u64,
     /// The state the answer reflects, for a later read's `QueryOptions::at_least`.
     pub token: Option<ReadToken>,
+    /// With [`QueryOptions::arrow`] ([`Client::query_arrow`]): the result as Arrow record
+    /// batches, and `rows` empty.
+    pub batches: Vec<arrow::record_batch::RecordBatch>,
 }
 
 impl QueryResult {
@@ -336,6 +344,17 @@ impl Client {
         self.query_with(sql, &QueryOptions::default()).await
     }
 
+    /// Runs a read-only statement and answers its result as Arrow record batches
+    /// ([`QueryResult::batches`]), for analytical results: the node sends DuckDB's own Arrow
+    /// output over Arrow IPC, with no conversion value by value.
+    pub async fn query_arrow(&self, sql: &str) -> Result<QueryResult, Error> {
+        let options = QueryOptions {
+            arrow: true,
+            ..QueryOptions::default()
+        };
+        self.query_with(sql, &options).await
+    }
+
     /// Runs a read-only statement and maps its rows onto `T` (see [`QueryResult::rows_as`]).
     pub async fn query_as<T: serde::de::DeserializeOwned>(
         &self,
@@ -379,6 +398,7 @@ impl Client {
                         .map(ToString::to_string)
                         .unwrap_or_default(),
                     linearizable: options.linearizable,
+                    arrow: options.arrow,
                 })
                 .await
             {
@@ -409,10 +429,24 @@ impl Client {
                                 .collect()
                         })
                         .collect();
+                    let batches = if options.arrow {
+                        let reader = arrow::ipc::reader::StreamReader::try_new(
+                            std::io::Cursor::new(r.arrow_ipc),
+                            None,
+                        )
+                        .and_then(|reader| reader.collect::<Result<Vec<_>, _>>());
+                        reader.map_err(|e| Error::Refused {
+                            node: url.clone(),
+                            message: format!("the node's Arrow answer does not read: {e}"),
+                        })?
+                    } else {
+                        Vec::new()
+                    };
                     return Ok(QueryResult {
                         token,
                         columns,
                         rows,
+                        batches,
                         positions: r
                             .positions
                             .into_iter()

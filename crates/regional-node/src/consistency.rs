@@ -57,6 +57,17 @@ impl Shared {
         sql: String,
         level: &ReadLevel,
     ) -> Result<QueryResult, QueryError> {
+        self.query_at_shaped(sql, level, crate::query::Shape::Rows)
+            .await
+    }
+
+    /// [`Self::query_at`], answering in `shape` (rows, or Arrow IPC).
+    pub async fn query_at_shaped(
+        &self,
+        sql: String,
+        level: &ReadLevel,
+        shape: crate::query::Shape,
+    ) -> Result<QueryResult, QueryError> {
         // A node that cannot apply will not catch up by waiting.
         if let Some(why) = self.node.unavailable() {
             return Err(QueryError::Unavailable(why));
@@ -93,7 +104,7 @@ impl Shared {
                 )));
             }
         }
-        let mut result = self.query(sql.clone()).await;
+        let mut result = self.query_shaped(sql.clone(), shape).await;
         if let Ok(r) = &result {
             // Applied index and replica commit move together, so this cannot fail unless the
             // replica went back: refuse rather than answer from an older state.
@@ -120,7 +131,7 @@ impl Shared {
                 )));
             }
             tokio::time::sleep(crate::staleness::RETRY).await;
-            result = self.query(sql.clone()).await;
+            result = self.query_shaped(sql.clone(), shape).await;
         }
         result
     }

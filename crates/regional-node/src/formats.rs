@@ -1,5 +1,6 @@
 //! ClickHouse output formats for the HTTP endpoint (JSONCompact, JSON, JSONEachRow, CSV,
-//! CSVWithNames, TabSeparated, TabSeparatedWithNames). Pure functions over a query result.
+//! CSVWithNames, TabSeparated, TabSeparatedWithNames; ArrowStream and Arrow are DuckDB's Arrow
+//! output, written by the query itself). Pure functions over a query result.
 
 use meridian_proto::v1 as pb;
 use serde_json::{json, Value as Json};
@@ -7,15 +8,21 @@ use serde_json::{json, Value as Json};
 use crate::query::QueryResult;
 
 pub const FORMATS: &str =
-    "JSONCompact, JSON, JSONEachRow, CSV, CSVWithNames, TabSeparated, TabSeparatedWithNames";
+    "JSONCompact, JSON, JSONEachRow, CSV, CSVWithNames, TabSeparated, TabSeparatedWithNames, ArrowStream, Arrow";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     JsonCompact,
     Json,
     JsonEachRow,
-    Csv { names: bool },
-    Tsv { names: bool },
+    Csv {
+        names: bool,
+    },
+    Tsv {
+        names: bool,
+    },
+    /// Arrow IPC, stream (`ArrowStream`) or file (`Arrow`) format: the bytes are the query's.
+    Arrow(crate::query::Shape),
 }
 
 impl Format {
@@ -28,6 +35,8 @@ impl Format {
             "CSVWithNames" => Format::Csv { names: true },
             "TabSeparated" | "TSV" => Format::Tsv { names: false },
             "TabSeparatedWithNames" | "TSVWithNames" => Format::Tsv { names: true },
+            "ArrowStream" => Format::Arrow(crate::query::Shape::ArrowStream),
+            "Arrow" => Format::Arrow(crate::query::Shape::ArrowFile),
             _ => return None,
         })
     }
@@ -38,6 +47,16 @@ impl Format {
             Format::JsonEachRow => "application/x-ndjson; charset=UTF-8",
             Format::Csv { .. } => "text/csv; charset=UTF-8",
             Format::Tsv { .. } => "text/tab-separated-values; charset=UTF-8",
+            Format::Arrow(crate::query::Shape::ArrowFile) => "application/vnd.apache.arrow.file",
+            Format::Arrow(_) => "application/vnd.apache.arrow.stream",
+        }
+    }
+
+    /// The shape the query answers in for this format.
+    pub fn shape(self) -> crate::query::Shape {
+        match self {
+            Format::Arrow(shape) => shape,
+            _ => crate::query::Shape::Rows,
         }
     }
 }
@@ -259,6 +278,8 @@ pub fn render(
             }
             out
         }
+        // The query wrote the bytes (`QueryResult::arrow`); there is no text to render.
+        Format::Arrow(_) => String::new(),
     }
 }
 
@@ -314,6 +335,7 @@ mod tests {
                 staleness_ms: 25,
             }],
             raft_index: 7,
+            arrow: None,
         }
     }
 

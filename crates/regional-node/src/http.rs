@@ -271,17 +271,21 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
         wait_ms,
     };
     let started = Instant::now();
-    let result = s.query_at(sql, &level).await;
+    let result = s.query_at_shaped(sql, &level, format.shape()).await;
     match result {
-        Ok(r) => {
+        Ok(mut r) => {
             let token = s.token(&r).to_string();
-            let body = render(
-                format,
-                &r,
-                &token,
-                started.elapsed().as_secs_f64(),
-                quote_64bit,
-            );
+            let body: axum::body::Body = match r.arrow.take() {
+                Some(bytes) => bytes.into(),
+                None => render(
+                    format,
+                    &r,
+                    &token,
+                    started.elapsed().as_secs_f64(),
+                    quote_64bit,
+                )
+                .into(),
+            };
             let mut response = (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, format.content_type())],

@@ -17,7 +17,10 @@ use duckdb::types::Value as DValue;
 use duckdb::Connection;
 use meridian_proto::v1 as pb;
 
+mod ipc;
 mod values;
+
+pub use ipc::Shape;
 pub(crate) use values::from_duck;
 use values::type_name;
 
@@ -100,6 +103,9 @@ pub struct QueryResult {
     /// Raft index of the last entry the replica had applied, read in the same transaction:
     /// the answer reflects exactly the region's log up to it (a read token's index).
     pub raft_index: u64,
+    /// The result as Arrow IPC (stream or file format), when asked for in that shape; `rows`
+    /// is then empty.
+    pub arrow: Option<Vec<u8>>,
 }
 
 /// Skips white space and comments at the start of `sql`.
@@ -232,10 +238,37 @@ pub fn run(
     limits: &QueryLimits,
     cancel: &AtomicBool,
 ) -> Result<QueryResult, QueryError> {
+    run_shaped(conn, sql, limits, cancel, Shape::Rows)
+}
+
+/// [`run`], answering in `shape`.
+pub fn run_shaped(
+    conn: &Connection,
+    sql: &str,
+    limits: &QueryLimits,
+    cancel: &AtomicBool,
+    shape: Shape,
+) -> Result<QueryResult, QueryError> {
     let deadline = Instant::now() + limits.timeout;
+    // A connection an earlier read left inside its transaction (interrupts that kept landing
+    // on every rollback) is brought back first, so that one unlucky read does not fail the next.
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     conn.execute_batch("BEGIN TRANSACTION READ ONLY")?;
-    let result =
-        check_read_only(conn, sql).and_then(|()| run_inside(conn, sql, limits, deadline, cancel));
+    let result = check_read_only(conn, sql).and_then(|()| match shape {
+        Shape::Rows => run_inside(conn, sql, limits, deadline, cancel),
+        _ => {
+            let (columns, bytes) = ipc::run_arrow(conn, sql, limits, deadline, cancel, shape)?;
+            Ok(QueryResult {
+                columns,
+                rows: Vec::new(),
+                positions: read_positions(conn)?,
+                raft_index: raft_index(conn)?,
+                arrow: Some(bytes),
+            })
+        }
+    });
     // Always roll back: a reader never changes the replica, whatever it sent. The interrupts
     // that stopped a query may still be arriving and can hit the rollback too, so it is tried
     // again; a connection left inside the transaction could not serve the next read.
@@ -266,6 +299,13 @@ fn value_bytes(v: &pb::Value) -> usize {
         Some(pb::value::Kind::Text(s)) => s.len() + 8,
         _ => 8,
     }
+}
+
+/// The Raft index the replica has applied, read in the query's transaction.
+fn raft_index(conn: &Connection) -> Result<u64, QueryError> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(applied_index), 0::UBIGINT) FROM _meridian_raft")?
+        .query_row([], |r| r.get::<_, u64>(0))?)
 }
 
 fn run_inside(
@@ -350,14 +390,13 @@ fn run_inside(
     }
     drop(rows);
     let positions = read_positions(conn)?;
-    let raft_index = conn
-        .prepare_cached("SELECT coalesce(max(applied_index), 0::UBIGINT) FROM _meridian_raft")?
-        .query_row([], |r| r.get::<_, u64>(0))?;
+    let raft_index = raft_index(conn)?;
     Ok(QueryResult {
         columns,
         rows: rows_out,
         positions,
         raft_index,
+        arrow: None,
     })
 }
 

@@ -98,6 +98,15 @@ impl Shared {
     /// Runs a read-only query on a blocking thread, within `self.limits`. DuckDB is interrupted
     /// when the deadline passes or when the caller goes away (this future is dropped).
     pub async fn query(&self, sql: String) -> Result<QueryResult, QueryError> {
+        self.query_shaped(sql, query::Shape::Rows).await
+    }
+
+    /// [`Self::query`], answering in `shape` (rows, or Arrow IPC).
+    pub async fn query_shaped(
+        &self,
+        sql: String,
+        shape: query::Shape,
+    ) -> Result<QueryResult, QueryError> {
         // A replica that could not apply a committed entry holds a state no other node had:
         // answering from it would serve rows that skipped a change.
         if let Some(why) = self.node.unavailable() {
@@ -126,7 +135,7 @@ impl Shared {
         let mut task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _e = span.enter();
-            let r = query::run(&conn, &sql, &limits, &cancel);
+            let r = query::run_shaped(&conn, &sql, &limits, &cancel, shape);
             done.store(true, Ordering::Relaxed);
             r
         });
@@ -264,7 +273,12 @@ impl pb::region_server::Region for RegionService {
                 (req.max_staleness_wait_ms != 0).then_some(req.max_staleness_wait_ms),
             ),
         };
-        match self.0.query_at(req.sql, &level).await {
+        let shape = if req.arrow {
+            query::Shape::ArrowStream
+        } else {
+            query::Shape::Rows
+        };
+        match self.0.query_at_shaped(req.sql, &level, shape).await {
             Ok(r) => Ok(Response::new(pb::QueryResponse {
                 token: self.0.token(&r).to_string(),
                 columns: r.columns,
@@ -272,6 +286,7 @@ impl pb::region_server::Region for RegionService {
                 positions: r.positions,
                 region: self.0.region.clone(),
                 node_id: self.0.node_id,
+                arrow_ipc: r.arrow.unwrap_or_default(),
             })),
             Err(e) => Err(query_status(&e)),
         }
