@@ -241,6 +241,21 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
             .collect::<Result<_, _>>()
             .expect("batches");
     assert_eq!(strings(&batches), oracle_rows);
+    let (code, bytes) = meridian_tests::http_bytes(
+        &http_of(&cluster, leader_id),
+        &format!("/?query={}", urlencode(&format!("{sql} FORMAT Parquet"))),
+    )
+    .expect("GET");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&bytes));
+    let batches: Vec<_> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .expect("a Parquet file")
+    .build()
+    .expect("reader")
+    .collect::<Result<_, _>>()
+    .expect("batches");
+    assert_eq!(strings(&batches), oracle_rows);
 
     // Tokens: every node's answer carries one of its region, and every node serves a token
     // it has reached; one past the region's log is refused after the wait, naming the index.

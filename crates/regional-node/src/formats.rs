@@ -1,6 +1,6 @@
 //! ClickHouse output formats for the HTTP endpoint (JSONCompact, JSON, JSONEachRow, CSV,
-//! CSVWithNames, TabSeparated, TabSeparatedWithNames; ArrowStream and Arrow are DuckDB's Arrow
-//! output, written by the query itself). Pure functions over a query result.
+//! CSVWithNames, TabSeparated, TabSeparatedWithNames; ArrowStream, Arrow and Parquet are
+//! DuckDB's Arrow output, written by the query itself). Pure functions over a query result.
 
 use meridian_proto::v1 as pb;
 use serde_json::{json, Value as Json};
@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 use crate::query::QueryResult;
 
 pub const FORMATS: &str =
-    "JSONCompact, JSON, JSONEachRow, CSV, CSVWithNames, TabSeparated, TabSeparatedWithNames, ArrowStream, Arrow";
+    "JSONCompact, JSON, JSONEachRow, CSV, CSVWithNames, TabSeparated, TabSeparatedWithNames, ArrowStream, Arrow, Parquet";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -37,6 +37,7 @@ impl Format {
             "TabSeparatedWithNames" | "TSVWithNames" => Format::Tsv { names: true },
             "ArrowStream" => Format::Arrow(crate::query::Shape::ArrowStream),
             "Arrow" => Format::Arrow(crate::query::Shape::ArrowFile),
+            "Parquet" => Format::Arrow(crate::query::Shape::Parquet),
             _ => return None,
         })
     }
@@ -48,6 +49,7 @@ impl Format {
             Format::Csv { .. } => "text/csv; charset=UTF-8",
             Format::Tsv { .. } => "text/tab-separated-values; charset=UTF-8",
             Format::Arrow(crate::query::Shape::ArrowFile) => "application/vnd.apache.arrow.file",
+            Format::Arrow(crate::query::Shape::Parquet) => "application/vnd.apache.parquet",
             Format::Arrow(_) => "application/vnd.apache.arrow.stream",
         }
     }
@@ -385,6 +387,10 @@ mod tests {
         let full: Json = serde_json::from_str(&render(Format::Json, &r, "eu:7", 0.5, true))
             .expect("JSON is JSON");
         assert_eq!(full["data"][1], json!({"region": null, "n": "1"}));
-        assert_eq!(Format::parse("Parquet"), None);
+        assert_eq!(
+            Format::parse("Parquet").map(Format::shape),
+            Some(crate::query::Shape::Parquet)
+        );
+        assert_eq!(Format::parse("Native"), None);
     }
 }

@@ -1,7 +1,8 @@
-//! Results as Arrow IPC: DuckDB's own Arrow output, framed by arrow-ipc as it comes, within
-//! the same limits as a result of rows (rows, bytes, deadline, cancellation).
+//! Results as Arrow IPC or Parquet: DuckDB's own Arrow output, written batch by batch as it
+//! comes, within the same limits as a result of rows (rows, bytes, deadline, cancellation).
 
 use arrow::ipc::writer::{FileWriter, StreamWriter};
+use parquet::arrow::ArrowWriter;
 
 use super::*;
 
@@ -15,29 +16,39 @@ pub enum Shape {
     ArrowStream,
     /// The Arrow IPC file format (ClickHouse's `Arrow`).
     ArrowFile,
+    /// A Parquet file (ClickHouse's `Parquet`), uncompressed.
+    Parquet,
 }
 
 enum Writer {
     Stream(StreamWriter<Vec<u8>>),
     File(FileWriter<Vec<u8>>),
+    Parquet(ArrowWriter<Vec<u8>>),
 }
 
 impl Writer {
     fn write(&mut self, b: &arrow::record_batch::RecordBatch) -> Result<usize, QueryError> {
         match self {
-            Writer::Stream(w) => w.write(b).map(|()| w.get_ref().len()),
-            Writer::File(w) => w.write(b).map(|()| w.get_ref().len()),
+            Writer::Stream(w) => w.write(b).map(|()| w.get_ref().len()).map_err(failed),
+            Writer::File(w) => w.write(b).map(|()| w.get_ref().len()).map_err(failed),
+            Writer::Parquet(w) => w
+                .write(b)
+                .map(|()| w.bytes_written() + w.in_progress_size())
+                .map_err(parquet_failed),
         }
-        .map_err(failed)
     }
 
     fn finish(self) -> Result<Vec<u8>, QueryError> {
         match self {
-            Writer::Stream(w) => w.into_inner(),
-            Writer::File(w) => w.into_inner(),
+            Writer::Stream(w) => w.into_inner().map_err(failed),
+            Writer::File(w) => w.into_inner().map_err(failed),
+            Writer::Parquet(w) => w.into_inner().map_err(parquet_failed),
         }
-        .map_err(failed)
     }
+}
+
+fn parquet_failed(e: parquet::errors::ParquetError) -> QueryError {
+    QueryError::Failed(format!("writing the Parquet result failed: {e}"))
 }
 
 fn failed(e: arrow::error::ArrowError) -> QueryError {
@@ -67,6 +78,9 @@ pub(super) fn run_arrow(
         .collect();
     let mut writer = match shape {
         Shape::ArrowFile => Writer::File(FileWriter::try_new(Vec::new(), &schema).map_err(failed)?),
+        Shape::Parquet => Writer::Parquet(
+            ArrowWriter::try_new(Vec::new(), schema.clone(), None).map_err(parquet_failed)?,
+        ),
         _ => Writer::Stream(StreamWriter::try_new(Vec::new(), &schema).map_err(failed)?),
     };
     let mut rows = 0usize;
@@ -154,6 +168,26 @@ mod tests {
             reader.map(|b| b.expect("batch").num_rows()).sum::<usize>(),
             5000
         );
+        // And Parquet, read back by arrow-rs's reader.
+        let pq = run_as(&conn, sql, &QueryLimits::default(), Shape::Parquet)
+            .arrow
+            .expect("bytes");
+        assert_eq!(&pq[..4], b"PAR1");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            bytes::Bytes::from(pq),
+        )
+        .expect("a Parquet file")
+        .build()
+        .expect("reader");
+        let batches: Vec<_> = reader.collect::<Result<_, _>>().expect("batches");
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5000);
+        let last = batches.last().expect("a batch");
+        let n = last
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("int64");
+        assert_eq!(n.value(last.num_rows() - 1), 4999);
         // The limits hold as for rows.
         let few = QueryLimits {
             rows_max: 100,
