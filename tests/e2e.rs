@@ -347,7 +347,7 @@ fn malformed_messages_are_dead_lettered_and_regions_serve_reads() {
         ),
         (
             "GET",
-            format!("/?query={q}&default_format=Parquet"),
+            format!("/?query={q}&default_format=PrettyCompact"),
             "",
             "Unknown output format",
         ),

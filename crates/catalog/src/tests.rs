@@ -4,10 +4,23 @@ const ORDERS: &str = "CREATE EXTERNAL STREAM orders(id int64, customer_id int64,
      SETTINGS type='kafka', brokers='127.0.0.1:9092', topic='orders', data_format='Debezium', primary_key='id'";
 
 fn catalog_with_orders() -> Catalog {
+    catalog_over(ORDERS)
+}
+
+/// A catalog holding the one stream `stream_sql` creates.
+fn catalog_over(stream_sql: &str) -> Catalog {
     let mut c = Catalog::default();
-    let change = c.plan(ORDERS).expect("orders stream is valid");
-    c.apply(1, ORDERS, change);
+    let change = c.plan(stream_sql).expect("the stream is valid");
+    c.apply(1, stream_sql, change);
     c
+}
+
+/// The view `sql` would create in `c`.
+fn planned_view(c: &Catalog, sql: &str) -> crate::ViewDef {
+    match c.plan(sql) {
+        Ok(Change::Create(Object::View(v))) => v,
+        other => panic!("{sql}: {other:?}"),
+    }
 }
 
 #[test]
@@ -120,15 +133,10 @@ fn time_columns_and_functions_are_typed() {
 
 #[test]
 fn decimals_are_typed_as_duckdb_types_them() {
-    let mut c = Catalog::default();
-    let s = "CREATE EXTERNAL STREAM pay(id int64, amount decimal(12, 2), fee decimal64(4), n int32, k decimal(5)) SETTINGS type='kafka', brokers='b:1', topic='p', data_format='Debezium', primary_key='id'";
-    let ch = c.plan(s).expect("stream");
-    c.apply(1, s, ch);
+    let c = catalog_over("CREATE EXTERNAL STREAM pay(id int64, amount decimal(12, 2), fee decimal64(4), n int32, k decimal(5)) SETTINGS type='kafka', brokers='b:1', topic='p', data_format='Debezium', primary_key='id'");
     let dec = |precision, scale| ColumnType::Decimal { precision, scale };
     let sql = "CREATE MATERIALIZED VIEW v AS SELECT k, sum(amount) AS total, min(fee) AS low, max(amount) AS high, avg(amount) AS mean, sum(amount) * 2 AS twice, count(DISTINCT amount) AS kinds, sum(n::decimal(10,1)) AS tenths FROM pay GROUP BY k";
-    let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
-        panic!("view: {:?}", c.plan(sql))
-    };
+    let v = planned_view(&c, sql);
     let got: Vec<ColumnType> = v.outputs.iter().map(|o| o.ty).collect();
     assert_eq!(
         got,
@@ -145,9 +153,7 @@ fn decimals_are_typed_as_duckdb_types_them() {
     );
     let projection =
         "CREATE MATERIALIZED VIEW p AS SELECT id, amount, amount + fee AS gross FROM pay";
-    let Ok(Change::Create(Object::View(p))) = c.plan(projection) else {
-        panic!("projection: {:?}", c.plan(projection))
-    };
+    let p = planned_view(&c, projection);
     assert_eq!(p.outputs[1].ty, dec(12, 2));
     assert_eq!(p.outputs[2].ty, dec(19, 4));
     assert_eq!(ColumnType::from_name(&dec(12, 2).name()), Some(dec(12, 2)));
@@ -157,14 +163,11 @@ fn decimals_are_typed_as_duckdb_types_them() {
 #[test]
 fn arrays_pass_through_views_and_are_refused_where_they_would_be_compared() {
     use crate::ListElem;
-    let mut c = Catalog::default();
-    let s = "CREATE EXTERNAL STREAM ev(id int64, tags array(string), ids nullable(array(int32)), w array(float32), k string) SETTINGS type='kafka', brokers='b:1', topic='e', data_format='Debezium', primary_key='id'";
-    let ch = c.plan(s).expect("stream");
-    c.apply(1, s, ch);
-    let sql = "CREATE MATERIALIZED VIEW v AS SELECT id, tags, ids, w FROM ev WHERE k != 'x'";
-    let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
-        panic!("view: {:?}", c.plan(sql))
-    };
+    let c = catalog_over("CREATE EXTERNAL STREAM ev(id int64, tags array(string), ids nullable(array(int32)), w array(float32), k string) SETTINGS type='kafka', brokers='b:1', topic='e', data_format='Debezium', primary_key='id'");
+    let v = planned_view(
+        &c,
+        "CREATE MATERIALIZED VIEW v AS SELECT id, tags, ids, w FROM ev WHERE k != 'x'",
+    );
     let got: Vec<ColumnType> = v.outputs.iter().map(|o| o.ty).collect();
     assert_eq!(
         got,
@@ -751,9 +754,7 @@ fn emit_periodic_sets_the_period_a_batch_of_changes_stays_open() {
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders GROUP BY region EMIT CHANGELOG", None),
         ("CREATE MATERIALIZED VIEW v AS SELECT region, count() AS n FROM orders GROUP BY region", None),
     ] {
-        let Ok(Change::Create(Object::View(v))) = c.plan(sql) else {
-            panic!("{sql}: {:?}", c.plan(sql))
-        };
+        let v = planned_view(&c, sql);
         assert_eq!(v.plan.emit_period_us, us, "{sql}");
         let Some(Object::Stream(orders)) = c.entries().first().map(|e| e.object.clone()) else {
             panic!("orders")
