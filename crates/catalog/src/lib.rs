@@ -6,6 +6,7 @@
 
 pub mod ast;
 mod catalog;
+pub mod chtext;
 mod defs;
 mod error;
 pub mod eval;

@@ -111,13 +111,8 @@ pub(crate) fn typed(v: Value, type_name: &str) -> Value {
         return v;
     };
     let parsed = if let Some(elem) = type_name.strip_suffix("[]") {
-        let mut p = ListText {
-            chars: s.chars().collect(),
-            at: 0,
-            depth: 0,
-        };
-        p.list(elem)
-            .filter(|_| p.at == p.chars.len())
+        catalog::chtext::parse_list(&s)
+            .and_then(|items| typed_list(items, elem))
             .map(Value::List)
     } else if type_name == "DATE" {
         catalog::parse_date(&s).map(|days| Value::Date(Date { days }))
@@ -131,98 +126,24 @@ pub(crate) fn typed(v: Value, type_name: &str) -> Value {
     parsed.unwrap_or(Value::Text(s))
 }
 
-/// Most nesting of lists read back typed; deeper lists stay text.
-const LIST_DEPTH_MAX: usize = 16;
-
-/// A list as ClickHouse prints it (`[1,NULL,3]`, `['a','b\'c']`, `[[1],[2,3]]`), read element
-/// by element as `elem`. `None` when the text is not such a list (a list of structs or maps
-/// stays text).
-struct ListText {
-    chars: Vec<char>,
-    at: usize,
-    depth: usize,
-}
-
-impl ListText {
-    fn eat(&mut self, c: char) -> bool {
-        let hit = self.chars.get(self.at) == Some(&c);
-        if hit {
-            self.at += 1;
-        }
-        hit
-    }
-
-    fn list(&mut self, elem: &str) -> Option<Vec<Value>> {
-        self.depth += 1;
-        if self.depth > LIST_DEPTH_MAX || !self.eat('[') {
-            return None;
-        }
-        let mut items = Vec::new();
-        if self.eat(']') {
-            self.depth -= 1;
-            return Some(items);
-        }
-        loop {
-            items.push(self.value(elem)?);
-            if self.eat(']') {
-                self.depth -= 1;
-                return Some(items);
-            }
-            if !self.eat(',') {
-                return None;
-            }
-        }
-    }
-
-    fn value(&mut self, ty: &str) -> Option<Value> {
-        match self.chars.get(self.at)? {
-            '[' => self.list(ty.strip_suffix("[]")?).map(Value::List),
-            '\'' => {
-                self.at += 1;
-                let mut text = String::new();
-                loop {
-                    match *self.chars.get(self.at)? {
-                        '\\' => {
-                            text.push(*self.chars.get(self.at + 1)?);
-                            self.at += 2;
-                        }
-                        '\'' => {
-                            self.at += 1;
-                            break;
-                        }
-                        c => {
-                            text.push(c);
-                            self.at += 1;
-                        }
-                    }
-                }
-                Some(typed(Value::Text(text), ty))
-            }
-            '(' | '{' => None,
-            _ => {
-                let start = self.at;
-                while self
-                    .chars
-                    .get(self.at)
-                    .is_some_and(|c| *c != ',' && *c != ']')
-                {
-                    self.at += 1;
-                }
-                let token: String = self.chars[start..self.at].iter().collect();
-                Some(scalar(&token, ty))
-            }
-        }
-    }
+/// A printed list's elements typed as DuckDB type `elem`.
+fn typed_list(items: Vec<catalog::chtext::Elem>, elem: &str) -> Option<Vec<Value>> {
+    use catalog::chtext::Elem;
+    items
+        .into_iter()
+        .map(|e| match e {
+            Elem::Null => Some(Value::Null),
+            Elem::Quoted(s) => Some(typed(Value::Text(s), elem)),
+            Elem::Bare(token) => Some(scalar(&token, elem)),
+            Elem::List(inner) => typed_list(inner, elem.strip_suffix("[]")?).map(Value::List),
+        })
+        .collect()
 }
 
 /// An unquoted list element of DuckDB type `ty`.
 fn scalar(token: &str, ty: &str) -> Value {
-    if token == "NULL" {
-        return Value::Null;
-    }
     let parsed = match ty {
-        "TINYINT" | "SMALLINT" | "INTEGER" | "BIGINT" | "UTINYINT" | "USMALLINT" | "UINTEGER"
-        | "UBIGINT" | "HUGEINT" | "UHUGEINT" => token.parse().ok().map(Value::Int),
+        _ if catalog::chtext::is_integer_type(ty) => token.parse().ok().map(Value::Int),
         "DOUBLE" | "FLOAT" => token.parse().ok().map(Value::Float),
         "BOOLEAN" => token.parse().ok().map(Value::Bool),
         _ if ty.starts_with("DECIMAL") => Decimal::parse(token).map(Value::Decimal),

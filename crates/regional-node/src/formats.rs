@@ -81,11 +81,69 @@ pub fn clickhouse_type(duckdb: &str) -> String {
         "BOOLEAN" => "Bool".into(),
         "DATE" => "Date".into(),
         "TIMESTAMP" => "DateTime64(6)".into(),
-        other => match other.strip_prefix("DECIMAL") {
-            Some(rest) => format!("Decimal{rest}"),
-            None => other.into(),
+        other => match (other.strip_suffix("[]"), other.strip_prefix("DECIMAL")) {
+            (Some(elem), _) => format!("Array({})", clickhouse_type(elem)),
+            (None, Some(rest)) => format!("Decimal{rest}"),
+            (None, None) => other.into(),
         },
     }
+}
+
+/// How a column's values are written in JSON formats.
+#[derive(Clone)]
+struct JsonCol {
+    /// Its DuckDB type.
+    duck: String,
+    /// Whether 64-bit integers are quoted (ClickHouse's default).
+    quote_64bit: bool,
+}
+
+impl JsonCol {
+    /// A cell: a list as a JSON array of its elements, as ClickHouse writes one; anything
+    /// else by its wire value.
+    fn cell(&self, v: &pb::Value) -> Json {
+        let quote = self.quote_64bit && is_wide_int(&clickhouse_type(&self.duck));
+        match (&v.kind, self.duck.strip_suffix("[]")) {
+            (Some(pb::value::Kind::Text(s)), Some(elem)) => catalog::chtext::parse_list(s)
+                .map_or_else(
+                    || Json::String(s.clone()),
+                    |items| list_json(items, elem, self.quote_64bit),
+                ),
+            _ => json_value(v, quote),
+        }
+    }
+}
+
+/// The elements of a printed list of DuckDB element type `elem` as a JSON array.
+fn list_json(items: Vec<catalog::chtext::Elem>, elem: &str, quote_64bit: bool) -> Json {
+    use catalog::chtext::Elem;
+    let quote = quote_64bit && is_wide_int(&clickhouse_type(elem));
+    Json::Array(
+        items
+            .into_iter()
+            .map(|e| match e {
+                Elem::Null => Json::Null,
+                Elem::Quoted(s) => Json::String(s),
+                Elem::List(inner) => {
+                    list_json(inner, elem.strip_suffix("[]").unwrap_or(elem), quote_64bit)
+                }
+                Elem::Bare(t) if catalog::chtext::is_integer_type(elem) && !quote => t
+                    .parse::<serde_json::Number>()
+                    .map_or(Json::String(t), Json::Number),
+                Elem::Bare(t) if matches!(elem, "DOUBLE" | "FLOAT") => t
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or(Json::String(t), Json::Number),
+                Elem::Bare(t) if elem == "BOOLEAN" => match t.as_str() {
+                    "true" => Json::Bool(true),
+                    "false" => Json::Bool(false),
+                    _ => Json::String(t),
+                },
+                Elem::Bare(t) => Json::String(t),
+            })
+            .collect(),
+    )
 }
 
 /// ClickHouse quotes 64-bit and wider integers in JSON formats by default
@@ -186,9 +244,13 @@ pub fn render(
         .iter()
         .map(|c| clickhouse_type(&c.r#type))
         .collect();
-    let quote: Vec<bool> = ch_types
+    let quote: Vec<JsonCol> = r
+        .columns
         .iter()
-        .map(|t| quote_64bit && is_wide_int(t))
+        .map(|c| JsonCol {
+            duck: c.r#type.clone(),
+            quote_64bit,
+        })
         .collect();
     let meta: Vec<Json> = r
         .columns
@@ -212,7 +274,7 @@ pub fn render(
                             row.values
                                 .iter()
                                 .zip(&quote)
-                                .map(|(v, q)| json_value(v, *q))
+                                .map(|(v, q)| q.cell(v))
                                 .collect()
                         )
                     ),
@@ -286,13 +348,13 @@ pub fn render(
 }
 
 /// One row as a JSON object with the columns in result order.
-fn object(r: &QueryResult, row: &pb::Row, quote: &[bool]) -> String {
+fn object(r: &QueryResult, row: &pb::Row, quote: &[JsonCol]) -> String {
     let fields: Vec<String> = r
         .columns
         .iter()
         .zip(&row.values)
         .zip(quote)
-        .map(|((c, v), q)| format!("{}:{}", Json::String(c.name.clone()), json_value(v, *q)))
+        .map(|((c, v), q)| format!("{}:{}", Json::String(c.name.clone()), q.cell(v)))
         .collect();
     format!("{{{}}}", fields.join(","))
 }
@@ -392,5 +454,66 @@ mod tests {
             Some(crate::query::Shape::Parquet)
         );
         assert_eq!(Format::parse("Native"), None);
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_json_arrays_in_json_formats_as_clickhouse_writes_them() {
+        let col = |name: &str, ty: &str| pb::ColumnInfo {
+            name: name.into(),
+            r#type: ty.into(),
+        };
+        let text = |s: &str| pb::Value {
+            kind: Some(pb::value::Kind::Text(s.into())),
+        };
+        let r = QueryResult {
+            columns: vec![
+                col("s", "VARCHAR[]"),
+                col("n", "BIGINT[]"),
+                col("i", "INTEGER[][]"),
+                col("f", "DOUBLE[]"),
+                col("b", "BOOLEAN[]"),
+                col("t", "STRUCT(a INTEGER)[]"),
+            ],
+            rows: vec![pb::Row {
+                values: vec![
+                    text(r"['a,b','c\'d',NULL]"),
+                    text("[1,NULL]"),
+                    text("[[1],[]]"),
+                    text("[1.5,inf]"),
+                    text("[true]"),
+                    text("[(1)]"),
+                ],
+            }],
+            positions: Vec::new(),
+            raft_index: 1,
+            arrow: None,
+        };
+        let out: Json = serde_json::from_str(&render(Format::JsonCompact, &r, "eu:1", 0.0, true))
+            .expect("json");
+        assert_eq!(
+            out["meta"][0],
+            json!({"name": "s", "type": "Array(String)"})
+        );
+        assert_eq!(out["meta"][2]["type"], json!("Array(Array(Int32))"));
+        assert_eq!(
+            out["data"][0],
+            json!([
+                ["a,b", "c'd", null],
+                ["1", null],
+                [[1], []],
+                [1.5, "inf"],
+                [true],
+                "[(1)]"
+            ]),
+            "64-bit integers quoted inside arrays too; what does not read as a list stays text"
+        );
+        let each = render(Format::JsonEachRow, &r, "eu:1", 0.0, false);
+        let row: Json = serde_json::from_str(each.trim()).expect("json");
+        assert_eq!(row["n"], json!([1, null]));
     }
 }

@@ -311,7 +311,8 @@ pub fn parse_from(text: &str) -> Result<(u64, u64, u64), String> {
 /// `{"_op":"reset","_view_id":..,"_epoch":..,"_seq":..}` (drop what you hold); then per change
 /// `{"_op":"upsert","_epoch":..,"_seq":..,<column>: <value>, ...}` with every column, or
 /// `{"_op":"delete",...}` with the key columns. Values as change batches carry them (dates
-/// as days, timestamps as microseconds since the Unix epoch).
+/// as days, timestamps as microseconds since the Unix epoch, decimals as their text), arrays as
+/// JSON arrays.
 pub fn json_lines(ev: &pb::SubscribeEvent, schema: Option<&pb::ViewSchema>) -> String {
     use serde_json::{json, Map, Value as Json};
     let Some(b) = &ev.batch else {
@@ -337,7 +338,12 @@ pub fn json_lines(ev: &pb::SubscribeEvent, schema: Option<&pb::ViewSchema>) -> S
         match (&c.row, schema) {
             (Some(row), Some(s)) => {
                 for (col, v) in s.columns.iter().zip(&row.values) {
-                    obj.insert(col.name.clone(), value(v));
+                    // An array travels as its JSON text (admitted as such).
+                    let list = match (&v.kind, col.r#type.starts_with("array(")) {
+                        (Some(pb::value::Kind::Text(t)), true) => serde_json::from_str(t).ok(),
+                        _ => None,
+                    };
+                    obj.insert(col.name.clone(), list.unwrap_or_else(|| value(v)));
                 }
             }
             (None, Some(s)) => {
@@ -408,5 +414,47 @@ mod tests {
         assert!(behind(Some(&p(3, 0, 9)), (3, 1, 5)));
         assert!(!behind(Some(&p(3, 1, 5)), (3, 1, 5)));
         assert!(!behind(Some(&p(3, 2, 1)), (3, 1, 5)), "a newer epoch");
+    }
+
+    #[test]
+    fn json_lines_write_arrays_as_arrays_and_decimals_as_their_text() {
+        use meridian_proto::v1 as pb;
+        let text = |s: &str| pb::Value {
+            kind: Some(pb::value::Kind::Text(s.into())),
+        };
+        let schema = pb::ViewSchema {
+            view: "v".into(),
+            columns: vec![
+                pb::ColumnSchema {
+                    name: "k".into(),
+                    r#type: "decimal(10,2)".into(),
+                },
+                pb::ColumnSchema {
+                    name: "tags".into(),
+                    r#type: "array(string)".into(),
+                },
+            ],
+            key_indexes: vec![0],
+            view_id: 1,
+        };
+        let ev = pb::SubscribeEvent {
+            batch: Some(pb::ChangeBatch {
+                seq: 3,
+                epoch: 1,
+                changes: vec![pb::RowChange {
+                    key: vec![text("1.50")],
+                    row: Some(pb::Row {
+                        values: vec![text("1.50"), text(r#"["a,b",null]"#)],
+                    }),
+                }],
+                ..Default::default()
+            }),
+            view_id: 1,
+            ..Default::default()
+        };
+        let line: serde_json::Value =
+            serde_json::from_str(super::json_lines(&ev, Some(&schema)).trim()).expect("json");
+        assert_eq!(line["k"], serde_json::json!("1.50"));
+        assert_eq!(line["tags"], serde_json::json!(["a,b", null]));
     }
 }
