@@ -110,12 +110,12 @@ fn decode_debezium(
                 .get("after")
                 .filter(|a| a.is_object())
                 .ok_or_else(|| format!("op '{op}' needs an 'after' object"))?;
-            let after = precise_decimals(stream, &json, "after", after)?;
+            let after = precise_decimals(stream, &json, Some("after"), after)?;
             let row = decode_row(stream, &after).map_err(|e| format!("after: {e}"))?;
             check_key(stream, &row)?;
             let before = fields.get("before").filter(|b| op == "u" && b.is_object());
             let before = before
-                .map(|b| precise_decimals(stream, &json, "before", b))
+                .map(|b| precise_decimals(stream, &json, Some("before"), b))
                 .transpose()?;
             upsert_or_move(stream, before.as_deref(), row).map(Some)
         }
@@ -123,13 +123,15 @@ fn decode_debezium(
             // The primary key of a deleted row comes from `before`, or from the message key
             // when the source sends only keys in `before` (REPLICA IDENTITY DEFAULT).
             let source = match fields.get("before").filter(|b| b.is_object()) {
-                Some(before) => precise_decimals(stream, &json, "before", before)?.into_owned(),
+                Some(before) => {
+                    precise_decimals(stream, &json, Some("before"), before)?.into_owned()
+                }
                 None => {
                     let key =
                         key.ok_or("op 'd' has no 'before' object and the message has no key")?;
                     let key: Json = serde_json::from_slice(key)
                         .map_err(|e| format!("message key is not JSON: {e}"))?;
-                    unwrap_schema(&key).clone()
+                    precise_decimals(stream, &key, None, unwrap_schema(&key))?.into_owned()
                 }
             };
             let mut pk = Vec::with_capacity(stream.primary_key.len());
@@ -160,7 +162,7 @@ fn decode_debezium(
 fn precise_decimals<'a>(
     stream: &StreamDef,
     json: &Json,
-    part: &str,
+    part: Option<&str>,
     row: &'a Json,
 ) -> Result<std::borrow::Cow<'a, Json>, String> {
     use std::borrow::Cow;
@@ -172,19 +174,26 @@ fn precise_decimals<'a>(
         return Ok(Cow::Borrowed(row));
     }
     let mut row = row.clone();
-    let Some(fields) = json
+    // The struct's fields: the envelope's `part` ("after", "before"), or for a message key
+    // (`part` None) the key's own struct.
+    let top = json
         .get("schema")
         .and_then(|s| s.get("fields"))
-        .and_then(Json::as_array)
-        .and_then(|f| {
-            f.iter()
-                .find(|f| f.get("field").and_then(Json::as_str) == Some(part))
-        })
-        .and_then(|f| f.get("fields"))
-        .and_then(Json::as_array)
-    else {
+        .and_then(Json::as_array);
+    let fields = match part {
+        None => top,
+        Some(part) => top
+            .and_then(|f| {
+                f.iter()
+                    .find(|f| f.get("field").and_then(Json::as_str) == Some(part))
+            })
+            .and_then(|f| f.get("fields"))
+            .and_then(Json::as_array),
+    };
+    let Some(fields) = fields else {
         return Ok(Cow::Owned(row));
     };
+    let part = part.unwrap_or("key");
     for col in &stream.columns {
         if !matches!(col.ty, ColumnType::Decimal { .. }) {
             continue;

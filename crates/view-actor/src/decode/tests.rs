@@ -295,6 +295,22 @@ fn decimals_decode_exactly_from_text_numbers_and_debeziums_precise_bytes() {
     );
     let err = amount(&precise("null", r#"{"id":1,"amount":"A!=="}"#)).expect_err("bad base64");
     assert!(err.contains("not a base64 decimal"), "{err}");
+    // A delete keyed by a decimal, its key (with its own schema) in the message key.
+    let key_sql = "CREATE EXTERNAL STREAM pay(amount decimal(10, 2), note string) SETTINGS type='kafka', brokers='b:1', topic='t', data_format='Debezium', primary_key='amount'";
+    let Ok(Change::Create(Object::Stream(keyed))) = Catalog::default().plan(key_sql) else {
+        panic!("stream")
+    };
+    let key = r#"{"schema":{"type":"struct","fields":[{"type":"bytes","name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2"},"field":"amount"}]},"payload":{"amount":"/2o="}}"#;
+    assert_eq!(
+        decode(
+            &keyed,
+            Some(key.as_bytes()),
+            Some(br#"{"op":"d","before":null}"#)
+        ),
+        Ok(Some(SourceEvent::Delete {
+            key: vec![Value::Decimal(-150, 2)]
+        }))
+    );
     // Without the schema, bytes cannot be read: refused, never guessed.
     let err = amount(&plain(r#""AJY=""#)).expect_err("no schema");
     assert!(err.contains("not a decimal number"), "{err}");
