@@ -470,6 +470,43 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
     let (answers, linearizable) = timed(&options);
     // A figure, not a bound: printed with --nocapture.
     eprintln!("64 concurrent reads on one node: {local:?} local, {linearizable:?} linearizable");
+    // Figures, not bounds: a point lookup's latency at each read level, one read at a time
+    // through the SDK (debug build, loopback).
+    let point = format!("SELECT orders FROM {VIEW} WHERE country = 'DE' AND status = 'paid'");
+    let token = node.token();
+    for (level, options) in [
+        ("any", client::QueryOptions::default()),
+        (
+            "bounded_staleness(60 s)",
+            client::QueryOptions {
+                max_staleness: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+        ),
+        (
+            "at_least(token)",
+            client::QueryOptions {
+                at_least: token.clone(),
+                ..Default::default()
+            },
+        ),
+        ("linearizable", options.clone()),
+    ] {
+        let mut took: Vec<Duration> = (0..200)
+            .map(|_| {
+                let started = Instant::now();
+                rt.block_on(node.query_with(&point, &options))
+                    .expect("a point read");
+                started.elapsed()
+            })
+            .collect();
+        took.sort();
+        eprintln!(
+            "point read, {level}: p50 {:?}, p99 {:?}",
+            took[took.len() / 2],
+            took[took.len() * 99 / 100]
+        );
+    }
     assert!(
         answers.iter().all(|a| a.is_ok()),
         "{:?}",
