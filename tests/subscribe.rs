@@ -263,7 +263,42 @@ fn a_subscriber_sees_every_change_and_resumes_on_another_node_without_a_snapshot
     );
 
     cluster.restart_node("us-east", id);
-    converge_to_oracle(&rt, &cluster, &g, total, "after the restart");
+    let seq = converge_to_oracle(&rt, &cluster, &g, total, "after the restart");
+
+    // Several hundred subscribers on one node: each starts with a snapshot, then follows the
+    // same changes to the oracle's rows. The time is a figure, not a bound.
+    const SUBSCRIBERS: usize = 300;
+    let one = rt
+        .block_on(client::Client::connect([third.clone()]))
+        .expect("client");
+    let started = Instant::now();
+    let mut many: Vec<(client::Subscription, Copy)> = (0..SUBSCRIBERS)
+        .map(|_| (one.subscribe(VIEW), Copy::default()))
+        .collect();
+    for (sub, copy) in &mut many {
+        follow_to(&rt, sub, copy, seq);
+    }
+    let more = changes(&mut g, 300);
+    produce(&rt, &broker.addr, "orders", &more);
+    total += more.len() as u64;
+    let end = cluster
+        .wait_converged(VIEW, total, meridian_tests::CONVERGE_TIMEOUT)
+        .expect("the last changes converge");
+    let want = meridian_tests::orders_oracle(&g);
+    for (sub, copy) in &mut many {
+        follow_to(&rt, sub, copy, end);
+        assert_eq!(
+            copy.as_oracle(),
+            want,
+            "every subscriber ends at the oracle"
+        );
+        assert_eq!(sub.node(), Some(third.as_str()), "all on the one node");
+    }
+    eprintln!(
+        "{SUBSCRIBERS} subscribers on one node: snapshot and {} batches each in {:?}",
+        end - seq,
+        started.elapsed()
+    );
 }
 
 /// The view's seq once the replica of the node at `grpc` equals the oracle.
