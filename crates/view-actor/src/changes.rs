@@ -147,9 +147,15 @@ pub fn decode(stream: &StreamDef, payload: &[u8]) -> Result<(SourceEvent, u64), 
 }
 
 /// A value of column `c`, within its declared range (a stream written INTO by a view may
-/// declare `int32` where the view computes 64-bit integers).
+/// declare `int32` where the view computes 64-bit integers). A NULL in a column the stream
+/// declares without `nullable(...)` is the type's default (0, '', false, 1970-01-01), as Proton
+/// and ClickHouse insert it (`insert_null_as_default`); a view's own change stream declares
+/// every column nullable.
 fn decode_column(c: &catalog::Column, v: &Json) -> Result<Value, String> {
-    let value = decode_value(c.ty, v)?;
+    let value = match decode_value(c.ty, v)? {
+        Value::Null if !c.declared.starts_with("nullable(") => default_of(c.ty),
+        value => value,
+    };
     if let (Value::Int(i), Some((lo, hi))) = (&value, c.int_range()) {
         if *i < lo || *i > hi {
             return Err(format!(
@@ -159,6 +165,20 @@ fn decode_column(c: &catalog::Column, v: &Json) -> Result<Value, String> {
         }
     }
     Ok(value)
+}
+
+/// The value a column of a non-nullable type holds for a NULL.
+fn default_of(ty: ColumnType) -> Value {
+    match ty {
+        ColumnType::Int64 => Value::Int(0),
+        ColumnType::Float64 => Value::Float(0.0),
+        ColumnType::String => Value::Text(String::new()),
+        ColumnType::Bool => Value::Bool(false),
+        ColumnType::Date => Value::Date(0),
+        ColumnType::Timestamp => Value::Timestamp(0),
+        ColumnType::Decimal { scale, .. } => Value::Decimal(0, scale),
+        ColumnType::List(_) => Value::List("[]".into()),
+    }
 }
 
 fn decode_value(ty: ColumnType, v: &Json) -> Result<Value, String> {
@@ -539,6 +559,44 @@ mod tests {
             fence_epoch(&mut newest, 0, new + 1),
             Ok(()),
             "a new generation goes on"
+        );
+    }
+}
+
+#[cfg(test)]
+mod kv_tests {
+    use super::*;
+    use catalog::Catalog;
+
+    /// A NULL written INTO a stream column declared without `nullable(...)` reads as the
+    /// type's default, as Proton inserts it; a nullable column keeps the NULL.
+    #[test]
+    fn a_null_in_a_non_nullable_stream_column_reads_as_its_default() {
+        let mut c = Catalog::default();
+        for (i, sql) in [
+            "CREATE EXTERNAL STREAM orders(id int64, country string, amount nullable(int64)) SETTINGS type='kafka', brokers='b:1', topic='o', data_format='Debezium', primary_key='id'",
+            "CREATE STREAM totals(country string, revenue int64, top nullable(int64)) PRIMARY KEY country SETTINGS mode='versioned_kv'",
+            "CREATE MATERIALIZED VIEW w INTO totals AS SELECT country, sum(amount) AS revenue, max(amount) AS top FROM orders GROUP BY country",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let change = c.plan(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            c.apply(i as u64 + 1, sql, change);
+        }
+        let s = c.source("totals").expect("a writer");
+        let null = pb::Value { kind: None };
+        let de = crate::wire::to_wire(&Value::Text("DE".into()));
+        let row = pb::Row {
+            values: vec![de.clone(), null.clone(), null],
+        };
+        let (_, body) = encode_upsert("w", 1, 1, &[de], &row);
+        let Ok((SourceEvent::Upsert(got), _)) = decode(&s, &body) else {
+            panic!("an upsert")
+        };
+        assert_eq!(
+            got,
+            vec![Value::Text("DE".into()), Value::Int(0), Value::Null]
         );
     }
 }
