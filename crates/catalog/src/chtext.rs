@@ -17,26 +17,27 @@ pub enum Elem {
 }
 
 /// The elements of a printed list; `None` when `text` is not one whole list of numbers,
-/// strings and lists (a list of tuples or maps stays text).
+/// strings and lists (a list of tuples or maps stays text). Reads bytes: every delimiter is
+/// ASCII, which no byte of a multi-byte UTF-8 character is.
 pub fn parse_list(text: &str) -> Option<Vec<Elem>> {
     let mut p = Reader {
-        chars: text.chars().collect(),
+        bytes: text.as_bytes(),
         at: 0,
         depth: 0,
     };
     let items = p.list()?;
-    (p.at == p.chars.len()).then_some(items)
+    (p.at == p.bytes.len()).then_some(items)
 }
 
-struct Reader {
-    chars: Vec<char>,
+struct Reader<'a> {
+    bytes: &'a [u8],
     at: usize,
     depth: usize,
 }
 
-impl Reader {
-    fn eat(&mut self, c: char) -> bool {
-        let hit = self.chars.get(self.at) == Some(&c);
+impl Reader<'_> {
+    fn eat(&mut self, c: u8) -> bool {
+        let hit = self.bytes.get(self.at) == Some(&c);
         if hit {
             self.at += 1;
         }
@@ -45,17 +46,17 @@ impl Reader {
 
     fn list(&mut self) -> Option<Vec<Elem>> {
         self.depth += 1;
-        if self.depth > DEPTH_MAX || !self.eat('[') {
+        if self.depth > DEPTH_MAX || !self.eat(b'[') {
             return None;
         }
         let mut items = Vec::new();
-        if !self.eat(']') {
+        if !self.eat(b']') {
             loop {
                 items.push(self.elem()?);
-                if self.eat(']') {
+                if self.eat(b']') {
                     break;
                 }
-                if !self.eat(',') {
+                if !self.eat(b',') {
                     return None;
                 }
             }
@@ -65,20 +66,20 @@ impl Reader {
     }
 
     fn elem(&mut self) -> Option<Elem> {
-        match self.chars.get(self.at)? {
-            '[' => self.list().map(Elem::List),
-            '\'' => {
+        match self.bytes.get(self.at)? {
+            b'[' => self.list().map(Elem::List),
+            b'\'' => {
                 self.at += 1;
-                let mut text = String::new();
+                let mut text = Vec::new();
                 loop {
-                    match *self.chars.get(self.at)? {
-                        '\\' => {
-                            text.push(*self.chars.get(self.at + 1)?);
+                    match *self.bytes.get(self.at)? {
+                        b'\\' => {
+                            text.push(*self.bytes.get(self.at + 1)?);
                             self.at += 2;
                         }
-                        '\'' => {
+                        b'\'' => {
                             self.at += 1;
-                            return Some(Elem::Quoted(text));
+                            return String::from_utf8(text).ok().map(Elem::Quoted);
                         }
                         c => {
                             text.push(c);
@@ -87,21 +88,21 @@ impl Reader {
                     }
                 }
             }
-            '(' | '{' => None,
+            b'(' | b'{' => None,
             _ => {
                 let start = self.at;
                 while self
-                    .chars
+                    .bytes
                     .get(self.at)
-                    .is_some_and(|c| *c != ',' && *c != ']')
+                    .is_some_and(|c| *c != b',' && *c != b']')
                 {
                     self.at += 1;
                 }
-                let token: String = self.chars[start..self.at].iter().collect();
+                let token = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
                 Some(if token == "NULL" {
                     Elem::Null
                 } else {
-                    Elem::Bare(token)
+                    Elem::Bare(token.to_string())
                 })
             }
         }
@@ -134,8 +135,8 @@ mod tests {
         let q = |s: &str| Elem::Quoted(s.into());
         let b = |s: &str| Elem::Bare(s.into());
         assert_eq!(
-            parse_list(r"['a','b\'c',NULL,'x,y]']"),
-            Some(vec![q("a"), q("b'c"), Elem::Null, q("x,y]")])
+            parse_list(r"['a','b\'c',NULL,'x,y]','é\'ü']"),
+            Some(vec![q("a"), q("b'c"), Elem::Null, q("x,y]"), q("é'ü")])
         );
         assert_eq!(
             parse_list("[[1.5],[],[inf]]"),

@@ -96,13 +96,23 @@ struct JsonCol {
     duck: String,
     /// Whether 64-bit integers are quoted (ClickHouse's default).
     quote_64bit: bool,
+    /// Whether this column's values are quoted: 64-bit integers, when `quote_64bit`.
+    quote: bool,
 }
 
 impl JsonCol {
+    fn new(duck: &str, quote_64bit: bool) -> JsonCol {
+        JsonCol {
+            duck: duck.to_string(),
+            quote_64bit,
+            quote: quote_64bit && is_wide_int(&clickhouse_type(duck)),
+        }
+    }
+
     /// A cell: a list as a JSON array of its elements, as ClickHouse writes one; anything
     /// else by its wire value.
     fn cell(&self, v: &pb::Value) -> Json {
-        let quote = self.quote_64bit && is_wide_int(&clickhouse_type(&self.duck));
+        let quote = self.quote;
         match (&v.kind, self.duck.strip_suffix("[]")) {
             (Some(pb::value::Kind::Text(s)), Some(elem)) => catalog::chtext::parse_list(s)
                 .map_or_else(
@@ -127,9 +137,14 @@ fn list_json(items: Vec<catalog::chtext::Elem>, elem: &str, quote_64bit: bool) -
                 Elem::List(inner) => {
                     list_json(inner, elem.strip_suffix("[]").unwrap_or(elem), quote_64bit)
                 }
-                Elem::Bare(t) if catalog::chtext::is_integer_type(elem) && !quote => t
-                    .parse::<serde_json::Number>()
-                    .map_or(Json::String(t), Json::Number),
+                // A number only when JSON readers hold it exactly (HUGEINTs stay text).
+                Elem::Bare(t) if catalog::chtext::is_integer_type(elem) && !quote => {
+                    match (t.parse::<i64>(), t.parse::<u64>()) {
+                        (Ok(i), _) => Json::from(i),
+                        (_, Ok(u)) => Json::from(u),
+                        _ => Json::String(t),
+                    }
+                }
                 Elem::Bare(t) if matches!(elem, "DOUBLE" | "FLOAT") => t
                     .parse::<f64>()
                     .ok()
@@ -247,10 +262,7 @@ pub fn render(
     let quote: Vec<JsonCol> = r
         .columns
         .iter()
-        .map(|c| JsonCol {
-            duck: c.r#type.clone(),
-            quote_64bit,
-        })
+        .map(|c| JsonCol::new(&c.r#type, quote_64bit))
         .collect();
     let meta: Vec<Json> = r
         .columns
@@ -477,6 +489,7 @@ mod list_tests {
                 col("i", "INTEGER[][]"),
                 col("f", "DOUBLE[]"),
                 col("b", "BOOLEAN[]"),
+                col("h", "HUGEINT[]"),
                 col("t", "STRUCT(a INTEGER)[]"),
             ],
             rows: vec![pb::Row {
@@ -486,6 +499,7 @@ mod list_tests {
                     text("[[1],[]]"),
                     text("[1.5,inf]"),
                     text("[true]"),
+                    text("[170141183460469231731687303715884105727,-1]"),
                     text("[(1)]"),
                 ],
             }],
@@ -508,6 +522,7 @@ mod list_tests {
                 [[1], []],
                 [1.5, "inf"],
                 [true],
+                ["170141183460469231731687303715884105727", "-1"],
                 "[(1)]"
             ]),
             "64-bit integers quoted inside arrays too; what does not read as a list stays text"
@@ -515,5 +530,10 @@ mod list_tests {
         let each = render(Format::JsonEachRow, &r, "eu:1", 0.0, false);
         let row: Json = serde_json::from_str(each.trim()).expect("json");
         assert_eq!(row["n"], json!([1, null]));
+        assert_eq!(
+            row["h"],
+            json!(["170141183460469231731687303715884105727", -1]),
+            "a number only when JSON readers hold it exactly"
+        );
     }
 }

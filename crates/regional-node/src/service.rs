@@ -135,9 +135,9 @@ impl Shared {
         let mut task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _e = span.enter();
-            let r = query::run_shaped(&conn, &sql, &limits, &cancel, shape);
-            done.store(true, Ordering::Relaxed);
-            r
+            // Set however the read ends, a panic included, so that no interrupter outlives it.
+            let _done = SetOnDrop(done);
+            query::run_shaped(&conn, &sql, &limits, &cancel, shape)
         });
         let result = tokio::select! {
             joined = &mut task => joined
@@ -146,6 +146,15 @@ impl Shared {
         };
         self.metrics.record_query(started.elapsed(), result.is_ok());
         result
+    }
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -48,11 +48,32 @@ impl Writer {
 }
 
 fn parquet_failed(e: parquet::errors::ParquetError) -> QueryError {
-    QueryError::Failed(format!("writing the Parquet result failed: {e}"))
+    QueryError::Unreadable(format!("the result cannot be written as Parquet: {e}"))
 }
 
+/// A writer refuses what the result holds (a type its format has no place for): the
+/// caller's to change, as a cast.
 fn failed(e: arrow::error::ArrowError) -> QueryError {
-    QueryError::Failed(format!("writing the Arrow result failed: {e}"))
+    QueryError::Unreadable(format!("the result cannot be written as Arrow: {e}"))
+}
+
+/// Whether `t`, or a type inside it, is one of `refused`.
+fn holds(
+    t: &arrow::datatypes::DataType,
+    refused: &dyn Fn(&arrow::datatypes::DataType) -> bool,
+) -> bool {
+    use arrow::datatypes::DataType;
+    refused(t)
+        || match t {
+            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+                holds(f.data_type(), refused)
+            }
+            DataType::Struct(fields) => fields.iter().any(|f| holds(f.data_type(), refused)),
+            DataType::Map(f, _) => holds(f.data_type(), refused),
+            DataType::Union(fields, _) => fields.iter().any(|(_, f)| holds(f.data_type(), refused)),
+            DataType::Dictionary(_, v) => holds(v, refused),
+            _ => false,
+        }
 }
 
 /// Runs `sql` and writes its result as Arrow IPC: its columns (name and DuckDB type) and the
@@ -65,17 +86,53 @@ pub(super) fn run_arrow(
     cancel: &AtomicBool,
     shape: Shape,
 ) -> Result<(Vec<pb::ColumnInfo>, Vec<u8>), QueryError> {
+    // DuckDB's own names of the result's types (Arrow gives HUGEINT, UHUGEINT and
+    // DECIMAL(38,0) one shape); a statement DESCRIBE does not take (EXPLAIN) goes without.
+    let described: Option<Vec<String>> = conn
+        .prepare(&format!("DESCRIBE {sql}"))
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, String>(1))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .ok();
     let mut stmt = conn.prepare(sql)?;
     let batches = stmt.stream_arrow([])?;
     let schema = batches.get_schema();
-    let columns = schema
+    let described = described.filter(|d| d.len() == schema.fields().len());
+    let columns: Vec<pb::ColumnInfo> = schema
         .fields()
         .iter()
-        .map(|f| pb::ColumnInfo {
+        .enumerate()
+        .map(|(i, f)| pb::ColumnInfo {
             name: f.name().clone(),
-            r#type: type_name(f.data_type()),
+            r#type: described
+                .as_ref()
+                .map_or_else(|| type_name(f.data_type()), |d| d[i].clone()),
         })
         .collect();
+    // DuckDB writes UHUGEINT into Arrow as a signed 128-bit decimal: values past 2^127 would
+    // come out negative. Refused, as Parquet refuses unions and intervals (its writer has no
+    // place for them), with the cast that reads them.
+    if let Some(c) = columns.iter().find(|c| c.r#type.contains("UHUGEINT")) {
+        return Err(QueryError::Unreadable(format!(
+            "column '{}' is {}, which Arrow cannot carry exactly; cast it (to VARCHAR, or to HUGEINT when it fits)",
+            c.name, c.r#type
+        )));
+    }
+    if shape == Shape::Parquet {
+        use arrow::datatypes::DataType;
+        let refused = |t: &DataType| matches!(t, DataType::Union(..) | DataType::Interval(_));
+        if let Some(f) = schema
+            .fields()
+            .iter()
+            .find(|f| holds(f.data_type(), &refused))
+        {
+            return Err(QueryError::Unreadable(format!(
+                "column '{}' holds a UNION or an INTERVAL, which Parquet has no type for; cast it to VARCHAR",
+                f.name()
+            )));
+        }
+    }
     let mut writer = match shape {
         Shape::ArrowFile => Writer::File(FileWriter::try_new(Vec::new(), &schema).map_err(failed)?),
         Shape::Parquet => Writer::Parquet(
@@ -83,7 +140,7 @@ pub(super) fn run_arrow(
         ),
         _ => Writer::Stream(StreamWriter::try_new(Vec::new(), &schema).map_err(failed)?),
     };
-    let mut rows = 0usize;
+    let (mut rows, mut written) = (0usize, 0usize);
     for batch in batches {
         let batch = batch?;
         if cancel.load(Ordering::Relaxed) {
@@ -96,7 +153,13 @@ pub(super) fn run_arrow(
         if rows > limits.rows_max {
             return Err(QueryError::TooManyRows(limits.rows_max));
         }
-        if writer.write(&batch)? > limits.bytes_max {
+        // Refused before it is encoded, as the rows path refuses row by row: encoding a
+        // batch past the limit would hold a second copy of it.
+        if written.saturating_add(batch.get_array_memory_size()) > limits.bytes_max {
+            return Err(QueryError::TooManyBytes(limits.bytes_max));
+        }
+        written = writer.write(&batch)?;
+        if written > limits.bytes_max {
             return Err(QueryError::TooManyBytes(limits.bytes_max));
         }
     }
@@ -217,6 +280,45 @@ mod tests {
             ),
             Err(QueryError::TooManyBytes(10_000))
         ));
+        // What a format cannot carry exactly is refused with the cast, never mangled or a
+        // panic of the node.
+        for (sql, shape, words) in [
+            (
+                "SELECT 340282366920938463463374607431768211455::UHUGEINT AS u",
+                Shape::ArrowStream,
+                "column 'u' is UHUGEINT",
+            ),
+            ("SELECT [1::UHUGEINT] AS u", Shape::ArrowStream, "cast it"),
+            (
+                "SELECT union_value(k := 1) AS u",
+                Shape::Parquet,
+                "UNION or an INTERVAL",
+            ),
+            (
+                "SELECT [INTERVAL 1 DAY] AS i",
+                Shape::Parquet,
+                "UNION or an INTERVAL",
+            ),
+        ] {
+            match run_shaped(
+                &conn,
+                sql,
+                &QueryLimits::default(),
+                &AtomicBool::new(false),
+                shape,
+            ) {
+                Err(QueryError::Unreadable(m)) => assert!(m.contains(words), "{sql}: {m}"),
+                other => panic!("{sql}: {:?}", other.map(|r| r.columns)),
+            }
+        }
+        let typed = run_as(
+            &conn,
+            "SELECT 5::DECIMAL(38,0) AS d, 5::HUGEINT AS h",
+            &QueryLimits::default(),
+            Shape::ArrowStream,
+        );
+        let types: Vec<&str> = typed.columns.iter().map(|c| c.r#type.as_str()).collect();
+        assert_eq!(types, vec!["DECIMAL(38,0)", "HUGEINT"]);
         // Only reads, as for rows.
         assert!(run_shaped(
             &conn,

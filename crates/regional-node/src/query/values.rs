@@ -79,6 +79,7 @@ fn text(v: &DValue) -> String {
             DValue::Text(s) | DValue::Enum(s) => quote(s),
             DValue::Date32(_) | DValue::Timestamp(..) | DValue::Time64(..) => quote(&text(v)),
             DValue::Blob(b) | DValue::Geometry(b) => quote(&String::from_utf8_lossy(b)),
+            DValue::Union(v) => inner(v),
             other => text(other),
         }
     }
