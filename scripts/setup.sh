@@ -27,6 +27,11 @@ if [ "${1:-}" = "--with-test-broker" ]; then
     echo "setup: installing kubernetes-validate (pip) for the manifest test"
     python3 -m pip install -q kubernetes-validate
   fi
+  # The ClickHouse client most ClickHouse users reach for, for the ClickHouse HTTP test.
+  if ! python3 -c "import clickhouse_connect" >/dev/null 2>&1; then
+    echo "setup: installing clickhouse-connect (pip) for the ClickHouse client test"
+    python3 -m pip install -q clickhouse-connect
+  fi
   if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
     echo "setup: installing the tansu Kafka broker for the end-to-end tests (cargo install, about 11 minutes once)"
     cargo install tansu --locked --features dynostore,libsql

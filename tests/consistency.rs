@@ -257,6 +257,47 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
     .expect("batches");
     assert_eq!(strings(&batches), oracle_rows);
 
+    // ClickHouse's own Python client (clickhouse-connect) connects over HTTP, asks what a
+    // ClickHouse server is, and reads typed rows in Native format: the oracle's rows, and
+    // dates, timestamps, decimals, NULLs and lists as Python values.
+    let script = format!(
+        r#"
+import clickhouse_connect
+c = clickhouse_connect.get_client(host="127.0.0.1", port={port})
+print(c.server_version, c.server_tz)
+for row in c.query("SELECT country, status, orders FROM {VIEW} ORDER BY ALL").result_rows:
+    print("|".join(str(v) for v in row))
+typed = c.query("SELECT DATE '2024-01-01' AS d, TIMESTAMP '2024-01-01 10:00:00.25' AS t, 1.50::DECIMAL(10,2) AS x, NULL::INTEGER AS n, ['a,b', NULL] AS l").result_rows[0]
+print(repr(typed))
+"#,
+        port = http_of(&cluster, leader_id)
+            .rsplit(':')
+            .next()
+            .expect("a port")
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs (scripts/setup.sh installs clickhouse-connect)");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "clickhouse-connect: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first().copied(), Some("24.8.1.1 UTC"), "{stdout}");
+    assert_eq!(
+        &lines[1..lines.len() - 1],
+        oracle_rows.as_slice(),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("(datetime.date(2024, 1, 1), datetime.datetime(2024, 1, 1, 10, 0, 0, 250000), Decimal('1.50'), None, ['a,b', None])"),
+        "{stdout}"
+    );
+
     // Tokens: every node's answer carries one of its region, and every node serves a token
     // it has reached; one past the region's log is refused after the wait, naming the index.
     let (leader_id, _) = leader(&rt, &cluster);

@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 use crate::query::QueryResult;
 
 pub const FORMATS: &str =
-    "JSONCompact, JSON, JSONEachRow, CSV, CSVWithNames, TabSeparated, TabSeparatedWithNames, ArrowStream, Arrow, Parquet";
+    "JSONCompact, JSON, JSONEachRow, CSV, CSVWithNames, TabSeparated, TabSeparatedWithNames, ArrowStream, Arrow, Parquet, Native";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -38,6 +38,7 @@ impl Format {
             "ArrowStream" => Format::Arrow(crate::query::Shape::ArrowStream),
             "Arrow" => Format::Arrow(crate::query::Shape::ArrowFile),
             "Parquet" => Format::Arrow(crate::query::Shape::Parquet),
+            "Native" => Format::Arrow(crate::query::Shape::Native),
             _ => return None,
         })
     }
@@ -50,6 +51,7 @@ impl Format {
             Format::Tsv { .. } => "text/tab-separated-values; charset=UTF-8",
             Format::Arrow(crate::query::Shape::ArrowFile) => "application/vnd.apache.arrow.file",
             Format::Arrow(crate::query::Shape::Parquet) => "application/vnd.apache.parquet",
+            Format::Arrow(crate::query::Shape::Native) => "application/octet-stream",
             Format::Arrow(_) => "application/vnd.apache.arrow.stream",
         }
     }
@@ -465,7 +467,7 @@ mod tests {
             Format::parse("Parquet").map(Format::shape),
             Some(crate::query::Shape::Parquet)
         );
-        assert_eq!(Format::parse("Native"), None);
+        assert_eq!(Format::parse("Pretty"), None);
     }
 }
 

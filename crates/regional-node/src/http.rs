@@ -212,11 +212,43 @@ fn split_format(sql: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// What ClickHouse clients ask a server on connect (clickhouse-connect: its version and time
+/// zone, then its settings), answered as a ClickHouse server in UTC with no settings to
+/// change would: the replica's DuckDB has no `timezone()` and no `system.settings`. The
+/// version is the ClickHouse release whose HTTP interface this endpoint follows.
+fn client_introspection(sql: &str) -> Option<&'static str> {
+    let normal = sql
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase();
+    match normal.trim_end_matches(';').trim_end() {
+        "select version(), timezone()" => {
+            Some("SELECT '24.8.1.1' AS \"version()\", 'UTC' AS \"timezone()\"")
+        }
+        "select version()" => Some("SELECT '24.8.1.1' AS \"version()\""),
+        "select timezone()" => Some("SELECT 'UTC' AS \"timezone()\""),
+        "select name, value, readonly from system.settings limit 10000" => Some(
+            "SELECT ''::VARCHAR AS name, ''::VARCHAR AS value, 0::UTINYINT AS readonly WHERE false",
+        ),
+        _ => None,
+    }
+}
+
 async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Response {
     if sql.trim().is_empty() {
         return bad_request("Query not found: pass it as ?query=<sql> or as the POST body".into());
     }
     let (statement, named) = split_format(&sql);
+    // A client's connect-time question gets ClickHouse's default format (TabSeparated) when
+    // it names none, as a ClickHouse server answers it.
+    let (statement, named) = match client_introspection(statement) {
+        Some(answer) if named.is_none() && !params.contains_key("default_format") => {
+            (answer, Some("TabSeparated"))
+        }
+        Some(answer) => (answer, named),
+        None => (statement, named),
+    };
     let format_name = named
         .or(params.get("default_format").map(String::as_str))
         .unwrap_or("JSONCompact")

@@ -18,6 +18,7 @@ use duckdb::Connection;
 use meridian_proto::v1 as pb;
 
 mod ipc;
+mod native;
 mod values;
 
 pub use ipc::Shape;

@@ -18,12 +18,19 @@ pub enum Shape {
     ArrowFile,
     /// A Parquet file (ClickHouse's `Parquet`), uncompressed.
     Parquet,
+    /// ClickHouse's `Native` format (see [`super::native`]).
+    Native,
 }
 
 enum Writer {
     Stream(StreamWriter<Vec<u8>>),
     File(FileWriter<Vec<u8>>),
     Parquet(ArrowWriter<Vec<u8>>),
+    Native {
+        out: Vec<u8>,
+        names: Vec<String>,
+        types: Vec<super::native::Ch>,
+    },
 }
 
 impl Writer {
@@ -35,6 +42,9 @@ impl Writer {
                 .write(b)
                 .map(|()| w.bytes_written() + w.in_progress_size())
                 .map_err(parquet_failed),
+            Writer::Native { out, names, types } => {
+                super::native::write_block(out, names, types, b).map(|()| out.len())
+            }
         }
     }
 
@@ -43,6 +53,7 @@ impl Writer {
             Writer::Stream(w) => w.into_inner().map_err(failed),
             Writer::File(w) => w.into_inner().map_err(failed),
             Writer::Parquet(w) => w.into_inner().map_err(parquet_failed),
+            Writer::Native { out, .. } => Ok(out),
         }
     }
 }
@@ -138,6 +149,16 @@ pub(super) fn run_arrow(
         Shape::Parquet => Writer::Parquet(
             ArrowWriter::try_new(Vec::new(), schema.clone(), None).map_err(parquet_failed)?,
         ),
+        Shape::Native => Writer::Native {
+            out: Vec::new(),
+            names: columns.iter().map(|c| c.name.clone()).collect(),
+            types: schema
+                .fields()
+                .iter()
+                .zip(&columns)
+                .map(|(f, c)| super::native::Ch::of(f.data_type(), Some(c.r#type.as_str())))
+                .collect(),
+        },
         _ => Writer::Stream(StreamWriter::try_new(Vec::new(), &schema).map_err(failed)?),
     };
     let (mut rows, mut written) = (0usize, 0usize);
