@@ -129,6 +129,18 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
     let sdk = rt
         .block_on(client::Client::discover(&cluster.coordinator, REGION))
         .expect("the coordinator lists the region's nodes");
+    // The region's members as they report themselves: three, one of them the leader, and
+    // the SDK asks the healthiest first.
+    let members = rt.block_on(sdk.members());
+    assert_eq!(members.len(), 3, "{members:?}");
+    let leaders: Vec<u64> = members
+        .iter()
+        .filter_map(|m| m.status.as_ref())
+        .filter(|s| s.is_leader())
+        .map(|s| s.node_id)
+        .collect();
+    assert_eq!(leaders.len(), 1, "{members:?}");
+    assert!(rt.block_on(sdk.leader()).is_some());
     let err = rt
         .block_on(client::Client::discover(&cluster.coordinator, "mars"))
         .err()
@@ -346,6 +358,20 @@ print(repr(typed))
     cluster
         .wait_events(VIEW, total - 1, Duration::from_secs(120))
         .expect("the view consumes the second load");
+    // A paused node does not report itself: the SDK prefers another.
+    let whole = rt
+        .block_on(client::Client::connect(
+            (1..=3).map(|n| grpc_of(&cluster, n)).collect::<Vec<_>>(),
+        ))
+        .expect("client");
+    let preferred = rt
+        .block_on(whole.prefer_healthiest())
+        .expect("a healthy node");
+    assert_ne!(
+        preferred,
+        grpc_of(&cluster, lagging),
+        "the paused node is not preferred"
+    );
     let client = rt
         .block_on(client::Client::connect([
             grpc_of(&cluster, leader_id),

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 pub use meridian_proto::ReadToken;
 
+mod health;
+pub use health::{healthiest, Member, MemberStatus, STATUS_TIMEOUT};
 mod subscribe;
 pub use subscribe::{Change, SubscribePosition, Subscription, SubscriptionEvent};
 mod values;
@@ -39,6 +41,14 @@ pub const RESPONSE_BYTES_MAX: usize = 512 << 20;
 
 /// Per-attempt deadline of a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a query may take in all, retries included, unless `QueryOptions::deadline` says.
+pub const QUERY_DEADLINE: Duration = Duration::from_secs(60);
+/// Rounds over the region's nodes before a query fails: a region electing a leader, or a
+/// node restarting, is given time; the pause between rounds doubles from `RETRY_PAUSE_FIRST`
+/// up to `RETRY_PAUSE_MAX`.
+pub const QUERY_ROUNDS_MAX: u32 = 3;
+pub const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(100);
+pub const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// HTTP/2 pings on every connection, so that a node that stopped answering is noticed.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
@@ -130,6 +140,9 @@ pub struct QueryOptions {
     /// Answer as Arrow record batches ([`QueryResult::batches`], DuckDB's own Arrow output
     /// over Arrow IPC) rather than as rows.
     pub arrow: bool,
+    /// How long the query may take in all, retries over the region's nodes included
+    /// (`None`: [`QUERY_DEADLINE`]).
+    pub deadline: Option<Duration>,
 }
 
 /// Which change batch of a view a node had applied when it answered.
@@ -226,8 +239,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// Asks the coordinator at `coordinator` (gRPC URL) for the nodes of `region`, and
-    /// connects to them. The list is the coordinator's at this moment.
+    /// Asks the coordinator at `coordinator` (gRPC URL) for the nodes of `region`, connects
+    /// to them, and asks the healthiest first ([`Client::prefer_healthiest`]). The list is the
+    /// coordinator's at this moment.
     pub async fn discover(coordinator: &str, region: &str) -> Result<Client, Error> {
         use meridian_proto::v1::coordinator_client::CoordinatorClient;
         let fail = |message: String| Error::Unavailable {
@@ -258,7 +272,9 @@ impl Client {
                 "the coordinator knows no node of region '{region}'"
             )));
         }
-        Client::connect(nodes).await
+        let client = Client::connect(nodes).await?;
+        client.prefer_healthiest().await;
+        Ok(client)
     }
 
     /// Takes the gRPC URLs of a region's nodes. Connections are made lazily, so a node that is
@@ -378,107 +394,122 @@ impl Client {
             (_, Some(theirs)) => Some(theirs),
             (mine, None) => mine,
         };
-        let start = self.preferred.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + options.deadline.unwrap_or(QUERY_DEADLINE);
         let mut last = None;
-        for attempt in 0..self.nodes.len() {
-            let idx = (start + attempt) % self.nodes.len();
-            let (url, client) = &self.nodes[idx];
-            let mut client = client.clone();
-            match client
-                .query(pb::QueryRequest {
-                    sql: sql.to_string(),
-                    max_staleness_ms: options
-                        .max_staleness
-                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-                    max_staleness_wait_ms: options
-                        .max_staleness_wait
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                    at_least: at_least
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                    linearizable: options.linearizable,
-                    arrow: options.arrow,
-                })
-                .await
-            {
-                Ok(resp) => {
-                    self.preferred.store(idx, Ordering::Relaxed);
-                    let r = resp.into_inner();
-                    // A node that sends no token (or a bad one) leaves the session as it was.
-                    let token = ReadToken::parse(&r.token).ok();
-                    if let Some(t) = &token {
-                        self.remember(t);
-                    }
-                    let columns: Vec<Column> = r
-                        .columns
-                        .into_iter()
-                        .map(|c| Column {
-                            name: c.name,
-                            type_name: c.r#type,
-                        })
-                        .collect();
-                    let rows = r
-                        .rows
-                        .into_iter()
-                        .map(|row| {
-                            row.values
-                                .into_iter()
-                                .zip(&columns)
-                                .map(|(v, c)| values::typed(Value::from(v), &c.type_name))
-                                .collect()
-                        })
-                        .collect();
-                    let batches = if options.arrow {
-                        let reader = arrow::ipc::reader::StreamReader::try_new(
-                            std::io::Cursor::new(r.arrow_ipc),
-                            None,
-                        )
-                        .and_then(|reader| reader.collect::<Result<Vec<_>, _>>());
-                        reader.map_err(|e| Error::Refused {
-                            node: url.clone(),
-                            message: format!("the node's Arrow answer does not read: {e}"),
-                        })?
-                    } else {
-                        Vec::new()
-                    };
-                    return Ok(QueryResult {
-                        token,
-                        columns,
-                        rows,
-                        batches,
-                        positions: r
-                            .positions
-                            .into_iter()
-                            .map(|p| Position {
-                                view: p.view,
-                                view_id: p.view_id,
-                                applied_seq: p.applied_seq,
-                                produced_at_ms: p.produced_at_ms,
-                                applied_at_ms: p.applied_at_ms,
-                                epoch: p.epoch,
-                                fresh_at_ms: (p.fresh_at_ms > 0).then_some(p.fresh_at_ms),
-                                staleness_ms: (p.staleness_ms >= 0).then_some(p.staleness_ms),
-                            })
-                            .collect(),
-                        region: r.region,
-                        node_id: r.node_id,
-                    });
+        let mut pause = RETRY_PAUSE_FIRST;
+        for round in 0..QUERY_ROUNDS_MAX {
+            if round > 0 {
+                // Every node failed: a pause, longer each round, within the deadline.
+                if tokio::time::Instant::now() + pause >= deadline {
+                    break;
                 }
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        Code::InvalidArgument | Code::ResourceExhausted | Code::Internal
-                    ) =>
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            }
+            let start = self.preferred.load(Ordering::Relaxed);
+            for attempt in 0..self.nodes.len() {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                let idx = (start + attempt) % self.nodes.len();
+                let (url, client) = &self.nodes[idx];
+                let mut client = client.clone();
+                match client
+                    .query(pb::QueryRequest {
+                        sql: sql.to_string(),
+                        max_staleness_ms: options
+                            .max_staleness
+                            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                        max_staleness_wait_ms: options
+                            .max_staleness_wait
+                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        at_least: at_least
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        linearizable: options.linearizable,
+                        arrow: options.arrow,
+                    })
+                    .await
                 {
-                    return Err(Error::Refused {
-                        node: url.clone(),
-                        message: status.message().to_string(),
-                    });
-                }
-                Err(status) => {
-                    tracing::debug!(node = %url, error = %status.message(), "node failed; trying the next");
-                    last = Some((url.clone(), status.message().to_string()));
+                    Ok(resp) => {
+                        self.preferred.store(idx, Ordering::Relaxed);
+                        let r = resp.into_inner();
+                        // A node that sends no token (or a bad one) leaves the session as it was.
+                        let token = ReadToken::parse(&r.token).ok();
+                        if let Some(t) = &token {
+                            self.remember(t);
+                        }
+                        let columns: Vec<Column> = r
+                            .columns
+                            .into_iter()
+                            .map(|c| Column {
+                                name: c.name,
+                                type_name: c.r#type,
+                            })
+                            .collect();
+                        let rows = r
+                            .rows
+                            .into_iter()
+                            .map(|row| {
+                                row.values
+                                    .into_iter()
+                                    .zip(&columns)
+                                    .map(|(v, c)| values::typed(Value::from(v), &c.type_name))
+                                    .collect()
+                            })
+                            .collect();
+                        let batches = if options.arrow {
+                            let reader = arrow::ipc::reader::StreamReader::try_new(
+                                std::io::Cursor::new(r.arrow_ipc),
+                                None,
+                            )
+                            .and_then(|reader| reader.collect::<Result<Vec<_>, _>>());
+                            reader.map_err(|e| Error::Refused {
+                                node: url.clone(),
+                                message: format!("the node's Arrow answer does not read: {e}"),
+                            })?
+                        } else {
+                            Vec::new()
+                        };
+                        return Ok(QueryResult {
+                            token,
+                            columns,
+                            rows,
+                            batches,
+                            positions: r
+                                .positions
+                                .into_iter()
+                                .map(|p| Position {
+                                    view: p.view,
+                                    view_id: p.view_id,
+                                    applied_seq: p.applied_seq,
+                                    produced_at_ms: p.produced_at_ms,
+                                    applied_at_ms: p.applied_at_ms,
+                                    epoch: p.epoch,
+                                    fresh_at_ms: (p.fresh_at_ms > 0).then_some(p.fresh_at_ms),
+                                    staleness_ms: (p.staleness_ms >= 0).then_some(p.staleness_ms),
+                                })
+                                .collect(),
+                            region: r.region,
+                            node_id: r.node_id,
+                        });
+                    }
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            Code::InvalidArgument | Code::ResourceExhausted | Code::Internal
+                        ) =>
+                    {
+                        return Err(Error::Refused {
+                            node: url.clone(),
+                            message: status.message().to_string(),
+                        });
+                    }
+                    Err(status) => {
+                        tracing::debug!(node = %url, error = %status.message(), "node failed; trying the next");
+                        last = Some((url.clone(), status.message().to_string()));
+                    }
                 }
             }
         }

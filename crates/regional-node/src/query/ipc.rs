@@ -53,7 +53,17 @@ impl Writer {
             Writer::Stream(w) => w.into_inner().map_err(failed),
             Writer::File(w) => w.into_inner().map_err(failed),
             Writer::Parquet(w) => w.into_inner().map_err(parquet_failed),
-            Writer::Native { out, .. } => Ok(out),
+            // An empty result still names its columns, as ClickHouse does.
+            Writer::Native {
+                mut out,
+                names,
+                types,
+            } => {
+                if out.is_empty() {
+                    super::native::write_header(&mut out, &names, &types);
+                }
+                Ok(out)
+            }
         }
     }
 }

@@ -28,6 +28,8 @@ pub(super) enum Ch {
         precision: u8,
         scale: i8,
     },
+    /// A BLOB's bytes, as a String (ClickHouse's strings are bytes).
+    Bytes,
     Array(Box<Ch>),
     /// Anything else, as its text.
     Text,
@@ -74,6 +76,7 @@ impl Ch {
             DataType::Float64 => Ch::Float64,
             DataType::Boolean => Ch::Bool,
             DataType::Utf8 | DataType::LargeUtf8 => Ch::String,
+            DataType::Binary | DataType::LargeBinary => Ch::Bytes,
             DataType::Date32 => Ch::Date32,
             DataType::Timestamp(..) => Ch::DateTime64,
             DataType::Decimal128(38, 0) if duck == Some("HUGEINT") => Ch::Int128,
@@ -110,7 +113,7 @@ impl Ch {
             Ch::Float32 => "Float32".into(),
             Ch::Float64 => "Float64".into(),
             Ch::Bool => "Bool".into(),
-            Ch::String | Ch::Text => "String".into(),
+            Ch::String | Ch::Text | Ch::Bytes => "String".into(),
             Ch::Date32 => "Date32".into(),
             Ch::DateTime64 => "DateTime64(6, 'UTC')".into(),
             Ch::Decimal { precision, scale } => format!("Decimal({precision}, {scale})"),
@@ -136,6 +139,16 @@ fn string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// Appends a block of no rows: the columns' names and types only (an empty result).
+pub(super) fn write_header(out: &mut Vec<u8>, names: &[String], types: &[Ch]) {
+    leb128(out, names.len() as u64);
+    leb128(out, 0);
+    for (name, ch) in names.iter().zip(types) {
+        string(out, name.as_bytes());
+        string(out, ch.name().as_bytes());
+    }
+}
+
 /// Appends one block: the batch's columns with their names and types.
 pub(super) fn write_block(
     out: &mut Vec<u8>,
@@ -157,9 +170,13 @@ fn write_column(out: &mut Vec<u8>, ch: &Ch, a: &dyn Array) -> Result<(), QueryEr
     if let Ch::Array(inner) = ch {
         return write_lists(out, inner, a);
     }
-    // The null map, then every value (a NULL's value is ignored).
-    out.extend((0..a.len()).map(|i| u8::from(a.is_null(i))));
-    write_values(out, ch, a)
+    // The null map, then every value. A NULL's slot holds 0, as ClickHouse writes it: what
+    // DuckDB leaves there (its minimum, for a date) is no value a client could read. A column
+    // of DuckDB's NULL type has no validity buffer: its nulls are logical.
+    let nulls = a.logical_nulls();
+    let is_null = |i: usize| nulls.as_ref().is_some_and(|n| n.is_null(i));
+    out.extend((0..a.len()).map(|i| u8::from(is_null(i))));
+    write_values(out, ch, a, &is_null)
 }
 
 fn write_lists(out: &mut Vec<u8>, inner: &Ch, a: &dyn Array) -> Result<(), QueryError> {
@@ -194,12 +211,28 @@ fn unreadable(t: &DataType) -> QueryError {
     QueryError::Unreadable(format!("a {t} value cannot be written in Native format"))
 }
 
-fn write_values(out: &mut Vec<u8>, ch: &Ch, a: &dyn Array) -> Result<(), QueryError> {
+/// The days of 0001-01-01 and 9999-12-31: the dates a client's calendar holds.
+const DAYS: std::ops::RangeInclusive<i64> = -719_162..=2_932_896;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+fn out_of_range(what: &str) -> QueryError {
+    QueryError::Unreadable(format!(
+        "a {what} outside the years 1 to 9999 (such as 'infinity') cannot be written in Native format; cast it to VARCHAR"
+    ))
+}
+
+fn write_values(
+    out: &mut Vec<u8>,
+    ch: &Ch,
+    a: &dyn Array,
+    is_null: &dyn Fn(usize) -> bool,
+) -> Result<(), QueryError> {
     use arrow::datatypes::*;
     macro_rules! le {
         ($t:ty, $as:ty) => {
-            for v in a.as_primitive::<$t>().values().iter() {
-                out.extend_from_slice(&(*v as $as).to_le_bytes());
+            for (i, v) in a.as_primitive::<$t>().values().iter().enumerate() {
+                let v = if is_null(i) { 0 as $as } else { *v as $as };
+                out.extend_from_slice(&v.to_le_bytes());
             }
         };
     }
@@ -214,10 +247,17 @@ fn write_values(out: &mut Vec<u8>, ch: &Ch, a: &dyn Array) -> Result<(), QueryEr
         (Ch::Int { .. }, DataType::UInt64) => le!(UInt64Type, u64),
         (Ch::Float32, _) => le!(Float32Type, f32),
         (Ch::Float64, _) => le!(Float64Type, f64),
-        (Ch::Date32, _) => le!(Date32Type, i32),
+        (Ch::Int128, _) => le!(Decimal128Type, i128),
+        (Ch::Date32, _) => {
+            let days = a.as_primitive::<Date32Type>().values();
+            if (0..days.len()).any(|i| !is_null(i) && !DAYS.contains(&i64::from(days[i]))) {
+                return Err(out_of_range("date"));
+            }
+            le!(Date32Type, i32)
+        }
         (Ch::Bool, _) => {
             let b = a.as_boolean();
-            out.extend((0..b.len()).map(|i| u8::from(b.value(i))));
+            out.extend((0..b.len()).map(|i| u8::from(!is_null(i) && b.value(i))));
         }
         (Ch::DateTime64, DataType::Timestamp(unit, _)) => {
             let (mul, div) = match unit {
@@ -241,16 +281,33 @@ fn write_values(out: &mut Vec<u8>, ch: &Ch, a: &dyn Array) -> Result<(), QueryEr
                     .values()
                     .to_vec(),
             };
-            for v in values {
-                out.extend_from_slice(&(v.saturating_mul(mul) / div).to_le_bytes());
+            let (lo, hi) = (
+                DAYS.start() * MICROS_PER_DAY,
+                (DAYS.end() + 1) * MICROS_PER_DAY - 1,
+            );
+            for (i, v) in values.into_iter().enumerate() {
+                let micros = if is_null(i) {
+                    0
+                } else {
+                    v.checked_mul(mul)
+                        .map(|m| m.div_euclid(div))
+                        .filter(|m| (lo..=hi).contains(m))
+                        .ok_or_else(|| out_of_range("timestamp"))?
+                };
+                out.extend_from_slice(&micros.to_le_bytes());
             }
         }
-        (Ch::Int128, _) => le!(Decimal128Type, i128),
         (Ch::Decimal { precision, .. }, _) => {
-            for v in a.as_primitive::<Decimal128Type>().values().iter() {
+            for (i, v) in a
+                .as_primitive::<Decimal128Type>()
+                .values()
+                .iter()
+                .enumerate()
+            {
+                let v = if is_null(i) { 0 } else { *v };
                 match precision {
-                    0..=9 => out.extend_from_slice(&(*v as i32).to_le_bytes()),
-                    10..=18 => out.extend_from_slice(&(*v as i64).to_le_bytes()),
+                    0..=9 => out.extend_from_slice(&(v as i32).to_le_bytes()),
+                    10..=18 => out.extend_from_slice(&(v as i64).to_le_bytes()),
                     _ => out.extend_from_slice(&v.to_le_bytes()),
                 }
             }
@@ -260,7 +317,7 @@ fn write_values(out: &mut Vec<u8>, ch: &Ch, a: &dyn Array) -> Result<(), QueryEr
             for i in 0..s.len() {
                 string(
                     out,
-                    if s.is_null(i) {
+                    if is_null(i) {
                         b""
                     } else {
                         s.value(i).as_bytes()
@@ -273,7 +330,7 @@ fn write_values(out: &mut Vec<u8>, ch: &Ch, a: &dyn Array) -> Result<(), QueryEr
             for i in 0..s.len() {
                 string(
                     out,
-                    if s.is_null(i) {
+                    if is_null(i) {
                         b""
                     } else {
                         s.value(i).as_bytes()
@@ -281,11 +338,23 @@ fn write_values(out: &mut Vec<u8>, ch: &Ch, a: &dyn Array) -> Result<(), QueryEr
                 );
             }
         }
+        (Ch::Bytes, DataType::Binary) => {
+            let b = a.as_binary::<i32>();
+            for i in 0..b.len() {
+                string(out, if is_null(i) { b"" } else { b.value(i) });
+            }
+        }
+        (Ch::Bytes, DataType::LargeBinary) => {
+            let b = a.as_binary::<i64>();
+            for i in 0..b.len() {
+                string(out, if is_null(i) { b"" } else { b.value(i) });
+            }
+        }
         (Ch::Text, _) => {
             let f = ArrayFormatter::try_new(a, &FormatOptions::default())
                 .map_err(|_| unreadable(a.data_type()))?;
             for i in 0..a.len() {
-                let text = if a.is_null(i) {
+                let text = if is_null(i) {
                     String::new()
                 } else {
                     f.value(i).to_string()
@@ -341,5 +410,59 @@ mod tests {
         );
         column("d", "Nullable(Decimal(4, 2))", &[0, 150, 0, 0, 0]);
         assert_eq!(r.arrow.expect("bytes"), want);
+
+        let native = |sql: &str| {
+            run_shaped(
+                &conn,
+                sql,
+                &QueryLimits::default(),
+                &AtomicBool::new(false),
+                Shape::Native,
+            )
+        };
+        let header = |name: &str, ty: &str| {
+            let mut h = vec![name.len() as u8];
+            h.extend_from_slice(name.as_bytes());
+            h.push(ty.len() as u8);
+            h.extend_from_slice(ty.as_bytes());
+            h
+        };
+        // A stored NULL date is written as 0, not DuckDB's minimum, which no client reads.
+        conn.execute_batch(
+            "CREATE TABLE t (d DATE, b BLOB); INSERT INTO t VALUES (NULL, 'a\\x00b'::BLOB)",
+        )
+        .expect("table");
+        let got = native("SELECT d, b FROM t")
+            .expect("query")
+            .arrow
+            .expect("bytes");
+        let mut want = vec![2u8, 1];
+        want.extend(header("d", "Nullable(Date32)"));
+        want.extend([1, 0, 0, 0, 0]);
+        want.extend(header("b", "Nullable(String)"));
+        want.extend([0, 3, b'a', 0, b'b']);
+        assert_eq!(got, want, "a NULL date as 0, a BLOB as its bytes");
+        // DuckDB's NULL type: its nulls are logical.
+        let got = native("SELECT NULL AS n")
+            .expect("query")
+            .arrow
+            .expect("bytes");
+        let mut want = vec![1u8, 1];
+        want.extend(header("n", "Nullable(String)"));
+        want.extend([1, 0]);
+        assert_eq!(got, want);
+        // An empty result still names its columns.
+        let got = native("SELECT 1 AS a WHERE false")
+            .expect("query")
+            .arrow
+            .expect("bytes");
+        let mut want = vec![1u8, 0];
+        want.extend(header("a", "Nullable(Int32)"));
+        assert_eq!(got, want);
+        // A date no client's calendar holds is refused with the cast.
+        match native("SELECT 'infinity'::DATE AS d") {
+            Err(crate::query::QueryError::Unreadable(m)) => assert!(m.contains("VARCHAR"), "{m}"),
+            other => panic!("{:?}", other.map(|r| r.columns)),
+        }
     }
 }
