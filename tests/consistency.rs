@@ -600,4 +600,53 @@ print(repr(typed))
         let (code, body) = http("GET", &http_of(&cluster, 1), path, "").expect("GET");
         assert_eq!((code, body.as_str()), (200, "Ok.\n"), "{path}");
     }
+
+    // A session reads on, thousands of times, while changes stream in and the node it reads
+    // from is SIGKILLed: no answer reflects an older state than one it already returned.
+    let session = rt
+        .block_on(client::Client::connect(
+            (1..=3).map(|n| grpc_of(&cluster, n)).collect::<Vec<_>>(),
+        ))
+        .expect("client");
+    let sql = format!("SELECT count(*) FROM {VIEW}");
+    let victim = rt.block_on(session.query(&sql)).expect("a read").node_id;
+    let events = changes(&mut g, 600);
+    total += events.len() as u64;
+    let producing = {
+        let brokers = broker.addr.clone();
+        std::thread::spawn(move || {
+            let rt = runtime();
+            for chunk in events.chunks(20) {
+                produce(&rt, &brokers, "orders", chunk);
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        })
+    };
+    let (mut newest, mut killed, mut elsewhere) = ((0u64, 0u64), false, 0);
+    for i in 0..3_000 {
+        if i == 500 {
+            cluster.kill_node(REGION, victim);
+            killed = true;
+        }
+        let r = rt
+            .block_on(session.query(&sql))
+            .unwrap_or_else(|e| panic!("read {i}: {e}"));
+        let at = (r.token.as_ref().expect("a token").index, seq_of(&r));
+        assert!(
+            at.0 >= newest.0 && at.1 >= newest.1,
+            "read {i} went back: (index, seq) {newest:?} then {at:?} from node {}",
+            r.node_id
+        );
+        newest = at;
+        if killed && r.node_id != victim {
+            elsewhere += 1;
+        }
+    }
+    producing.join().expect("the producer");
+    assert!(
+        elsewhere > 2_000,
+        "the session moved to another node: {elsewhere}"
+    );
+    cluster.restart_node(REGION, victim);
+    converge_to_oracle(&rt, &cluster, &g, total, "after the session's failover");
 }
