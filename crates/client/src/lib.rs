@@ -42,13 +42,16 @@ pub const RESPONSE_BYTES_MAX: usize = 512 << 20;
 /// Per-attempt deadline of a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a query may take in all, retries included, unless `QueryOptions::deadline` says.
+/// Until then the client goes round the region's nodes (a region electing a leader, or a node
+/// restarting, is given that time), pausing between rounds.
 pub const QUERY_DEADLINE: Duration = Duration::from_secs(60);
-/// Rounds over the region's nodes before a query fails: a region electing a leader, or a
-/// node restarting, is given time; the pause between rounds doubles from `RETRY_PAUSE_FIRST`
-/// up to `RETRY_PAUSE_MAX`.
-pub const QUERY_ROUNDS_MAX: u32 = 3;
+/// The first pause between two rounds over the region's nodes; each pause doubles, up to
+/// [`RETRY_PAUSE_MAX`].
 pub const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(100);
+/// The longest pause between two rounds over the region's nodes.
 pub const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// A node's own wait for a read's conditions when the read does not say (the node's default).
+const NODE_WAIT_DEFAULT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings on every connection, so that a node that stopped answering is noticed.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
@@ -141,7 +144,8 @@ pub struct QueryOptions {
     /// over Arrow IPC) rather than as rows.
     pub arrow: bool,
     /// How long the query may take in all, retries over the region's nodes included
-    /// (`None`: [`QUERY_DEADLINE`]).
+    /// (`None`: [`QUERY_DEADLINE`]). One node is always asked, however short it is. (A field
+    /// added in 0.1: build `QueryOptions` with `..Default::default()`.)
     pub deadline: Option<Duration>,
 }
 
@@ -388,7 +392,7 @@ impl Client {
         sql: &str,
         options: &QueryOptions,
     ) -> Result<QueryResult, Error> {
-        let at_least = match (self.token(), options.at_least.clone()) {
+        let at_least_of = |mine: Option<ReadToken>| match (mine, options.at_least.clone()) {
             (Some(mine), Some(theirs)) if mine.region == theirs.region => Some(mine.newer(theirs)),
             // A token of another region means nothing here: the node refuses it.
             (_, Some(theirs)) => Some(theirs),
@@ -397,8 +401,9 @@ impl Client {
         let deadline = tokio::time::Instant::now() + options.deadline.unwrap_or(QUERY_DEADLINE);
         let mut last = None;
         let mut pause = RETRY_PAUSE_FIRST;
-        for round in 0..QUERY_ROUNDS_MAX {
-            if round > 0 {
+        let mut asked = false;
+        'rounds: loop {
+            if asked {
                 // Every node failed: a pause, longer each round, within the deadline.
                 if tokio::time::Instant::now() + pause >= deadline {
                     break;
@@ -408,30 +413,48 @@ impl Client {
             }
             let start = self.preferred.load(Ordering::Relaxed);
             for attempt in 0..self.nodes.len() {
-                if tokio::time::Instant::now() >= deadline {
-                    break;
+                let now = tokio::time::Instant::now();
+                if asked && now >= deadline {
+                    break 'rounds;
                 }
+                asked = true;
+                // The node waits no longer than the query has left.
+                let remaining = deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1));
+                let wait = match options.max_staleness_wait {
+                    Some(w) => Some(w.min(remaining)),
+                    None if remaining < NODE_WAIT_DEFAULT => Some(remaining),
+                    None => None,
+                };
                 let idx = (start + attempt) % self.nodes.len();
                 let (url, client) = &self.nodes[idx];
                 let mut client = client.clone();
-                match client
-                    .query(pb::QueryRequest {
-                        sql: sql.to_string(),
-                        max_staleness_ms: options
-                            .max_staleness
-                            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-                        max_staleness_wait_ms: options
-                            .max_staleness_wait
-                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                        at_least: at_least
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .unwrap_or_default(),
-                        linearizable: options.linearizable,
-                        arrow: options.arrow,
-                    })
-                    .await
-                {
+                // The newest token at this attempt (a concurrent read of the session may have
+                // moved it on since the first).
+                let at_least = at_least_of(self.token());
+                let call = client.query(pb::QueryRequest {
+                    sql: sql.to_string(),
+                    max_staleness_ms: options
+                        .max_staleness
+                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                    max_staleness_wait_ms: wait
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    at_least: at_least
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    linearizable: options.linearizable,
+                    arrow: options.arrow,
+                });
+                let answer = match tokio::time::timeout(remaining, call).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        last = Some((url.clone(), "the query's deadline passed".to_string()));
+                        break 'rounds;
+                    }
+                };
+                match answer {
                     Ok(resp) => {
                         self.preferred.store(idx, Ordering::Relaxed);
                         let r = resp.into_inner();
@@ -495,11 +518,18 @@ impl Client {
                             node_id: r.node_id,
                         });
                     }
+                    // Refused by the node itself: the statement, its size, its time (a query too
+                    // slow for one node is too slow for the next), or a fault of the node's own
+                    // (a status the server made has no transport error beneath it; a reset
+                    // connection's has, and another node is tried).
                     Err(status)
                         if matches!(
                             status.code(),
-                            Code::InvalidArgument | Code::ResourceExhausted | Code::Internal
-                        ) =>
+                            Code::InvalidArgument
+                                | Code::ResourceExhausted
+                                | Code::DeadlineExceeded
+                        ) || (status.code() == Code::Internal
+                            && std::error::Error::source(&status).is_none()) =>
                     {
                         return Err(Error::Refused {
                             node: url.clone(),
