@@ -281,6 +281,7 @@ c = clickhouse_connect.get_client(host="127.0.0.1", port={port})
 print(c.server_version, c.server_tz)
 for row in c.query("SELECT country, status, orders FROM {VIEW} ORDER BY ALL").result_rows:
     print("|".join(str(v) for v in row))
+print(c.command("SELECT count(*) FROM {VIEW}"))
 typed = c.query("SELECT DATE '2024-01-01' AS d, TIMESTAMP '2024-01-01 10:00:00.25' AS t, 1.50::DECIMAL(10,2) AS x, NULL::INTEGER AS n, ['a,b', NULL] AS l").result_rows[0]
 print(repr(typed))
 "#,
@@ -302,9 +303,14 @@ print(repr(typed))
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.first().copied(), Some("24.8.1.1 UTC"), "{stdout}");
     assert_eq!(
-        &lines[1..lines.len() - 1],
+        &lines[1..lines.len() - 2],
         oracle_rows.as_slice(),
         "{stdout}"
+    );
+    assert_eq!(
+        lines[lines.len() - 2],
+        oracle_rows.len().to_string(),
+        "command() reads ClickHouse's default format: {stdout}"
     );
     assert_eq!(
         lines.last().copied(),

@@ -90,14 +90,16 @@ async fn metrics(State(s): State<Shared>) -> Response {
 async fn get_query(
     State(s): State<Shared>,
     Query(params): Query<HashMap<String, String>>,
+    headers: header::HeaderMap,
 ) -> Response {
     let sql = params.get("query").cloned().unwrap_or_default();
-    answer(s, sql, &params).await
+    answer(s, sql, &params, default_format(&headers)).await
 }
 
 async fn post_query(
     State(s): State<Shared>,
     Query(params): Query<HashMap<String, String>>,
+    headers: header::HeaderMap,
     body: String,
 ) -> Response {
     // ClickHouse concatenates `query` from the URL with the body.
@@ -105,7 +107,22 @@ async fn post_query(
         Some(q) if !q.trim().is_empty() => format!("{q} {body}"),
         _ => body,
     };
-    answer(s, sql, &params).await
+    answer(s, sql, &params, default_format(&headers)).await
+}
+
+/// The format of an answer that names none: the chDB wrapper's default (JSONCompact), or
+/// ClickHouse's (TabSeparated) for a ClickHouse client (`clickhouse-connect/1.12 ...`,
+/// `clickhouse-go/...`), which reads what a ClickHouse server would send it.
+fn default_format(headers: &header::HeaderMap) -> &'static str {
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if agent.to_ascii_lowercase().starts_with("clickhouse") {
+        "TabSeparated"
+    } else {
+        "JSONCompact"
+    }
 }
 
 /// `GET /subscribe?view=<name>[&from=view_id:epoch:seq]`: `Region.Subscribe` as chunked
@@ -235,7 +252,12 @@ fn client_introspection(sql: &str) -> Option<&'static str> {
     }
 }
 
-async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Response {
+async fn answer(
+    s: Shared,
+    sql: String,
+    params: &HashMap<String, String>,
+    default: &'static str,
+) -> Response {
     if sql.trim().is_empty() {
         return bad_request("Query not found: pass it as ?query=<sql> or as the POST body".into());
     }
@@ -251,7 +273,7 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
     };
     let format_name = named
         .or(params.get("default_format").map(String::as_str))
-        .unwrap_or("JSONCompact")
+        .unwrap_or(default)
         .to_string();
     let sql = statement.to_string();
     let format_name = format_name.as_str();
@@ -350,8 +372,26 @@ async fn answer(s: Shared, sql: String, params: &HashMap<String, String>) -> Res
 
 #[cfg(test)]
 mod tests {
-    use super::{readiness, split_format, READY_APPLY_BEHIND_MAX};
+    use super::{default_format, readiness, split_format, READY_APPLY_BEHIND_MAX};
     use meridian_proto::v1::NodeStatusResponse;
+
+    #[test]
+    fn clickhouse_clients_get_clickhouses_default_format() {
+        let with_agent = |agent: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(
+                axum::http::header::USER_AGENT,
+                agent.parse().expect("header"),
+            );
+            default_format(&h)
+        };
+        assert_eq!(
+            with_agent("clickhouse-connect/1.12.0 (lv:py/3.11; mode:sync; os:linux)"),
+            "TabSeparated"
+        );
+        assert_eq!(with_agent("curl/8.5.0"), "JSONCompact");
+        assert_eq!(default_format(&axum::http::HeaderMap::new()), "JSONCompact");
+    }
 
     #[test]
     fn a_node_is_ready_only_serving_with_a_leader_and_caught_up() {
