@@ -412,6 +412,10 @@ impl Client {
                 pause = (pause * 2).min(RETRY_PAUSE_MAX);
             }
             let start = self.preferred.load(Ordering::Relaxed);
+            // Whether a node of this round could not be reached (rather than answered that
+            // it cannot serve the read now, as a node too stale for a staleness bound does
+            // after its own wait): only then is another round worth it.
+            let mut unreached = false;
             for attempt in 0..self.nodes.len() {
                 let now = tokio::time::Instant::now();
                 if asked && now >= deadline {
@@ -450,7 +454,10 @@ impl Client {
                 let answer = match tokio::time::timeout(remaining, call).await {
                     Ok(answer) => answer,
                     Err(_) => {
-                        last = Some((url.clone(), "the query's deadline passed".to_string()));
+                        // A node's own reason, when one gave it, says more than the deadline.
+                        if last.is_none() {
+                            last = Some((url.clone(), "the query's deadline passed".to_string()));
+                        }
                         break 'rounds;
                     }
                 };
@@ -538,9 +545,14 @@ impl Client {
                     }
                     Err(status) => {
                         tracing::debug!(node = %url, error = %status.message(), "node failed; trying the next");
+                        // A status the server made has no transport error beneath it.
+                        unreached |= std::error::Error::source(&status).is_some();
                         last = Some((url.clone(), status.message().to_string()));
                     }
                 }
+            }
+            if !unreached {
+                break;
             }
         }
         let (node, message) = last.unwrap_or_default();
