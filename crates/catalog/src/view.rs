@@ -35,6 +35,7 @@ pub const QUERY_TOKENS_MAX: usize = 4 * EXPR_NODES_MAX;
 mod emit;
 mod expr;
 mod functions;
+use functions::aggregate_type;
 mod join;
 mod parse;
 mod plan;
@@ -522,72 +523,8 @@ pub fn plan(
             for (func, arg, by, text, at) in &p.aggs {
                 let arg_ty = arg.map(|a| project[n_keys + a].ty);
                 let by_ty = by.map(|b| project[n_keys + b].ty);
-                let list_arg = matches!(arg_ty, Some(ColumnType::List(_)))
-                    && !matches!(
-                        func,
-                        AggFunc::CountNonNull
-                            | AggFunc::Latest
-                            | AggFunc::Earliest
-                            | AggFunc::ArgMin
-                            | AggFunc::ArgMax
-                    );
-                if list_arg || matches!(by_ty, Some(ColumnType::List(_))) {
-                    return Err(SqlError::at(
-                        sql,
-                        *at,
-                        format!("{text}: arrays are passed through a view, not compared or aggregated (count, latest, earliest and the value of arg_min/arg_max take them)"),
-                    ));
-                }
-                let numeric = arg_ty.is_some_and(ColumnType::is_numeric);
-                let ty = match func {
-                    AggFunc::Count | AggFunc::CountNonNull | AggFunc::CountDistinct => {
-                        ColumnType::Int64
-                    }
-                    AggFunc::Sum | AggFunc::Avg if !numeric => {
-                        return Err(SqlError::at(
-                            sql,
-                            *at,
-                            format!(
-                                "{text} needs a number, but its argument is {}",
-                                arg_ty.map_or("nothing".to_string(), ColumnType::name)
-                            ),
-                        ));
-                    }
-                    // As DuckDB types it: a sum of decimals has 38 digits.
-                    AggFunc::Sum => match arg_ty {
-                        Some(ColumnType::Decimal { scale, .. }) => ColumnType::Decimal {
-                            precision: crate::decimal::PRECISION_MAX,
-                            scale,
-                        },
-                        other => other.unwrap_or(ColumnType::Int64),
-                    },
-                    AggFunc::Avg => ColumnType::Float64,
-                    AggFunc::Min
-                    | AggFunc::Max
-                    | AggFunc::Latest
-                    | AggFunc::Earliest
-                    | AggFunc::ArgMin
-                    | AggFunc::ArgMax => arg_ty.unwrap_or(ColumnType::Int64),
-                    AggFunc::TopK { .. } | AggFunc::MaxK { .. } | AggFunc::MinK { .. } => {
-                        let elem = match arg_ty {
-                            Some(ColumnType::Int64) => crate::ListElem::Int64,
-                            Some(ColumnType::Float64) => crate::ListElem::Float64,
-                            Some(ColumnType::String) => crate::ListElem::String,
-                            Some(ColumnType::Bool) => crate::ListElem::Bool,
-                            other => {
-                                return Err(SqlError::at(
-                                    sql,
-                                    *at,
-                                    format!(
-                                        "{text}: an array of {} is not supported yet (integers, floats, strings and bools are); convert it, for example with to_string(...)",
-                                        other.map_or("nothing".to_string(), ColumnType::name)
-                                    ),
-                                ))
-                            }
-                        };
-                        ColumnType::List(elem)
-                    }
-                };
+                let ty = aggregate_type(*func, arg_ty, by_ty, text)
+                    .map_err(|m| SqlError::at(sql, *at, m))?;
                 aggregates.push(Aggregate {
                     func: *func,
                     arg: arg.map(|a| n_keys + a),

@@ -522,3 +522,65 @@ pub(super) fn sqlparser_visit(e: &Expr, f: &mut dyn FnMut(&Expr) -> bool) -> boo
     };
     children.into_iter().any(|c| sqlparser_visit(c, f))
 }
+
+/// The result type of aggregate `func` over an argument of type `arg_ty` (ordered by `by_ty`
+/// for arg_min/arg_max), as DuckDB types it; or why it is refused (`text`: as written).
+pub(super) fn aggregate_type(
+    func: AggFunc,
+    arg_ty: Option<ColumnType>,
+    by_ty: Option<ColumnType>,
+    text: &str,
+) -> Result<ColumnType, String> {
+    let list_arg = matches!(arg_ty, Some(ColumnType::List(_)))
+        && !matches!(
+            func,
+            AggFunc::CountNonNull
+                | AggFunc::Latest
+                | AggFunc::Earliest
+                | AggFunc::ArgMin
+                | AggFunc::ArgMax
+        );
+    if list_arg || matches!(by_ty, Some(ColumnType::List(_))) {
+        return Err(format!("{text}: arrays are passed through a view, not compared or aggregated (count, latest, earliest and the value of arg_min/arg_max take them)"));
+    }
+    let numeric = arg_ty.is_some_and(ColumnType::is_numeric);
+    Ok(match func {
+        AggFunc::Count | AggFunc::CountNonNull | AggFunc::CountDistinct => ColumnType::Int64,
+        AggFunc::Sum | AggFunc::Avg if !numeric => {
+            return Err(format!(
+                "{text} needs a number, but its argument is {}",
+                arg_ty.map_or("nothing".to_string(), ColumnType::name)
+            ));
+        }
+        // As DuckDB types it: a sum of decimals has 38 digits.
+        AggFunc::Sum => match arg_ty {
+            Some(ColumnType::Decimal { scale, .. }) => ColumnType::Decimal {
+                precision: crate::decimal::PRECISION_MAX,
+                scale,
+            },
+            other => other.unwrap_or(ColumnType::Int64),
+        },
+        AggFunc::Avg => ColumnType::Float64,
+        AggFunc::Min
+        | AggFunc::Max
+        | AggFunc::Latest
+        | AggFunc::Earliest
+        | AggFunc::ArgMin
+        | AggFunc::ArgMax => arg_ty.unwrap_or(ColumnType::Int64),
+        AggFunc::TopK { .. } | AggFunc::MaxK { .. } | AggFunc::MinK { .. } => {
+            let elem = match arg_ty {
+                Some(ColumnType::Int64) => crate::ListElem::Int64,
+                Some(ColumnType::Float64) => crate::ListElem::Float64,
+                Some(ColumnType::String) => crate::ListElem::String,
+                Some(ColumnType::Bool) => crate::ListElem::Bool,
+                other => {
+                    return Err(format!(
+                        "{text}: an array of {} is not supported yet (integers, floats, strings and bools are); convert it, for example with to_string(...)",
+                        other.map_or("nothing".to_string(), ColumnType::name)
+                    ))
+                }
+            };
+            ColumnType::List(elem)
+        }
+    })
+}
